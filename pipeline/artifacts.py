@@ -1,0 +1,103 @@
+"""Stage plumbing: command-line paths, logging, and atomic writes of outputs.
+
+Every output is built under a hidden temporary name beside its final path and
+renamed into place only when complete, so an interrupted stage (Ctrl-C,
+SIGTERM, a crash) never leaves a half-written artifact for DVC to cache.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+
+def start(doc: str, *paths: str) -> argparse.Namespace:
+    """Parse ``--<path> VALUE`` arguments (paths live in dvc.yaml only) and set up logging."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in paths:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    # SIGTERM (what `kill` and CI runners send) would otherwise end Python without
+    # unwinding, skipping the clean-up of temporary outputs below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    return args
+
+
+def run(main: Any) -> None:
+    """Run a stage's ``main()``; a known error becomes a one-line message and exit 1, not a traceback."""
+    from pipeline.params import ParamsError  # late import keeps this module dependency-free
+
+    try:
+        main()
+    except (ParamsError, StageError) as err:
+        logging.getLogger("pipeline").error("%s", err)
+        sys.exit(1)
+
+
+class StageError(RuntimeError):
+    """Bad input a user can fix: the message says what and where."""
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary directory that replaces ``final`` on success."""
+    with _atomic(final, is_dir=True) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """Yield a temporary file path that replaces ``final`` on success."""
+    with _atomic(final, is_dir=False) as tmp:
+        yield tmp
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def _atomic(final: Path, is_dir: bool) -> Iterator[Path]:
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # The suffix stays last: Keras only saves to a path ending in ".keras".
+    for pattern in (f".{final.stem}.tmp-*{final.suffix}", f".{final.stem}.old-*{final.suffix}"):
+        for stale in final.parent.glob(pattern):  # left by a killed run
+            _remove(stale)
+    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
+    if is_dir:
+        tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    # rename() cannot replace a non-empty directory: move the old one aside first.
+    old = final.with_name(f".{final.stem}.old-{os.getpid()}{final.suffix}")
+    if final.exists() or final.is_symlink():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -1,0 +1,61 @@
+"""augment: data/split + data/raw -> data/augmented/ (TFRecord shards + meta.json).
+
+Every image is resized to base.image_size. Training images are written once
+as they are (``train``) and ``augment.copies`` more times through seeded Keras
+preprocessing layers (``train_aug``): features are cached once, so random
+augmentation has to happen here, before extraction. Val and test images are
+resized only.
+"""
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import artifacts, images, models, params, shards
+
+PARAMS = ["augment", "base.image_size", "seed"]
+BATCH = 64  # images decoded and augmented together; bounds memory, not a hyperparameter
+log = logging.getLogger("pipeline.augment")
+
+
+def main() -> None:
+    args = artifacts.start(__doc__, "raw", "split", "out")
+    p = params.load(PARAMS)
+    keras.utils.set_random_seed(p.seed)
+    size, copies = p.base.image_size, p.augment.copies
+    labels = artifacts.read_json(args.split / "labels.json")
+    index = {label: i for i, label in enumerate(labels)}
+    augmenter = models.augmenter(p.augment, p.seed)
+
+    with artifacts.atomic_dir(args.out) as tmp:
+        counts = {}
+        for split in images.SPLITS:
+            rows = images.read_csv(args.split / f"{split}.csv")
+            plain = shards.ShardWriter(tmp, split)
+            varied = shards.ShardWriter(tmp, "train_aug") if split == "train" and copies else None
+            with tqdm(total=len(rows), desc=f"augment {split}", unit="img") as bar:
+                for start in range(0, len(rows), BATCH):
+                    batch = rows[start:start + BATCH]
+                    pixels = np.stack(list(images.parallel_map(
+                        lambda r: images.load_image(args.raw / r["path"], size), batch)))
+                    y = [index[r["label"]] for r in batch]
+                    for image, label in zip(pixels, y):
+                        plain.write(image, label)
+                    for _ in range(copies if varied else 0):
+                        out = keras.ops.convert_to_numpy(augmenter(pixels.astype("float32"), training=True))
+                        for image, label in zip(np.clip(np.rint(out), 0, 255).astype(np.uint8), y):
+                            varied.write(image, label)
+                    bar.update(len(batch))
+            for writer in (plain, varied):
+                if writer:
+                    writer.close()
+                    counts[writer.name] = writer.count
+        artifacts.write_json(tmp / "meta.json", {"image_size": size, "counts": counts, "labels": labels})
+    log.info("wrote %s", ", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    artifacts.run(main)

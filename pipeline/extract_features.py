@@ -1,0 +1,60 @@
+"""extract-features: data/augmented shards -> data/features/*.npy + models/extractor.keras.
+
+The frozen backbone (base.*) with its own preprocessing runs once over train
+(originals and augmented copies), val and test. Features are written batch by
+batch into memory-mapped .npy files, so memory is bounded by the batch, not
+the dataset. The extractor is saved too: fine-tuning starts from exactly the
+weights that made these features (which matters for ``base.weights: none``).
+"""
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from pipeline import artifacts, models, params, shards
+
+PARAMS = ["base", "extract.batch_size", "seed"]
+PARTS = {"train": ["train", "train_aug"], "val": ["val"], "test": ["test"]}
+log = logging.getLogger("pipeline.extract_features")
+
+
+def main() -> None:
+    args = artifacts.start(__doc__, "augmented", "out", "extractor")
+    p = params.load(PARAMS)
+    keras.utils.set_random_seed(p.seed)  # a weights: none backbone is seeded too
+    meta = artifacts.read_json(args.augmented / "meta.json")
+    if meta["image_size"] != p.base.image_size:
+        raise artifacts.StageError(f"shards in {args.augmented} are {meta['image_size']} px but "
+                                   f"base.image_size is {p.base.image_size}: rerun augment (dvc repro)")
+    extractor = models.build_extractor(p.base)
+    forward = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+    dim = extractor.output_shape[-1]
+    log.info("%s (%s weights, %d px, %s pooling): %d features per image",
+             p.base.backbone, p.base.weights, p.base.image_size, p.base.pooling, dim)
+
+    with artifacts.atomic_dir(args.out) as tmp:
+        for part, names in PARTS.items():
+            n = sum(meta["counts"].get(name, 0) for name in names)
+            names = [name for name in names if meta["counts"].get(name)]
+            x = np.lib.format.open_memmap(tmp / f"{part}_x.npy", "w+", np.float32, (n, dim))
+            y = np.lib.format.open_memmap(tmp / f"{part}_y.npy", "w+", np.int32, (n,))
+            i = 0
+            with tqdm(total=n, desc=f"features {part}", unit="img") as bar:
+                for images, labels in shards.dataset(args.augmented, names, p.extract.batch_size):
+                    k = len(labels)
+                    x[i:i + k], y[i:i + k] = forward(images).numpy(), labels.numpy()
+                    i += k
+                    bar.update(k)
+            x.flush(), y.flush()
+            del x, y  # close the memory maps before the directory is renamed
+    with artifacts.atomic_file(args.extractor) as tmp:
+        extractor.save(tmp)
+    log.info("features written to %s", args.out)
+
+
+if __name__ == "__main__":
+    artifacts.run(main)

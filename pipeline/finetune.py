@@ -1,0 +1,68 @@
+"""finetune: shards + models/extractor.keras + models/head.keras -> models/model.keras + reports/finetune/.
+
+The Keras recipe's second phase: one model (preprocessing, backbone, trained
+head), the backbone's top ``finetune.unfreeze_layers`` layers unfrozen with
+every BatchNormalization layer kept in inference mode, trained on the training
+images (optionally through the augment.* transforms, on the fly) at a low
+learning rate. The best epoch by validation loss is kept, and if no epoch
+beats the head-only starting point, the starting weights are kept.
+"""
+from __future__ import annotations
+
+import logging
+
+import keras
+import tensorflow as tf
+from dvclive import Live
+from dvclive.keras import DVCLiveCallback
+
+from pipeline import artifacts, models, params, shards
+
+PARAMS = ["finetune", "augment.flip", "augment.rotation", "augment.zoom", "augment.translation",
+          "augment.contrast", "seed"]
+log = logging.getLogger("pipeline.finetune")
+
+
+def main() -> None:
+    args = artifacts.start(__doc__, "augmented", "extractor", "head", "model", "live")
+    p = params.load(PARAMS)
+    hp = p.finetune
+    keras.utils.set_random_seed(p.seed)
+    model = models.assemble(models.load(args.extractor), models.load(args.head))
+    backbone = models.backbone_of(model)
+    n_trainable = models.unfreeze_top(backbone, hp.unfreeze_layers)
+    log.info("%s: top %d of %d layers unfrozen (%d with weights, BatchNorm excluded)", backbone.name,
+             min(hp.unfreeze_layers, len(backbone.layers)), len(backbone.layers), n_trainable)
+    # Recompile after changing `trainable`, as the recipe says, at the low fine-tuning rate.
+    model.compile(keras.optimizers.Adam(hp.learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+    train = shards.dataset(args.augmented, "train", hp.batch_size, shuffle_seed=p.seed)
+    if hp.online_augmentation:
+        augmenter = models.augmenter(p.augment, p.seed)
+        train = train.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    val = shards.dataset(args.augmented, "val", hp.batch_size)
+    start_loss, start_accuracy = model.evaluate(val, verbose=0)
+    start_weights = model.get_weights()
+    log.info("before fine-tuning: val accuracy %.4f, val loss %.4f", start_accuracy, start_loss)
+
+    with artifacts.atomic_dir(args.live) as live_dir:
+        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False)
+        stop = keras.callbacks.EarlyStopping(patience=hp.patience, restore_best_weights=True)
+        history = model.fit(train, validation_data=val, epochs=hp.epochs, shuffle=False,  # shuffled by tf.data
+                            callbacks=[stop, DVCLiveCallback(live=live)], verbose=2)
+        if min(history.history["val_loss"]) >= start_loss:
+            log.warning("no epoch improved on the head-only val loss %.4f: keeping the starting weights",
+                        start_loss)
+            model.set_weights(start_weights)
+        val_loss, val_accuracy = model.evaluate(val, verbose=0)
+        live.summary.update(start_val_loss=start_loss, start_val_accuracy=start_accuracy,
+                            best_val_loss=val_loss, best_val_accuracy=val_accuracy)
+        live.make_summary()
+    with artifacts.atomic_file(args.model) as tmp:
+        model.save(tmp)
+    log.info("kept: val accuracy %.4f, val loss %.4f", val_accuracy, val_loss)
+
+
+if __name__ == "__main__":
+    artifacts.run(main)

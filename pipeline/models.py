@@ -1,0 +1,160 @@
+"""Backbones, heads and their assembly, following the Keras transfer-learning recipe.
+
+Every model takes float RGB pixels in [0, 255] at ``base.image_size`` and does
+the backbone's own ``preprocess_input`` inside itself (a registered layer, not
+a Lambda, so saved files load in Keras' safe mode).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import keras
+import numpy as np
+
+from pipeline.artifacts import StageError
+
+
+def backbones() -> dict[str, Callable]:
+    """Every ``keras.applications`` model constructor, by name (MobileNetV2, ResNet50, ...)."""
+    apps = keras.applications
+    return {name: getattr(apps, name) for name in dir(apps) if name[0].isupper()}
+
+
+def preprocess_function(backbone: str) -> Callable:
+    """The ``preprocess_input`` of the module that defines ``backbone`` (e.g. ``mobilenet_v2``)."""
+    module = backbones()[backbone].__module__.rsplit(".", 1)[-1]
+    return getattr(keras.applications, module).preprocess_input
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class Preprocess(keras.layers.Layer):
+    """The named backbone's ``preprocess_input`` as a layer, so it travels inside the model."""
+
+    def __init__(self, backbone: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self._fn = preprocess_function(backbone)
+
+    def call(self, x):
+        return self._fn(keras.ops.cast(x, "float32"))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "backbone": self.backbone}
+
+
+def build_extractor(base: SimpleNamespace) -> keras.Model:
+    """Frozen ``base.backbone`` with its preprocessing and pooling: images -> feature vectors."""
+    constructors = backbones()
+    if base.backbone not in constructors:
+        raise StageError(f"base.backbone {base.backbone!r} is not a keras.applications model; "
+                         f"valid names: {', '.join(sorted(constructors))}")
+    weights = {"imagenet": "imagenet", "none": None}.get(base.weights, base.weights)
+    if weights not in ("imagenet", None) and not Path(weights).is_file():
+        raise StageError(f"base.weights {base.weights!r}: no such file (use imagenet, none or a weights path)")
+    shape = (base.image_size, base.image_size, 3)
+    try:
+        backbone = constructors[base.backbone](include_top=False, weights=weights, input_shape=shape,
+                                               pooling=base.pooling)
+    except Exception as err:  # Keras raises a bare Exception for a failed weights download
+        url = re.search(r"https?://\S+", str(err))
+        if "URL fetch failure" not in str(err) or not url:
+            raise
+        cache = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+        raise StageError(f"could not download {base.backbone} ImageNet weights from {url.group(0)}. "
+                         f"Offline? Put that file at {cache / url.group(0).rsplit('/', 1)[-1]} "
+                         "(set KERAS_HOME to use another cache)") from None
+    backbone.trainable = False
+    inputs = keras.Input(shape, name="image")
+    features = backbone(Preprocess(base.backbone)(inputs), training=False)
+    return keras.Model(inputs, features, name="extractor")
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class Standardize(keras.layers.Layer):
+    """Per-feature ``(x - mean) / std`` with statistics fitted once on the training features.
+
+    Backbones differ wildly in feature scale (randomly initialised MobileNetV2
+    features are around 1e-12), and a linear head learns far better on unit
+    variance. Unlike ``keras.layers.Normalization`` there is no 1e-7 floor on
+    the std, which would flatten such features to nothing.
+    """
+
+    def build(self, input_shape):
+        dim = (input_shape[-1],)
+        self.mean = self.add_weight(shape=dim, initializer="zeros", trainable=False, name="mean")
+        self.inv_std = self.add_weight(shape=dim, initializer="ones", trainable=False, name="inv_std")
+
+    def fit(self, features: np.ndarray) -> None:
+        std = features.std(axis=0, dtype=np.float64)
+        self.mean.assign(features.mean(axis=0, dtype=np.float64).astype("float32"))
+        self.inv_std.assign(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1).astype("float32"))
+
+    def call(self, x):
+        return (x - self.mean) * self.inv_std
+
+
+def build_head(train_features: np.ndarray, n_classes: int, hidden_units: int, dropout: float) -> keras.Model:
+    """Standardize, dropout, optional hidden layer, softmax: the classifier on cached features."""
+    inputs = keras.Input(train_features.shape[1:], name="features")
+    standardize = Standardize(name="standardize")
+    x = standardize(inputs)
+    standardize.fit(train_features)
+    x = keras.layers.Dropout(dropout)(x)
+    if hidden_units:
+        x = keras.layers.Dense(hidden_units, activation="relu")(x)
+        x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def assemble(extractor: keras.Model, head: keras.Model) -> keras.Model:
+    """images -> probabilities: the extractor (frozen backbone) followed by the trained head."""
+    inputs = keras.Input(extractor.input_shape[1:], name="image")
+    return keras.Model(inputs, head(extractor(inputs, training=False)), name="classifier")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The ``keras.applications`` model nested in an extractor or a classifier."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer if layer.name not in ("extractor", "head") else backbone_of(layer)
+    raise ValueError(f"{model.name} holds no backbone model")
+
+
+def unfreeze_top(backbone: keras.Model, n_layers: int) -> int:
+    """Make the top ``n_layers`` trainable, BatchNorm excepted; return the trainable layer count.
+
+    BatchNorm stays in inference mode by being non-trainable: under Keras 3,
+    ``fit`` overrides a ``training=False`` call argument once layers are
+    trainable (keras-team/keras#20285), and the moving statistics would drift.
+    """
+    backbone.trainable = True
+    cut = len(backbone.layers) - n_layers
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(layer.trainable and bool(layer.weights) for layer in backbone.layers)
+
+
+def augmenter(augment: SimpleNamespace, seed: int) -> keras.Sequential:
+    """The ``augment.*`` transforms as seeded Keras preprocessing layers (zero factors left out)."""
+    layers = []
+    if augment.flip != "none":
+        layers.append(keras.layers.RandomFlip(augment.flip, seed=seed))
+    if augment.rotation:
+        layers.append(keras.layers.RandomRotation(augment.rotation, seed=seed + 1))
+    if augment.zoom:
+        layers.append(keras.layers.RandomZoom(augment.zoom, seed=seed + 2))
+    if augment.translation:
+        layers.append(keras.layers.RandomTranslation(augment.translation, augment.translation, seed=seed + 3))
+    if augment.contrast:
+        layers.append(keras.layers.RandomContrast(augment.contrast, seed=seed + 4))
+    return keras.Sequential(layers, name="augmenter")
+
+
+def load(path: Path) -> keras.Model:
+    """Load a saved model in safe mode: no Lambda layers, nothing unpickled."""
+    return keras.saving.load_model(path, safe_mode=True)

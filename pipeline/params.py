@@ -1,0 +1,261 @@
+"""params.yaml -> typed, validated sections; each stage sees only the keys it declares.
+
+A stage calls ``load(PARAMS)`` with the same keys its ``dvc.yaml`` entry lists
+under ``params:``. The whole file is validated (so a typo anywhere stops every
+stage with the key's name), but the returned object only holds the declared
+keys: reading an undeclared one is an ``AttributeError``, which keeps the code
+and the DVC dependencies honest (see tests/test_contract.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+PARAMS_FILE = "params.yaml"  # DVC's default params file, read from the project root
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the key and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Ingest:
+    source: str  # folder, .zip/.tar.gz archive, or http(s) URL of an archive
+    sha256: Optional[str] = None  # expected checksum of a downloaded archive
+
+    def check(self) -> list[str]:
+        errors = [] if self.source.strip() else ["ingest.source must not be empty"]
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
+            errors.append("ingest.sha256 must be 64 hex digits or null")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    strategy: str  # auto | predefined | stratified
+    val_fraction: float
+    test_fraction: float
+
+    def check(self) -> list[str]:
+        errors = _one_of("split.strategy", self.strategy, ("auto", "predefined", "stratified"))
+        errors += _between("split.val_fraction", self.val_fraction, 0, 1, low_open=True)
+        errors += _between("split.test_fraction", self.test_fraction, 0, 1, low_open=True)
+        if self.val_fraction + self.test_fraction >= 1:
+            errors.append("split.val_fraction + split.test_fraction must be < 1 "
+                          f"(got {self.val_fraction + self.test_fraction:g})")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+    backbone: str  # any keras.applications model name, e.g. MobileNetV2
+    weights: str  # imagenet | none | path to a weights file
+    image_size: int
+    pooling: str  # avg | max
+
+    def check(self) -> list[str]:
+        errors = _at_least("base.image_size", self.image_size, 32)
+        return errors + _one_of("base.pooling", self.pooling, ("avg", "max"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    copies: int  # augmented variants per training image, besides the original
+    flip: str  # none | horizontal | vertical | horizontal_and_vertical
+    rotation: float  # fraction of a full turn, as keras.layers.RandomRotation
+    zoom: float
+    translation: float
+    contrast: float
+
+    def check(self) -> list[str]:
+        errors = _at_least("augment.copies", self.copies, 0)
+        errors += _one_of("augment.flip", self.flip,
+                          ("none", "horizontal", "vertical", "horizontal_and_vertical"))
+        for name in ("rotation", "zoom", "translation", "contrast"):
+            errors += _between(f"augment.{name}", getattr(self, name), 0, 1)
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Extract:
+    batch_size: int
+
+    def check(self) -> list[str]:
+        return _at_least("extract.batch_size", self.batch_size, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainHead:
+    hidden_units: int  # 0: a linear classifier on the features
+    dropout: float
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    patience: int  # early stopping on validation loss
+
+    def check(self) -> list[str]:
+        return _training_checks("train_head", self) + _at_least(
+            "train_head.hidden_units", self.hidden_units, 0) + _between(
+            "train_head.dropout", self.dropout, 0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Finetune:
+    unfreeze_layers: int  # how many of the backbone's top layers to train
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    patience: int
+    online_augmentation: bool  # apply the augment.* transforms on the fly
+
+    def check(self) -> list[str]:
+        return _training_checks("finetune", self) + _at_least(
+            "finetune.unfreeze_layers", self.unfreeze_layers, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluate:
+    batch_size: int
+
+    def check(self) -> list[str]:
+        return _at_least("evaluate.batch_size", self.batch_size, 1)
+
+
+SECTIONS: dict[str, type] = {
+    "ingest": Ingest, "split": Split, "base": Base, "augment": Augment,
+    "extract": Extract, "train_head": TrainHead, "finetune": Finetune, "evaluate": Evaluate,
+}
+TOP_LEVEL = {"seed": int}
+
+
+def all_keys() -> list[str]:
+    """Every dotted key params.yaml may hold, e.g. ``finetune.learning_rate``."""
+    keys = list(TOP_LEVEL)
+    for name, cls in SECTIONS.items():
+        keys += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def expand(keys: Iterable[str]) -> list[str]:
+    """Section names become their dotted keys: ``["seed", "split"]`` -> ``["seed", "split.strategy", ...]``."""
+    out = []
+    for key in keys:
+        if key in SECTIONS:
+            out += [f"{key}.{f.name}" for f in dataclasses.fields(SECTIONS[key])]
+        elif key in all_keys():
+            out.append(key)
+        else:
+            raise ParamsError(f"unknown params key {key!r}")
+    return out
+
+
+def parse(raw: Any) -> dict[str, Any]:
+    """Validate a params mapping; returns ``{"seed": int, "<section>": dataclass, ...}``."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{PARAMS_FILE} must be a mapping of sections, got {type(raw).__name__}")
+    errors, parsed = [], {}
+    allowed = set(TOP_LEVEL) | set(SECTIONS)
+    for key in sorted(set(raw) - allowed, key=str):
+        errors.append(f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+    for key, typ in TOP_LEVEL.items():
+        if key not in raw:
+            errors.append(f"missing key {key!r}")
+        else:
+            errors += _type_errors(key, raw[key], typ)
+            parsed[key] = raw[key]
+    for name, cls in SECTIONS.items():
+        section = raw.get(name)
+        if not isinstance(section, dict):
+            errors.append(f"missing section {name!r}" if section is None
+                          else f"{name} must be a mapping, got {type(section).__name__}")
+            continue
+        section_errors, values = _parse_section(name, cls, section)
+        errors += section_errors
+        if not section_errors:
+            parsed[name] = cls(**values)
+            errors += parsed[name].check()
+    if errors:
+        raise ParamsError(f"invalid {PARAMS_FILE}:\n  - " + "\n  - ".join(errors))
+    return parsed
+
+
+def load(keys: Iterable[str], path: str | Path = PARAMS_FILE) -> types.SimpleNamespace:
+    """Validate the whole params file and return only ``keys`` (sections or dotted keys)."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    parsed = parse(raw)
+    view: dict[str, Any] = {}
+    for key in keys:
+        if key in TOP_LEVEL or key in SECTIONS:
+            view[key] = parsed[key]
+            continue
+        section, _, field = key.partition(".")
+        expand([key])  # raises for an unknown key
+        view.setdefault(section, types.SimpleNamespace())
+        setattr(view[section], field, getattr(parsed[section], field))
+    return types.SimpleNamespace(**view)
+
+
+def _parse_section(name: str, cls: type, section: dict) -> tuple[list[str], dict]:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    errors = [f"unknown key '{name}.{k}' (allowed: {', '.join(fields)})"
+              for k in section if k not in fields]
+    values = {}
+    for field_name, field in fields.items():
+        key = f"{name}.{field_name}"
+        if field_name not in section:
+            if field.default is dataclasses.MISSING:
+                errors.append(f"missing key {key!r}")
+            continue
+        value = section[field_name]
+        if hints[field_name] is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # YAML writes 1 for 1.0
+        errors += _type_errors(key, value, hints[field_name])
+        values[field_name] = value
+    return errors, values
+
+
+def _type_errors(key: str, value: Any, typ: Any) -> list[str]:
+    args = typing.get_args(typ)
+    if args:  # Optional[X]
+        if value is None:
+            return []
+        typ = next(a for a in args if a is not type(None))
+    # bool is an int subclass in Python; `epochs: true` must not pass as 1
+    if isinstance(value, typ) and not (isinstance(value, bool) and typ is not bool):
+        return []
+    shown = "null" if value is None else f"{value!r} ({type(value).__name__})"
+    return [f"{key} must be {typ.__name__}{' or null' if args else ''}, got {shown}"]
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> list[str]:
+    return [] if value in allowed else [f"{key} must be one of {', '.join(allowed)}; got {value!r}"]
+
+
+def _at_least(key: str, value: float, low: float) -> list[str]:
+    return [] if value >= low else [f"{key} must be >= {low}, got {value}"]
+
+
+def _between(key: str, value: float, low: float, high: float, low_open: bool = False) -> list[str]:
+    ok = (low < value if low_open else low <= value) and value < high
+    bracket = "(" if low_open else "["
+    return [] if ok else [f"{key} must be in {bracket}{low}, {high}), got {value}"]
+
+
+def _training_checks(section: str, p: Any) -> list[str]:
+    errors = [] if p.learning_rate > 0 else [f"{section}.learning_rate must be > 0, got {p.learning_rate}"]
+    errors += _at_least(f"{section}.epochs", p.epochs, 1)
+    errors += _at_least(f"{section}.batch_size", p.batch_size, 1)
+    return errors + _at_least(f"{section}.patience", p.patience, 0)
