@@ -1,0 +1,79 @@
+"""params.yaml validation: every mistake names its key."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from pipeline import params
+from pipeline.params import ParamsError
+
+DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def broken(edit) -> dict:
+    raw = copy.deepcopy(DEFAULT)
+    edit(raw)
+    return raw
+
+
+def test_default_params_are_valid():
+    parsed = params.parse(DEFAULT)
+    assert parsed["finetune"].learning_rate == pytest.approx(1e-5)
+    assert parsed["base"].backbone == "MobileNetV2"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["finetune"].update(learnig_rate=0.1), "unknown key 'finetune.learnig_rate'"),
+    (lambda r: r.update(trian={}), "unknown key 'trian'"),
+    (lambda r: r["train_head"].update(epochs="ten"), "train_head.epochs must be int, got 'ten'"),
+    (lambda r: r["train_head"].update(epochs=True), "train_head.epochs must be int"),
+    (lambda r: r["finetune"].update(epochs=0), "finetune.epochs must be >= 1"),
+    (lambda r: r["split"].update(val_fraction=-0.1), "split.val_fraction must be in (0, 1)"),
+    (lambda r: r["split"].update(val_fraction=0.5, test_fraction=0.5), "must be < 1"),
+    (lambda r: r["split"].update(strategy="random"), "split.strategy must be one of auto"),
+    (lambda r: r["finetune"].update(learning_rate=0), "finetune.learning_rate must be > 0"),
+    (lambda r: r["finetune"].pop("epochs"), "missing key 'finetune.epochs'"),
+    (lambda r: r["base"].update(image_size=16), "base.image_size must be >= 32"),
+    (lambda r: r["finetune"].update(online_augmentation="yes"), "finetune.online_augmentation must be bool"),
+    (lambda r: r["ingest"].update(sha256="abc"), "ingest.sha256 must be 64 hex digits"),
+    (lambda r: r.pop("seed"), "missing key 'seed'"),
+])
+def test_mistakes_are_named(edit, message):
+    with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        params.parse(broken(edit))
+
+
+def test_int_is_accepted_for_float():
+    parsed = params.parse(broken(lambda r: r["train_head"].update(learning_rate=1)))
+    assert parsed["train_head"].learning_rate == 1.0
+
+
+def test_view_holds_only_declared_keys(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(DEFAULT))
+    view = params.load(["seed", "finetune", "base.image_size"], path)
+    assert view.base.image_size == DEFAULT["base"]["image_size"]
+    assert view.finetune.epochs == DEFAULT["finetune"]["epochs"]
+    with pytest.raises(AttributeError):
+        view.base.backbone  # not declared by this stage
+    with pytest.raises(AttributeError):
+        view.train_head
+
+
+def test_expand_sections_and_reject_unknown():
+    assert "finetune.learning_rate" in params.expand(["finetune"])
+    assert params.expand(["seed", "base.pooling"]) == ["seed", "base.pooling"]
+    with pytest.raises(ParamsError, match="unknown params key 'base.size'"):
+        params.expand(["base.size"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        params.load(["seed"], tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        params.load(["seed"], bad)
