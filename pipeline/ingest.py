@@ -65,18 +65,23 @@ def extract(archive: Path, dest: Path) -> None:
     """Unpack a .zip or .tar(.gz|.bz2|.xz) archive; members escaping ``dest`` are refused."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                if Path(name).is_absolute() or ".." in Path(name).parts:
-                    raise StageError(f"{archive}: refusing unsafe archive member {name!r}")
+            _refuse_unsafe(archive, zf.namelist())
             zf.extractall(dest)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
+            _refuse_unsafe(archive, tf.getnames())
             try:
-                tf.extractall(dest, filter="data")  # refuses ../, absolute paths and outside links
+                tf.extractall(dest, filter="data")  # also refuses links that point outside
             except tarfile.FilterError as err:
                 raise StageError(f"{archive}: refusing unsafe archive member ({err})") from None
     else:
         raise StageError(f"ingest.source {archive} is neither a folder nor a .zip/.tar archive")
+
+
+def _refuse_unsafe(archive: Path, names: list[str]) -> None:
+    for name in names:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise StageError(f"{archive}: refusing unsafe archive member {name!r}")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,74 @@
+"""A throwaway copy of the project in its own git + DVC repo, for end-to-end runs of `dvc`."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT
+
+BIN = Path(sys.executable).parent  # the environment running the tests: python and dvc
+
+
+class Project:
+    def __init__(self, path: Path, params: dict, env: dict | None = None):
+        self.path = path
+        shutil.copytree(ROOT / "pipeline", path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("dvc.yaml", ".gitignore"):
+            shutil.copy(ROOT / name, path / name)
+        self.write_params(params)
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                    "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                    ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"],
+                    ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
+                    ["git", "commit", "-qm", "project"]):
+            self.run(*cmd)
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        if cmd[0] == "dvc":
+            cmd = (str(BIN / "dvc"),) + cmd[1:]
+        out = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=900)
+        if check and out.returncode:
+            raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.path / "params.yaml").read_text())
+
+    def write_params(self, params: dict) -> None:
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def set_param(self, key: str, value) -> None:
+        params = self.params()
+        section, name = key.split(".")
+        params[section][name] = value
+        self.write_params(params)
+
+    def changed_stages(self) -> set[str]:
+        """Stage names `dvc status` reports as changed."""
+        return set(json.loads(self.run("dvc", "status", "--json").stdout))
+
+    def repro(self) -> list[str]:
+        """Run `dvc repro`; return the stages it actually ran, in order."""
+        out = self.run("dvc", "repro").stdout
+        return [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+
+    def metrics(self) -> dict:
+        return json.loads((self.path / "reports" / "metrics.json").read_text())
+
+
+def default_params(**sections) -> dict:
+    """params.yaml with ``sections`` merged in, e.g. ``base={"image_size": 32}``."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            params[name].update(values)
+        else:
+            params[name] = values
+    return params

@@ -1,0 +1,96 @@
+"""dvc.yaml against the code: each stage declares exactly the params, code and paths it uses."""
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from pipeline import params
+
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+EXPECTED_STAGES = ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate"]
+
+
+def module_of(stage: dict) -> str:
+    match = re.match(r"python -m pipeline\.(\w+)\b", stage["cmd"])
+    assert match, f"unexpected cmd {stage['cmd']!r}"
+    return match.group(1)
+
+
+def declared_params(module: str) -> list[str]:
+    tree = ast.parse((ROOT / "pipeline" / f"{module}.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PARAMS":
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"pipeline/{module}.py has no PARAMS list")
+
+
+def pipeline_imports(module: str, seen: set[str] | None = None) -> set[str]:
+    """pipeline modules that ``module`` imports, directly or through other pipeline modules."""
+    seen = set() if seen is None else seen
+    seen.add(module)
+    tree = ast.parse((ROOT / "pipeline" / f"{module}.py").read_text())
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
+            names = [node.module.split(".")[1]]
+        for name in names:
+            if name not in seen:
+                pipeline_imports(name, seen)
+    return seen
+
+
+def entries(stage: dict, key: str) -> list[str]:
+    return [e if isinstance(e, str) else next(iter(e)) for e in stage.get(key, [])]
+
+
+def test_stages_form_the_expected_pipeline():
+    assert list(DVC) == EXPECTED_STAGES
+
+
+@pytest.mark.parametrize("name", EXPECTED_STAGES)
+def test_stage_params_match_what_the_code_reads(name):
+    stage = DVC[name]
+    assert sorted(params.expand(declared_params(module_of(stage)))) == sorted(stage.get("params", []))
+
+
+def test_every_param_is_used_by_some_stage():
+    used = {key for stage in DVC.values() for key in stage.get("params", [])}
+    assert used == set(params.all_keys())
+    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert {f"{s}.{k}" if isinstance(v, dict) else s for s, v in defaults.items()
+            for k in (v if isinstance(v, dict) else [None])} == set(params.all_keys())
+
+
+@pytest.mark.parametrize("name", EXPECTED_STAGES)
+def test_stage_code_deps_match_imports(name):
+    stage = DVC[name]
+    code = {f"pipeline/{m}.py" for m in pipeline_imports(module_of(stage))}
+    assert code == {d for d in stage["deps"] if d.startswith("pipeline/")}
+
+
+@pytest.mark.parametrize("name", EXPECTED_STAGES)
+def test_cmd_paths_are_the_declared_deps_and_outs(name):
+    stage = DVC[name]
+    args = shlex.split(stage["cmd"])
+    paths = {args[i + 1] for i, a in enumerate(args) if a.startswith("--")}
+    declared = [d for d in stage["deps"] if not d.startswith("pipeline/")]
+    declared += entries(stage, "outs") + entries(stage, "metrics") + entries(stage, "plots")
+    for path in paths:  # each argument is declared, or is the folder holding declared files
+        assert any(d == path or d.startswith(path + "/") for d in declared), f"{name}: {path} undeclared"
+    for d in declared:  # and everything declared is handed to the stage
+        assert any(d == p or d.startswith(p + "/") for p in paths), f"{name}: {d} not passed to the stage"
+
+
+def test_no_stage_code_hardcodes_project_paths():
+    for path in (ROOT / "pipeline").glob("*.py"):
+        text = path.read_text()
+        for folder in ("data/", "models/", "reports/"):
+            assert f'"{folder}' not in text and f"'{folder}" not in text, f"{path.name} hardcodes {folder}"

@@ -1,0 +1,54 @@
+"""Decoding every image mode the same way, and spotting unreadable files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import images
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "I;16", "LA"])
+def test_every_mode_becomes_rgb(tmp_path, mode):
+    im = Image.new("RGB", (30, 20), (200, 30, 30)).convert(mode)
+    path = tmp_path / ("x.tif" if mode in ("CMYK", "I;16") else "x.png")
+    im.save(path)
+    out = images.load_image(path, 16)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    if mode in ("RGB", "RGBA", "P", "CMYK"):
+        assert out[..., 0].mean() > 150 and out[..., 1].mean() < 80  # still red
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(tmp_path / "t.png")
+    assert (images.load_image(tmp_path / "t.png", 8) == 255).all()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    im = Image.new("RGB", (40, 20), (0, 0, 255))
+    im.paste((255, 0, 0), (0, 0, 20, 20))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": left half ends up on top
+    im.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    out = images.load_image(tmp_path / "r.jpg", 20)
+    assert out[:8, :, 0].mean() > 200 and out[-8:, :, 2].mean() > 200
+
+
+def test_inspect_reports_size_and_rejects_broken_files(tmp_path):
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(tmp_path / "ok.jpg")
+    assert images.inspect_image(tmp_path / "ok.jpg") == (64, 48)
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    for name in ("truncated.jpg", "empty.jpg", "text.jpg"):
+        with pytest.raises(Exception):
+            images.inspect_image(tmp_path / name)
+
+
+def test_csv_roundtrip_and_sha(tmp_path):
+    rows = [{"path": "a/ü.png", "label": "a", "split": "", "sha256": "0", "width": 1, "height": 2}]
+    images.write_csv(tmp_path / "m.csv", rows, images.MANIFEST_FIELDS)
+    assert images.read_csv(tmp_path / "m.csv")[0]["path"] == "a/ü.png"
+    (tmp_path / "f").write_bytes(b"abc")
+    assert images.sha256_file(tmp_path / "f").startswith("ba7816bf")

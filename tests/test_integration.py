@@ -1,0 +1,51 @@
+"""Real ImageNet MobileNetV2 weights (via the Keras cache) on real clothing photos, through `dvc repro`.
+
+Uses the offline assets in ../shared; skipped, saying so, where they are absent.
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from conftest import shared_or_skip
+from project import Project, default_params
+
+PER_SPLIT = {"train": 12, "validation": 4, "test": 8}  # images per class
+
+
+@pytest.fixture(scope="module")
+def clothing(tmp_path_factory):
+    source = shared_or_skip("datasets", "clothing-dataset-small")
+    weights = shared_or_skip("keras-cache", "models")
+    tmp = tmp_path_factory.mktemp("integration")
+    subset = tmp / "clothing"
+    for split, n in PER_SPLIT.items():
+        for class_dir in sorted((source / split).iterdir()):
+            target = subset / split / class_dir.name
+            target.mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:n]:  # the first n: a fixed, per-class subsample
+                shutil.copy(image, target / image.name)
+    keras_home = tmp / "keras-home"
+    (keras_home / "models").mkdir(parents=True)
+    for f in weights.iterdir():
+        (keras_home / "models" / f.name).symlink_to(f)
+    params = default_params(
+        ingest={"source": str(subset)},
+        base={"image_size": 96},
+        train_head={"epochs": 40, "patience": 8},
+        finetune={"unfreeze_layers": 10, "epochs": 1, "learning_rate": 1e-5, "batch_size": 16},
+    )
+    return Project(tmp / "project", params, env={"KERAS_HOME": str(keras_home)})
+
+
+def test_imagenet_weights_beat_random_weights(clothing):
+    assert clothing.repro()[0] == "ingest"
+    pretrained = clothing.metrics()
+    assert pretrained["test_images"] == 10 * PER_SPLIT["test"]
+    # Same data and params, random backbone: only the stages from extract-features on rerun.
+    out = clothing.run("dvc", "exp", "run", "-S", "base.weights=none").stdout
+    assert "Running stage 'extract_features'" in out and "Running stage 'augment'" not in out
+    random = clothing.metrics()
+    assert pretrained["finetune"]["accuracy"] >= 0.5, pretrained  # chance is 0.1
+    assert pretrained["finetune"]["accuracy"] >= random["finetune"]["accuracy"] + 0.25, (pretrained, random)

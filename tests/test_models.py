@@ -1,0 +1,138 @@
+"""Backbones, preprocessing, head and the fine-tuning freeze rules, on tiny random models."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from pipeline import models
+from pipeline.artifacts import StageError
+
+BASE = SimpleNamespace(backbone="MobileNetV2", weights="none", image_size=32, pooling="avg")
+
+
+@pytest.fixture
+def classifier():
+    """A fresh tiny classifier (random MobileNetV2 at 32 px + head) for each test."""
+    keras.utils.set_random_seed(0)
+    extractor = models.build_extractor(BASE)
+    features = extractor.predict(np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)), verbose=0)
+    head = models.build_head(features, 3, hidden_units=8, dropout=0.1)
+    return models.assemble(extractor, head)
+
+
+def test_every_keras_application_has_its_preprocessing():
+    names = models.backbones()
+    assert {"MobileNetV2", "MobileNet", "EfficientNetB0", "ResNet50"} <= set(names)
+    for name in names:
+        assert callable(models.preprocess_function(name)), name
+
+
+@pytest.mark.parametrize("backbone, module", [("MobileNetV2", "mobilenet_v2"), ("ResNet50", "resnet"),
+                                              ("EfficientNetB0", "efficientnet")])
+def test_preprocess_layer_matches_the_backbone_function(backbone, module):
+    x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = getattr(keras.applications, module).preprocess_input(x.copy())
+    got = keras.ops.convert_to_numpy(models.Preprocess(backbone)(x))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_unknown_backbone_lists_valid_names():
+    with pytest.raises(StageError, match="'MobileNetV9' is not a keras.applications model.*MobileNetV2"):
+        models.build_extractor(SimpleNamespace(**{**vars(BASE), "backbone": "MobileNetV9"}))
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(StageError, match="no such file"):
+        models.build_extractor(SimpleNamespace(**{**vars(BASE), "weights": str(tmp_path / "w.h5")}))
+
+
+def test_offline_imagenet_download_says_which_cache_file(tmp_path):
+    # A fresh interpreter with an empty KERAS_HOME: Keras reads the variable at import time.
+    code = ("from types import SimpleNamespace as S; from pipeline import models\n"
+            "try:\n models.build_extractor(S(backbone='MobileNetV2', weights='imagenet', image_size=96,"
+            " pooling='avg'))\nexcept models.StageError as e: print('ERROR', e)\nelse: print('DOWNLOADED')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={"KERAS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if "DOWNLOADED" in out.stdout:
+        pytest.skip("this machine reached the download host, so there is no offline error to check")
+    assert "ERROR could not download MobileNetV2 ImageNet weights" in out.stdout, out.stdout + out.stderr
+    assert str(tmp_path / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5") \
+        in out.stdout
+
+
+def test_standardize_rescales_tiny_features():
+    features = np.random.default_rng(2).normal(5e-12, 1e-12, (64, 4)).astype("float32")
+    layer = models.Standardize()
+    layer.build(features.shape)
+    layer.fit(features)
+    out = keras.ops.convert_to_numpy(layer(features))
+    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-3)
+    np.testing.assert_allclose(out.std(axis=0), 1, atol=1e-2)
+
+
+def test_unfreeze_top_keeps_batchnorm_frozen(classifier):
+    backbone = models.backbone_of(classifier)
+    n = models.unfreeze_top(backbone, 20)
+    top = backbone.layers[-20:]
+    assert n == sum(bool(layer.weights) and not isinstance(layer, keras.layers.BatchNormalization)
+                    for layer in top) > 0
+    assert not any(layer.trainable for layer in backbone.layers[:-20])
+    assert not any(layer.trainable for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def _batchnorm_stats(backbone):
+    return [keras.ops.convert_to_numpy(w).copy() for layer in backbone.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+            for w in (layer.moving_mean, layer.moving_variance)]
+
+
+def _one_fit_step(model):
+    model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(3).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    model.fit(x, np.arange(8) % 3, epochs=1, batch_size=8, verbose=0)
+
+
+def test_finetune_step_leaves_batchnorm_statistics_unchanged(classifier):
+    backbone = models.backbone_of(classifier)
+    models.unfreeze_top(backbone, len(backbone.layers))  # everything but BatchNorm trainable
+    before_stats = _batchnorm_stats(backbone)
+    before_kernels = [keras.ops.convert_to_numpy(w).copy() for w in backbone.trainable_weights]
+    _one_fit_step(classifier)
+    for a, b in zip(before_stats, _batchnorm_stats(backbone)):
+        np.testing.assert_array_equal(a, b)
+    changed = [not np.array_equal(a, keras.ops.convert_to_numpy(w))
+               for a, w in zip(before_kernels, backbone.trainable_weights)]
+    assert any(changed), "the unfrozen layers did not train at all"
+
+
+def test_without_the_freeze_batchnorm_drifts(classifier):
+    """The control: plain `trainable = True` lets fit() update moving statistics (keras#20285)."""
+    backbone = models.backbone_of(classifier)
+    backbone.trainable = True  # the usual recipe line, with nothing done about BatchNorm
+    assert all(layer.trainable for layer in backbone.layers)
+    before = _batchnorm_stats(backbone)
+    _one_fit_step(classifier)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, _batchnorm_stats(backbone)))
+
+
+def test_saved_classifier_loads_in_safe_mode_with_same_predictions(classifier, tmp_path):
+    x = np.random.default_rng(4).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    classifier.save(tmp_path / "m.keras")
+    loaded = models.load(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), classifier.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_augmenter_is_seeded_and_skips_zero_factors():
+    aug = SimpleNamespace(flip="horizontal", rotation=0.1, zoom=0.0, translation=0.1, contrast=0.0)
+    assert [type(layer).__name__ for layer in models.augmenter(aug, 7).layers] == \
+        ["RandomFlip", "RandomRotation", "RandomTranslation"]
+    x = np.random.default_rng(5).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    runs = [keras.ops.convert_to_numpy(models.augmenter(aug, 7)(x, training=True)) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], x)
