@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.params import ParamsError
+
 log = logging.getLogger(__name__)
 
 
@@ -36,8 +38,6 @@ def start(doc: str, *paths: str) -> argparse.Namespace:
 
 def run(main: Any) -> None:
     """Run a stage's ``main()``; a known error becomes a one-line message and exit 1, not a traceback."""
-    from pipeline.params import ParamsError  # late import keeps this module dependency-free
-
     try:
         main()
     except (ParamsError, StageError) as err:

@@ -16,6 +16,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from pipeline import artifacts, images, models, params, plots, shards
 
 PARAMS = ["evaluate.batch_size"]
+TITLES = {"head": "Head only (frozen backbone)", "finetune": "Fine-tuned"}
 log = logging.getLogger("pipeline.evaluate")
 
 
@@ -54,7 +55,7 @@ def main() -> None:
                                    for t, q in zip(y_test, pred)), ["actual", "predicted"])
         with artifacts.atomic_file(args.out / f"confusion_{name}.png") as tmp:
             matrix = confusion_matrix(y_test, pred, labels=range(len(labels)))
-            plots.confusion_png(matrix, labels, tmp, f"{name}: accuracy {metrics[name]['accuracy']:.3f}")
+            plots.confusion_png(matrix, labels, tmp, f"{TITLES[name]}: test accuracy {metrics[name]['accuracy']:.3f}")
         log.info("%-8s accuracy %.4f  macro-F1 %.4f", name, metrics[name]["accuracy"], metrics[name]["macro_f1"])
     metrics["test_images"] = int(len(y_test))
     artifacts.write_json(args.out / "per_class.json", per_class)
