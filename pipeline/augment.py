@@ -24,7 +24,7 @@ log = logging.getLogger("pipeline.augment")
 def main() -> None:
     args = artifacts.start(__doc__, "raw", "split", "out")
     p = params.load(PARAMS)
-    keras.utils.set_random_seed(p.seed)
+    models.set_seed(p.seed)
     size, copies = p.base.image_size, p.augment.copies
     labels = artifacts.read_json(args.split / "labels.json")
     index = {label: i for i, label in enumerate(labels)}

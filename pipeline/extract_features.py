@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
@@ -25,7 +24,7 @@ log = logging.getLogger("pipeline.extract_features")
 def main() -> None:
     args = artifacts.start(__doc__, "augmented", "out", "extractor")
     p = params.load(PARAMS)
-    keras.utils.set_random_seed(p.seed)  # a weights: none backbone is seeded too
+    models.set_seed(p.seed)  # a weights: none backbone is seeded too
     meta = artifacts.read_json(args.augmented / "meta.json")
     if meta["image_size"] != p.base.image_size:
         raise artifacts.StageError(f"shards in {args.augmented} are {meta['image_size']} px but "

@@ -27,7 +27,7 @@ def main() -> None:
     args = artifacts.start(__doc__, "augmented", "extractor", "head", "model", "live")
     p = params.load(PARAMS)
     hp = p.finetune
-    keras.utils.set_random_seed(p.seed)
+    models.set_seed(p.seed)
     model = models.assemble(models.load(args.extractor), models.load(args.head))
     backbone = models.backbone_of(model)
     n_trainable = models.unfreeze_top(backbone, hp.unfreeze_layers)

@@ -75,3 +75,8 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 4) -> 
     """``map`` over threads, in order. Pillow and hashlib release the GIL while decoding."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         yield from pool.map(fn, items)
+
+
+def save_png(pixels: np.ndarray, path: Path) -> None:
+    """Write a uint8 array (H, W) or (H, W, 3) as a lossless PNG."""
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(path, format="PNG")

@@ -14,8 +14,19 @@ from typing import Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from pipeline.artifacts import StageError
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and make TensorFlow's ops deterministic.
+
+    Same data, params and seed then give byte-identical shards, features,
+    weights and metrics on the CPU (tests/test_e2e.py compares two runs).
+    """
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
 
 
 def backbones() -> dict[str, Callable]:

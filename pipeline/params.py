@@ -26,14 +26,25 @@ class ParamsError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Ingest:
-    source: str  # folder, .zip/.tar.gz archive, or http(s) URL of an archive
-    sha256: Optional[str] = None  # expected checksum of a downloaded archive
+    source: str  # folder, .zip/.tar.gz archive, http(s) URL of one, a labels .csv, or keras:<dataset>
+    sha256: Optional[str]  # expected checksum of a downloaded archive
+    labels_csv: Optional[str]  # CSV inside the source giving each image's label
+    image_dir: Optional[str]  # folder the CSV's image paths are relative to (default: the CSV's)
+    csv_image_column: str  # relative path, or file name without extension
+    csv_label_column: str
+    csv_split_column: Optional[str]  # optional train / validation (val) / test column
 
     def check(self) -> list[str]:
         errors = [] if self.source.strip() else ["ingest.source must not be empty"]
         if self.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
             errors.append("ingest.sha256 must be 64 hex digits or null")
+        if self.source.startswith("keras:") and self.source[6:] not in KERAS_DATASETS:
+            errors.append(f"ingest.source {self.source!r}: the keras datasets are "
+                          + ", ".join(f"keras:{name}" for name in KERAS_DATASETS))
         return errors
+
+
+KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +52,10 @@ class Split:
     strategy: str  # auto | predefined | stratified
     val_fraction: float
     test_fraction: float
+    drop_labels: list[str]  # e.g. ["not sure"]
+    merge_labels: dict[str, str]  # {old label: new label}
+    min_images_per_class: int  # fewer (after dropping and merging) makes a small class
+    small_classes: str  # drop (with a warning) | merge (into "other") | fail
 
     def check(self) -> list[str]:
         errors = _one_of("split.strategy", self.strategy, ("auto", "predefined", "stratified"))
@@ -49,7 +64,8 @@ class Split:
         if self.val_fraction + self.test_fraction >= 1:
             errors.append("split.val_fraction + split.test_fraction must be < 1 "
                           f"(got {self.val_fraction + self.test_fraction:g})")
-        return errors
+        errors += _at_least("split.min_images_per_class", self.min_images_per_class, 1)
+        return errors + _one_of("split.small_classes", self.small_classes, ("drop", "merge", "fail"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,15 +225,14 @@ def load(keys: Iterable[str], path: str | Path = PARAMS_FILE) -> types.SimpleNam
 
 def _parse_section(name: str, cls: type, section: dict) -> tuple[list[str], dict]:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = [f.name for f in dataclasses.fields(cls)]
     errors = [f"unknown key '{name}.{k}' (allowed: {', '.join(fields)})"
               for k in section if k not in fields]
     values = {}
-    for field_name, field in fields.items():
+    for field_name in fields:
         key = f"{name}.{field_name}"
         if field_name not in section:
-            if field.default is dataclasses.MISSING:
-                errors.append(f"missing key {key!r}")
+            errors.append(f"missing key {key!r}")
             continue
         value = section[field_name]
         if hints[field_name] is float and isinstance(value, int) and not isinstance(value, bool):
@@ -228,8 +243,15 @@ def _parse_section(name: str, cls: type, section: dict) -> tuple[list[str], dict
 
 
 def _type_errors(key: str, value: Any, typ: Any) -> list[str]:
-    args = typing.get_args(typ)
-    if args:  # Optional[X]
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (list, dict):  # list[str] or dict[str, str]: every item must be a str
+        items = value if origin is list else [*value.keys(), *value.values()] if isinstance(value, dict) else None
+        if isinstance(value, origin) and all(isinstance(v, str) for v in items):
+            return []
+        want = "a list of strings" if origin is list else "a mapping of strings to strings"
+        return [f"{key} must be {want}, got {value!r}"]
+    optional = type(None) in args
+    if optional:  # Optional[X]
         if value is None:
             return []
         typ = next(a for a in args if a is not type(None))
@@ -237,7 +259,7 @@ def _type_errors(key: str, value: Any, typ: Any) -> list[str]:
     if isinstance(value, typ) and not (isinstance(value, bool) and typ is not bool):
         return []
     shown = "null" if value is None else f"{value!r} ({type(value).__name__})"
-    return [f"{key} must be {typ.__name__}{' or null' if args else ''}, got {shown}"]
+    return [f"{key} must be {typ.__name__}{' or null' if optional else ''}, got {shown}"]
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> list[str]:

@@ -33,7 +33,8 @@ class ShardWriter:
             "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
             "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
         }))
-        self._writer.write(example.SerializeToString())
+        # Protobuf map order varies between processes unless asked: byte-identical shards need this.
+        self._writer.write(example.SerializeToString(deterministic=True))
         self.count += 1
 
     def close(self) -> None:

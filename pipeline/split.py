@@ -1,14 +1,16 @@
-"""split: data/raw/manifest.csv -> data/split/{train,val,test}.csv + labels.json.
+"""split: data/raw/manifest.csv -> data/split/{train,val,test}.csv + labels.json + reports/split.json.
 
+Labels are first dropped, merged and checked for size (split.drop_labels,
+split.merge_labels, split.min_images_per_class, split.small_classes). Then
 ``auto`` keeps the source's own train/validation/test folders when it has
-them, else makes a stratified split. Images with identical bytes are one
-image: duplicates under one label are kept once, and the same bytes under two
-labels are excluded as a conflict, so no image can sit in two splits.
+them, else makes a stratified split. Ingest already made every image unique,
+so no image can sit in two splits.
 """
 from __future__ import annotations
 
 import collections
 import logging
+from types import SimpleNamespace
 
 from sklearn.model_selection import train_test_split
 
@@ -17,25 +19,36 @@ from pipeline.artifacts import StageError
 
 PARAMS = ["split", "seed"]
 FIELDS = ["path", "label", "sha256"]
+OTHER = "other"  # where split.small_classes: merge puts the small classes
 log = logging.getLogger("pipeline.split")
 
 
-def deduplicate(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """One row per distinct content; a copy in an evaluation split wins over a training copy."""
-    priority = {"test": 0, "val": 1, "train": 2, "": 3}
-    groups = collections.defaultdict(list)
-    for row in rows:
-        groups[row["sha256"]].append(row)
-    kept, dropped = [], []
-    for group in groups.values():
-        group.sort(key=lambda r: (priority[r["split"]], r["path"]))
-        labels = sorted({r["label"] for r in group})
-        if len(labels) > 1:
-            dropped += [{**r, "reason": f"same image under labels {', '.join(labels)}"} for r in group]
-        else:
-            kept.append(group[0])
-            dropped += [{**r, "reason": f"duplicate of {group[0]['path']}"} for r in group[1:]]
-    return sorted(kept, key=lambda r: r["path"]), dropped
+def relabel(rows: list[dict], p: SimpleNamespace) -> tuple[list[dict], dict[str, str]]:
+    """Apply drop_labels, merge_labels and the small-class rule; return rows and what happened per label."""
+    changes = {}
+    for old, new in p.merge_labels.items():
+        changes[old] = f"merged into {new}"
+    rows = [{**r, "label": p.merge_labels.get(r["label"], r["label"])} for r in rows]
+    dropped = set(p.drop_labels)
+    changes.update({label: "dropped (split.drop_labels)" for label in dropped})
+    rows = [r for r in rows if r["label"] not in dropped]
+    for rule in (p.small_classes, "drop"):  # after a merge, "other" itself may still be small
+        counts = collections.Counter(r["label"] for r in rows)
+        small = sorted(label for label, n in counts.items() if n < p.min_images_per_class)
+        if not small:
+            break
+        described = ", ".join(f"{label} ({counts[label]})" for label in small)
+        if rule == "fail":
+            raise StageError(f"classes with fewer than split.min_images_per_class="
+                             f"{p.min_images_per_class} images: {described}. Add images, list them in "
+                             "split.drop_labels, or set split.small_classes to drop or merge")
+        log.warning("small classes (< %d images) %s: %s", p.min_images_per_class,
+                    "dropped" if rule == "drop" else f"merged into {OTHER!r}", described)
+        for label in small:
+            changes[label] = f"{'dropped' if rule == 'drop' else 'merged into ' + OTHER} ({counts[label]} images)"
+        rows = [r for r in rows if r["label"] not in small] if rule == "drop" else \
+            [{**r, "label": OTHER if r["label"] in small else r["label"]} for r in rows]
+    return rows, changes
 
 
 def stratified(rows: list[dict], fraction: float, seed: int, what: str) -> tuple[list[dict], list[dict]]:
@@ -45,33 +58,31 @@ def stratified(rows: list[dict], fraction: float, seed: int, what: str) -> tuple
         rest, part = train_test_split(rows, test_size=fraction, random_state=seed,
                                       stratify=[r["label"] for r in rows])
     except ValueError as err:
-        small = ", ".join(f"{k} ({v})" for k, v in sorted(counts.items()) if v < 2) or "none below 2"
+        fewest = ", ".join(f"{k} ({v})" for k, v in sorted(counts.items(), key=lambda kv: kv[1])[:3])
         raise StageError(f"cannot split off {what} ({fraction:g} of {len(rows)} images, "
-                         f"{len(counts)} classes) keeping every class in both parts: {err}. "
-                         f"Classes with fewest images: {small}. Add images, drop those classes, "
-                         f"or change split.val_fraction / split.test_fraction") from None
+                         f"{len(counts)} classes) keeping every class on both sides: {err}. "
+                         f"Classes with fewest images: {fewest}. Raise split.min_images_per_class, "
+                         "add images, or change split.val_fraction / split.test_fraction") from None
     return sorted(rest, key=lambda r: r["path"]), sorted(part, key=lambda r: r["path"])
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "raw", "out")
+    args = artifacts.start(__doc__, "raw", "out", "report")
     p = params.load(PARAMS)
-    rows, dropped = deduplicate(images.read_csv(args.raw / "manifest.csv"))
-    for row in dropped:
-        log.warning("excluded %s: %s", row["path"], row["reason"])
+    rows, changes = relabel(images.read_csv(args.raw / "manifest.csv"), p.split)
     has_predefined = any(r["split"] for r in rows)
     strategy = p.split.strategy
     if strategy == "auto":
         strategy = "predefined" if has_predefined else "stratified"
     if strategy == "predefined" and not has_predefined:
         raise StageError("split.strategy is 'predefined' but the source has no train/validation/test "
-                         "folders; use 'auto' or 'stratified'")
+                         "folders (or split column); use 'auto' or 'stratified'")
     log.info("strategy: %s", strategy)
 
     if strategy == "predefined":
         parts = {s: [r for r in rows if r["split"] == s] for s in images.SPLITS}
         if not parts["train"]:
-            raise StageError("the source's split folders have no train/ images")
+            raise StageError("the source's own split has no training images")
         if not parts["test"]:  # a source with only train/ and validation/: carve the test split
             parts["train"], parts["test"] = stratified(parts["train"], p.split.test_fraction, p.seed, "test")
         if not parts["val"]:
@@ -83,6 +94,9 @@ def main() -> None:
         parts = {"train": train, "val": val, "test": test}
 
     labels = sorted({r["label"] for r in rows})
+    if len(labels) < 2:
+        raise StageError(f"{len(labels)} class(es) left after split.drop_labels / merge_labels / "
+                         "min_images_per_class; need at least 2")
     for name, part in parts.items():
         missing = sorted(set(labels) - {r["label"] for r in part})
         if missing:
@@ -91,6 +105,11 @@ def main() -> None:
         for name, part in parts.items():
             images.write_csv(tmp / f"{name}.csv", part, FIELDS)
         artifacts.write_json(tmp / "labels.json", labels)
+    counts = {name: dict(sorted(collections.Counter(r["label"] for r in part).items()))
+              for name, part in parts.items()}
+    artifacts.write_json(args.report, {"strategy": strategy, "labels": labels, "label_changes": changes,
+                                       "images": {n: len(part) for n, part in parts.items()},
+                                       "per_class": counts})
     log.info("%d classes; train %d, val %d, test %d images", len(labels),
              *(len(parts[s]) for s in images.SPLITS))
 

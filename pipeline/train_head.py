@@ -22,7 +22,7 @@ log = logging.getLogger("pipeline.train_head")
 def main() -> None:
     args = artifacts.start(__doc__, "features", "labels", "model", "live")
     p = params.load(PARAMS)
-    keras.utils.set_random_seed(p.seed)
+    models.set_seed(p.seed)
     hp = p.train_head
     labels = artifacts.read_json(args.labels)
     x, y = (np.load(args.features / f"train_{a}.npy") for a in "xy")

@@ -30,6 +30,13 @@ class Project:
                     ["git", "commit", "-qm", "project"]):
             self.run(*cmd)
 
+    @classmethod
+    def attach(cls, path: Path, env: dict) -> "Project":
+        """A Project object for an existing checkout (a clone), without copying or initialising."""
+        project = cls.__new__(cls)
+        project.path, project.env = path, env
+        return project
+
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         if cmd[0] == "dvc":
             cmd = (str(BIN / "dvc"),) + cmd[1:]

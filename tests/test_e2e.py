@@ -1,13 +1,21 @@
 """The real `dvc repro` on a generated dataset with a tiny random backbone, then rerun granularity."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from project import Project, default_params
+from project import BIN, Project, default_params
 from shapes import make_dataset
+
+ARTIFACTS = ("data/split", "data/augmented", "data/features", "reports/metrics.json", "reports/ingest.json")
 
 TINY = dict(
     split={"strategy": "auto", "val_fraction": 0.2, "test_fraction": 0.25},
@@ -18,15 +26,34 @@ TINY = dict(
 )
 
 
+def digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under the reproducible artifacts, by relative path."""
+    out = {}
+    for name in ARTIFACTS:
+        for path in sorted([root / name] if (root / name).is_file() else (root / name).rglob("*")):
+            if path.is_file():
+                out[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    data = make_dataset(tmp / "shapes", per_class=40, size=40)
+def dataset(tmp_path_factory):
+    data = make_dataset(tmp_path_factory.mktemp("data") / "shapes", per_class=40, size=40)
     (data / "circle" / "broken.png").write_bytes(b"\x89PNG not really")
-    proj = Project(tmp / "project", default_params(ingest={"source": str(data)}, **TINY))
+    return data
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, dataset):
+    proj = Project(tmp_path_factory.mktemp("e2e") / "project", default_params(ingest={"source": str(dataset)}, **TINY))
     ran = proj.repro()
     assert ran == ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate"]
-    return proj
+    return proj, digests(proj.path)
+
+
+@pytest.fixture
+def project(first_run):
+    return first_run[0]
 
 
 def test_outputs_exist_with_the_right_shapes(project):
@@ -79,3 +106,45 @@ def test_invalid_param_stops_the_stage_naming_the_key(project):
     assert "finetune.epochs must be >= 1" in out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     project.set_param("finetune.epochs", 1)
+
+
+def test_same_seed_same_bytes_in_another_directory(first_run, dataset, tmp_path):
+    _, expected = first_run
+    again = Project(tmp_path / "again", default_params(ingest={"source": str(dataset)}, **TINY))
+    again.repro()
+    got = digests(again.path)
+    assert len(got) > 10 and got == expected
+
+
+def test_interrupted_stage_leaves_nothing_half_written(project):
+    project.set_param("finetune.epochs", 3)
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=project.path, env=project.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((project.path / "reports").glob(".finetune.tmp-*")):  # training has begun
+        assert proc.poll() is None and time.monotonic() < deadline, "finetune never started"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)  # what Ctrl-C in a terminal, or a CI timeout, does to the group
+    proc.wait(timeout=60)
+    leftovers = [p.name for d in ("reports", "models") for p in (project.path / d).glob(".*tmp-*")]
+    assert leftovers == []
+    assert not (project.path / "models" / "model.keras").exists()  # DVC removed it before the run
+    assert "finetune" in project.changed_stages()
+    assert project.repro() == ["finetune", "evaluate"]
+    assert project.changed_stages() == set()
+
+
+def test_push_clone_pull_gives_identical_files(project, tmp_path):
+    project.run("dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "results")
+    project.run("dvc", "push")
+    clone = tmp_path / "clone"
+    project.run("git", "clone", "-q", str(project.path), str(clone))
+    cloned = Project.attach(clone, project.env)
+    cloned.run("dvc", "pull")
+    assert cloned.changed_stages() == set()
+    files = ["models/model.keras", "models/head.keras", "models/extractor.keras", "data/raw/manifest.csv"]
+    assert digests(clone) == digests(project.path)
+    for name in files:
+        assert (clone / name).read_bytes() == (project.path / name).read_bytes()

@@ -52,3 +52,22 @@ def test_csv_roundtrip_and_sha(tmp_path):
     assert images.read_csv(tmp_path / "m.csv")[0]["path"] == "a/ü.png"
     (tmp_path / "f").write_bytes(b"abc")
     assert images.sha256_file(tmp_path / "f").startswith("ba7816bf")
+
+
+def test_huge_jpeg_is_decoded_at_reduced_scale(tmp_path):
+    """A 9000x7000 photo (189 MB as pixels) is read at 1/8 scale: memory stays far below the full decode."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    Image.new("RGB", (9000, 7000), (30, 30, 200)).save(tmp_path / "huge.jpg", quality=50)
+    code = ("import resource, sys; from pipeline import images; "
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            "out = images.load_image(sys.argv[1], 160); w, h = images.inspect_image(sys.argv[1]); "
+            "print(out.shape, w, h, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "huge.jpg")], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    shape, width, height, grown_mb = result.stdout.rsplit(" ", 3)
+    assert shape == "(160, 160, 3)" and (width, height) == ("9000", "7000")
+    assert int(grown_mb) < 60, f"peak memory grew by {grown_mb} MB"

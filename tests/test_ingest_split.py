@@ -8,11 +8,23 @@ import shutil
 import tarfile
 import threading
 import zipfile
+from types import SimpleNamespace
 
 import pytest
 
-from pipeline import ingest, split
+from pipeline import ingest, sources, split
 from pipeline.artifacts import StageError
+
+
+def ingest_params(source: str, **overrides) -> SimpleNamespace:
+    values = dict(source=source, sha256=None, labels_csv=None, image_dir=None, csv_image_column="image",
+                  csv_label_column="label", csv_split_column=None)
+    return SimpleNamespace(**{**values, **overrides})
+
+
+def split_params(**overrides) -> SimpleNamespace:
+    values = dict(drop_labels=[], merge_labels={}, min_images_per_class=3, small_classes="drop")
+    return SimpleNamespace(**{**values, **overrides})
 
 
 def test_scan_flat_layout_skips_non_images_and_outside_links(shapes_dir, tmp_path):
@@ -21,7 +33,7 @@ def test_scan_flat_layout_skips_non_images_and_outside_links(shapes_dir, tmp_pat
     outside = tmp_path / "outside.png"
     shutil.copy(shapes_dir / "circle" / "000.png", outside)
     (shapes_dir / "square" / "link.png").symlink_to(outside)
-    files, skipped = ingest.scan(shapes_dir)
+    files, skipped = sources.scan(shapes_dir)
     assert {f["label"] for f in files} == {"circle", "square", "triangle"}
     assert all(f["split"] == "" for f in files)
     reasons = {s["path"]: s["reason"] for s in skipped}
@@ -33,24 +45,21 @@ def test_scan_split_layout_normalises_validation(shapes_dir, tmp_path):
     root = tmp_path / "ds"
     for src, dst in (("train", "train"), ("validation", "validation"), ("test", "test")):
         shutil.copytree(shapes_dir, root / dst)
-    files, _ = ingest.scan(root)
+    files, _ = sources.scan(root)
     assert {f["split"] for f in files} == {"train", "val", "test"}
     assert files[0]["path"].startswith("test/circle/")
 
 
 def test_dataset_root_descends_a_lone_folder(tmp_path):
     (tmp_path / "name-abc123" / "train" / "a").mkdir(parents=True)
-    assert ingest.dataset_root(tmp_path) == tmp_path / "name-abc123"
+    assert sources.dataset_root(tmp_path) == tmp_path / "name-abc123"
 
 
 def test_zip_and_tar_sources_unpack(shapes_dir, tmp_path):
-    archive = shutil.make_archive(str(tmp_path / "data"), "zip", shapes_dir.parent, "shapes")
-    with ingest.local_source(archive, None) as folder:
-        assert ingest.dataset_root(folder).name == "shapes"
-        assert len(ingest.scan(ingest.dataset_root(folder))[0]) == 24
-    tgz = shutil.make_archive(str(tmp_path / "data"), "gztar", shapes_dir.parent, "shapes")
-    with ingest.local_source(tgz, None) as folder:
-        assert len(ingest.scan(ingest.dataset_root(folder))[0]) == 24
+    for kind in ("zip", "gztar"):
+        archive = shutil.make_archive(str(tmp_path / "data"), kind, shapes_dir.parent, "shapes")
+        with sources.open_source(ingest_params(archive)) as (root, files, skipped):
+            assert root.name == "shapes" and len(files) == 24 and not skipped
 
 
 @pytest.mark.parametrize("member", ["../evil.png", "/abs/evil.png"])
@@ -59,20 +68,20 @@ def test_unsafe_archive_members_are_refused(tmp_path, member):
     with zipfile.ZipFile(zpath, "w") as zf:
         zf.writestr(member, b"x")
     with pytest.raises(StageError, match="unsafe archive member"):
-        ingest.extract(zpath, tmp_path / "out")
+        sources.extract(zpath, tmp_path / "out")
     tpath = tmp_path / "bad.tar"
     with tarfile.open(tpath, "w") as tf:
         info = tarfile.TarInfo(member)
         info.size = 1
         tf.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(StageError, match="unsafe archive member"):
-        ingest.extract(tpath, tmp_path / "out2")
+        sources.extract(tpath, tmp_path / "out2")
     assert not (tmp_path / "evil.png").exists()
 
 
 def test_missing_source_is_named(tmp_path):
     with pytest.raises(StageError, match="does not exist"):
-        with ingest.local_source(str(tmp_path / "nope"), None):
+        with sources.open_source(ingest_params(str(tmp_path / "nope"))):
             pass
 
 
@@ -92,31 +101,32 @@ def served(tmp_path, shapes_dir):
 def test_download_into_keras_cache_with_checksum(served, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
     with pytest.raises(StageError, match="sha256 mismatch"):
-        ingest.download(served, "0" * 64)
+        sources.download(served, "0" * 64)
     assert not list((tmp_path / "kh" / "datasets").iterdir())  # nothing kept
-    path = ingest.download(served, None)
+    path = sources.download(served, None)
     assert path == tmp_path / "kh" / "datasets" / "shapes.zip"
     digest = ingest.images.sha256_file(path)
-    assert ingest.download(served, digest) == path  # cached copy verified, not fetched again
+    assert sources.download(served, digest) == path  # cached copy verified, not fetched again
 
 
 def test_unreachable_url_says_where_to_put_the_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     with pytest.raises(StageError, match=r"could not download .*Place the archive at .*datasets/d\.zip"):
-        ingest.download("http://127.0.0.1:9/d.zip", None)
+        sources.download("http://127.0.0.1:9/d.zip", None)
 
 
 def _rows(spec):
-    return [{"path": p, "label": l, "split": s, "sha256": h} for p, l, s, h in spec]
+    return [{"path": p, "label": label, "split": s, "sha256": h} for p, label, s, h in spec]
 
 
 def test_deduplicate_keeps_one_copy_and_drops_conflicts():
     rows = _rows([("train/a/1", "a", "train", "h1"), ("test/a/1", "a", "test", "h1"),
                   ("a/2", "a", "", "h2"), ("b/2", "b", "", "h2"), ("b/3", "b", "", "h3")])
-    kept, dropped = split.deduplicate(rows)
+    kept, dropped = ingest.deduplicate(rows)
     assert [r["path"] for r in kept] == ["b/3", "test/a/1"]  # the test copy wins over train
-    assert {r["path"]: r["reason"].split(" ")[0] for r in dropped} == \
-        {"train/a/1": "duplicate", "a/2": "same", "b/2": "same"}
+    assert {r["path"]: r["reason"] for r in dropped} == {"train/a/1": "duplicate image",
+                                                         "a/2": "same image under several labels",
+                                                         "b/2": "same image under several labels"}
 
 
 def test_stratified_split_keeps_classes_and_explains_failure():
@@ -127,3 +137,57 @@ def test_stratified_split_keeps_classes_and_explains_failure():
     lonely = rows + _rows([("d/0", "d", "", "d0")])
     with pytest.raises(StageError, match=r"Classes with fewest images: d \(1\)"):
         split.stratified(lonely, 0.3, 0, "test")
+
+
+def test_csv_source_with_stems_subfolders_and_split_column(shapes_dir):
+    (shapes_dir / "labels.csv").write_text(
+        "file,kind,part\n"
+        "circle/000.png,round,train\n"
+        "001,round,validation\n"             # a bare stem, found anywhere below the folder
+        "square/000.png,boxy,test\n"
+        "square/404.png,boxy,train\n"        # missing file
+        "triangle/000.png,,train\n"           # no label
+        "triangle/001.png,pointy,holdout\n"   # unknown split
+        "../outside.png,boxy,train\n")
+    p = ingest_params(str(shapes_dir / "labels.csv"), csv_image_column="file", csv_label_column="kind",
+                      csv_split_column="part")
+    with sources.open_source(p) as (root, files, skipped):
+        assert root == shapes_dir
+    assert [(f["path"], f["label"], f["split"]) for f in files] == [
+        ("circle/000.png", "round", "train"), ("circle/001.png", "round", "val"), ("square/000.png", "boxy", "test")]
+    assert [s["reason"] for s in skipped] == [
+        "listed in the CSV but not found", "no label in the CSV", "unknown split 'holdout' in the CSV",
+        "path outside the image folder"]
+
+
+def test_csv_inside_an_archive_with_image_dir(shapes_dir, tmp_path):
+    (shapes_dir / "meta").mkdir()
+    (shapes_dir / "meta" / "labels.csv").write_text("image,label\ncircle/000.png,c\nsquare/000.png,s\n")
+    archive = shutil.make_archive(str(tmp_path / "ds"), "zip", shapes_dir.parent, "shapes")
+    p = ingest_params(archive, labels_csv="meta/labels.csv", image_dir="..")  # inside the lone top folder
+    with sources.open_source(p) as (root, files, skipped):
+        assert root.name == "shapes" and [f["label"] for f in files] == ["c", "s"]
+
+
+def test_csv_with_a_wrong_column_names_the_param(shapes_dir):
+    (shapes_dir / "labels.csv").write_text("path,label\ncircle/000.png,c\n")
+    with pytest.raises(StageError, match="ingest.csv_image_column 'image' is not a column.*columns: path, label"):
+        with sources.open_source(ingest_params(str(shapes_dir / "labels.csv"))):
+            pass
+
+
+def _labelled(counts: dict) -> list[dict]:
+    return [{"path": f"{c}/{i}", "label": c, "split": "", "sha256": f"{c}{i}"}
+            for c, n in counts.items() for i in range(n)]
+
+
+def test_relabel_drops_merges_and_handles_small_classes():
+    rows = _labelled({"a": 5, "b": 5, "unsure": 4, "tee": 2, "shirt": 2, "tiny": 1, "odd": 1})
+    kept, changes = split.relabel(rows, split_params(drop_labels=["unsure"], merge_labels={"tee": "shirt"}))
+    assert sorted({r["label"] for r in kept}) == ["a", "b", "shirt"]  # tee + shirt = 4 >= 3
+    assert changes["tiny"].startswith("dropped") and changes["unsure"].startswith("dropped")
+    merged, _ = split.relabel(rows, split_params(drop_labels=["unsure"], small_classes="merge"))
+    labels = [r["label"] for r in merged]
+    assert labels.count("other") == 6 and "tiny" not in labels  # tee 2 + shirt 2 + tiny 1 + odd 1
+    with pytest.raises(StageError, match=r"fewer than split.min_images_per_class=3 images: odd \(1\), "):
+        split.relabel(rows, split_params(small_classes="fail"))

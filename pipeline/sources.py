@@ -1,0 +1,230 @@
+"""Where images come from: folders, archives, URLs, labels CSVs and ``keras.datasets``.
+
+``open_source`` turns any of them into a local folder plus a list of candidate
+files ``{path, label, split}`` (paths relative to that folder) and a list of
+entries skipped on the way ``{path, label, reason}``. Decoding is ingest's job.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import tarfile
+import tempfile
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+from tqdm import tqdm
+
+from pipeline import artifacts, images
+from pipeline.artifacts import StageError
+
+SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test", "": ""}
+KERAS_CLASS_NAMES = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion_mnist": ["t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                      "sneaker", "bag", "ankle_boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+    "cifar100": """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+        butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab
+        crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard
+        lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom
+        oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine
+        possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake
+        spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor
+        train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split(),
+}
+log = logging.getLogger("pipeline.sources")
+
+
+def keras_cache_dir() -> Path:
+    """Keras' cache (``$KERAS_HOME``, default ``~/.keras``), so a pre-seeded cache works offline."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+
+
+@contextlib.contextmanager
+def open_source(p: SimpleNamespace) -> Iterator[tuple[Path, list[dict], list[dict]]]:
+    """Yield ``(root, candidates, skipped)`` for the ``ingest.*`` params ``p``."""
+    with contextlib.ExitStack() as stack:
+        csv_path = p.labels_csv
+        if p.source.startswith("keras:"):
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ingest-")))
+            write_keras_dataset(p.source[len("keras:"):], folder)
+        else:
+            path = download(p.source, p.sha256) if _is_url(p.source) else Path(p.source).expanduser()
+            if not path.exists():
+                raise StageError(f"ingest.source {p.source!r} does not exist (resolved to {path.resolve()})")
+            if path.suffix.lower() == ".csv":  # a labels CSV beside (or above) its images
+                folder, csv_path = path.parent, path.name
+            elif path.is_dir():
+                folder = path
+            else:
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ingest-")))
+                log.info("unpacking %s", path)
+                extract(path, folder)
+        if csv_path:
+            base = folder if csv_path is not p.labels_csv else dataset_root(folder)
+            csv_file = base / csv_path
+            if not csv_file.is_file():
+                raise StageError(f"ingest.labels_csv {csv_path!r} not found in {base}")
+            root = ((csv_file.parent / p.image_dir) if p.image_dir else csv_file.parent).resolve()
+            if not root.is_dir():
+                raise StageError(f"ingest.image_dir {p.image_dir!r}: no folder {root}")
+            yield (root, *from_csv(csv_file, root, p))
+        else:
+            root = dataset_root(folder)
+            yield (root, *scan(root))
+
+
+def download(url: str, sha256: str | None) -> Path:
+    """Download ``url`` into ``$KERAS_HOME/datasets/`` once, with a progress bar and checksum."""
+    target = keras_cache_dir() / "datasets" / Path(urllib.parse.urlparse(url).path).name
+    if target.exists() and (sha256 is None or images.sha256_file(target) == sha256.lower()):
+        log.info("using cached %s", target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s -> %s", url, target)
+    try:
+        with artifacts.atomic_file(target) as tmp, urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=target.name) as bar:
+                while block := response.read(1 << 20):
+                    f.write(block)
+                    bar.update(len(block))
+            got = images.sha256_file(tmp)
+            if sha256 is not None and got != sha256.lower():
+                raise StageError(f"ingest.sha256 mismatch for {url}: expected {sha256}, got {got}; "
+                                 "the download was discarded")
+    except OSError as err:  # URLError, timeouts and HTTP errors are OSErrors
+        raise StageError(f"could not download {url} ({err}). Offline? Place the archive at {target} "
+                         "or point ingest.source at a local folder or archive") from None
+    return target
+
+
+def extract(archive: Path, dest: Path) -> None:
+    """Unpack a .zip or .tar(.gz|.bz2|.xz) archive; members escaping ``dest`` are refused."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            _refuse_unsafe(archive, zf.namelist())
+            zf.extractall(dest)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            _refuse_unsafe(archive, tf.getnames())
+            try:
+                tf.extractall(dest, filter="data")  # also refuses links that point outside
+            except tarfile.FilterError as err:
+                raise StageError(f"{archive}: refusing unsafe archive member ({err})") from None
+    else:
+        raise StageError(f"ingest.source {archive} is neither a folder, a .csv nor a .zip/.tar archive")
+
+
+def dataset_root(folder: Path) -> Path:
+    """Descend through a lone top-level folder, as archives of ``name-<commit>/`` have."""
+    entries = [e for e in folder.iterdir() if not e.name.startswith((".", "__MACOSX"))]
+    dirs = [e for e in entries if e.is_dir()]
+    if len(dirs) == 1 and dirs[0].name not in SPLIT_NAMES and not [e for e in entries if e.is_file()]:
+        return dataset_root(dirs[0])
+    return folder
+
+
+def scan(root: Path) -> tuple[list[dict], list[dict]]:
+    """Class folders (optionally below train/validation/test folders) -> candidates, skipped."""
+    top = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    split_layout = bool(top) and all(d.name in SPLIT_NAMES for d in top)
+    class_dirs = [(SPLIT_NAMES[s.name], c) for s in top for c in sorted(s.iterdir())
+                  if c.is_dir() and not c.name.startswith(".")] if split_layout else [("", d) for d in top]
+    files, skipped = [], []
+    for split, class_dir in class_dirs:
+        label, found = class_dir.name, 0
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames.sort()
+            for name in sorted(filenames) + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
+                path = Path(dirpath, name)
+                entry = {"path": path.relative_to(root).as_posix(), "label": label}
+                if name.startswith("."):
+                    skipped.append({**entry, "reason": "hidden file"})
+                elif path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+                    skipped.append({**entry, "reason": "symbolic link pointing outside the source"})
+                elif path.is_dir():
+                    skipped.append({**entry, "reason": "symbolic link to a folder (not followed)"})
+                else:
+                    files.append({**entry, "split": split})
+                    found += 1
+        if not found:
+            skipped.append({"path": class_dir.relative_to(root).as_posix() + "/", "label": label,
+                            "reason": "empty class folder"})
+    for folder in [root] + (top if split_layout else []):
+        for entry in sorted(folder.iterdir()):
+            if not entry.is_dir():
+                skipped.append({"path": entry.relative_to(root).as_posix(), "label": "",
+                                "reason": "not inside a class folder"})
+    return files, skipped
+
+
+def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict], list[dict]]:
+    """Rows of a labels CSV -> candidates (paths relative to ``root``), skipped rows."""
+    with open(csv_file, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        for key in ("csv_image_column", "csv_label_column", "csv_split_column"):
+            if getattr(p, key) is not None and getattr(p, key) not in columns:
+                raise StageError(f"ingest.{key} {getattr(p, key)!r} is not a column of {csv_file} "
+                                 f"(columns: {', '.join(columns)})")
+        rows = list(reader)
+    by_stem: dict[str, list[Path]] = {}
+    files, skipped = [], []
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        value, label = row[p.csv_image_column].strip(), row[p.csv_label_column].strip()
+        split = (row[p.csv_split_column].strip().lower() if p.csv_split_column else "")
+        entry = {"path": value or f"{csv_file.name}:{number}", "label": label}
+        path = (root / value).resolve()
+        if value and not path.is_file() and not Path(value).suffix:  # a bare file name: find stem.*
+            if not by_stem:
+                for f in sorted(root.rglob("*")):
+                    by_stem.setdefault(f.stem, []).append(f)
+            path = by_stem.get(value, [path])[0].resolve()
+        if not label:
+            skipped.append({**entry, "reason": "no label in the CSV"})
+        elif split not in SPLIT_NAMES:
+            skipped.append({**entry, "reason": f"unknown split {split!r} in the CSV"})
+        elif not path.is_relative_to(root.resolve()):
+            skipped.append({**entry, "reason": "path outside the image folder"})
+        elif not value or not path.is_file():
+            skipped.append({**entry, "reason": "listed in the CSV but not found"})
+        else:
+            files.append({**entry, "path": path.relative_to(root.resolve()).as_posix(),
+                          "split": SPLIT_NAMES[split]})
+    return files, skipped
+
+
+def write_keras_dataset(name: str, dest: Path) -> None:
+    """Write a ``keras.datasets`` set as ``train|test/<class>/<n>.png`` under ``dest``."""
+    import keras  # only this source needs TensorFlow; the others start in a second
+
+    log.info("loading keras.datasets.%s (cache: %s)", name, keras_cache_dir() / "datasets")
+    try:
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
+    except Exception as err:  # Keras raises a bare Exception when the download fails
+        raise StageError(f"could not load keras.datasets.{name} ({err}). Offline? Seed "
+                         f"{keras_cache_dir() / 'datasets'} with its files") from None
+    names = KERAS_CLASS_NAMES[name]
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        for i, (pixels, label) in enumerate(tqdm(zip(x, y.reshape(-1)), total=len(x), desc=f"{name} {split}")):
+            folder = dest / split / names[int(label)]
+            folder.mkdir(parents=True, exist_ok=True)
+            images.save_png(pixels, folder / f"{i:05d}.png")
+
+
+def _is_url(source: str) -> bool:
+    return urllib.parse.urlparse(source).scheme in ("http", "https")
+
+
+def _refuse_unsafe(archive: Path, names: list[str]) -> None:
+    for name in names:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise StageError(f"{archive}: refusing unsafe archive member {name!r}")
