@@ -7,13 +7,15 @@ SHARED ?= ../shared
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: repro test offline-cache
+.PHONY: setup repro test offline-cache
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
+
+setup: $(VENV)/installed
 
 offline-cache: $(VENV)/installed
 	bash scripts/offline-cache.sh $(SHARED)
