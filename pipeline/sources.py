@@ -114,11 +114,13 @@ def extract(archive: Path, dest: Path) -> None:
             zf.extractall(dest)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
-            _refuse_unsafe(archive, tf.getnames())
-            try:
-                tf.extractall(dest, filter="data")  # also refuses links that point outside
-            except tarfile.FilterError as err:
-                raise StageError(f"{archive}: refusing unsafe archive member ({err})") from None
+            members = tf.getmembers()
+            _refuse_unsafe(archive, [m.name for m in members] + [m.linkname for m in members if m.linkname])
+            regular = [m for m in members if m.isfile() or m.isdir() or m.issym() or m.islnk()]
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: also strips odd permissions
+                tf.extractall(dest, members=regular, filter="data")
+            else:
+                tf.extractall(dest, members=regular)
     else:
         raise StageError(f"ingest.source {archive} is neither a folder, a .csv nor a .zip/.tar archive")
 

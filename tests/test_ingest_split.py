@@ -191,3 +191,13 @@ def test_relabel_drops_merges_and_handles_small_classes():
     assert labels.count("other") == 6 and "tiny" not in labels  # tee 2 + shirt 2 + tiny 1 + odd 1
     with pytest.raises(StageError, match=r"fewer than split.min_images_per_class=3 images: odd \(1\), "):
         split.relabel(rows, split_params(small_classes="fail"))
+
+
+def test_tar_link_pointing_outside_is_refused(tmp_path):
+    tpath = tmp_path / "links.tar"
+    with tarfile.open(tpath, "w") as tf:
+        info = tarfile.TarInfo("a/evil.png")
+        info.type, info.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+        tf.addfile(info)
+    with pytest.raises(StageError, match="unsafe archive member '../../../etc/passwd'"):
+        sources.extract(tpath, tmp_path / "out")
