@@ -50,8 +50,7 @@ def main() -> None:
                     bar.update(k)
             x.flush(), y.flush()
             del x, y  # close the memory maps before the directory is renamed
-    with artifacts.atomic_file(args.extractor) as tmp:
-        extractor.save(tmp)
+    models.save(extractor, args.extractor)
     log.info("features written to %s", args.out)
 
 

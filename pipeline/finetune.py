@@ -13,8 +13,6 @@ import logging
 
 import keras
 import tensorflow as tf
-from dvclive import Live
-from dvclive.keras import DVCLiveCallback
 
 from pipeline import artifacts, models, params, shards
 
@@ -46,11 +44,9 @@ def main() -> None:
     start_weights = model.get_weights()
     log.info("before fine-tuning: val accuracy %.4f, val loss %.4f", start_accuracy, start_loss)
 
-    with artifacts.atomic_dir(args.live) as live_dir:
-        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False)
-        stop = keras.callbacks.EarlyStopping(patience=hp.patience, restore_best_weights=True)
+    with models.training_log(args.live, hp.patience) as (live, callbacks):
         history = model.fit(train, validation_data=val, epochs=hp.epochs, shuffle=False,  # shuffled by tf.data
-                            callbacks=[stop, DVCLiveCallback(live=live)], verbose=2)
+                            callbacks=callbacks, verbose=2)
         if min(history.history["val_loss"]) >= start_loss:
             log.warning("no epoch improved on the head-only val loss %.4f: keeping the starting weights",
                         start_loss)
@@ -58,9 +54,7 @@ def main() -> None:
         val_loss, val_accuracy = model.evaluate(val, verbose=0)
         live.summary.update(start_val_loss=start_loss, start_val_accuracy=start_accuracy,
                             best_val_loss=val_loss, best_val_accuracy=val_accuracy)
-        live.make_summary()
-    with artifacts.atomic_file(args.model) as tmp:
-        model.save(tmp)
+    models.save(model, args.model)
     log.info("kept: val accuracy %.4f, val loss %.4f", val_accuracy, val_loss)
 
 

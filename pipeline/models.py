@@ -6,16 +6,20 @@ a Lambda, so saved files load in Keras' safe mode).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
+from dvclive import Live
+from dvclive.keras import DVCLiveCallback
 
+from pipeline import artifacts
 from pipeline.artifacts import StageError
 
 
@@ -164,6 +168,22 @@ def augmenter(augment: SimpleNamespace, seed: int) -> keras.Sequential:
     if augment.contrast:
         layers.append(keras.layers.RandomContrast(augment.contrast, seed=seed + 4))
     return keras.Sequential(layers, name="augmenter")
+
+
+@contextlib.contextmanager
+def training_log(directory: Path, patience: int) -> Iterator[tuple[Live, list]]:
+    """Yield ``(live, callbacks)`` for ``fit``: DVCLive metrics and curves, and early stopping
+    on validation loss that restores the best epoch. The log lands in ``directory`` atomically."""
+    with artifacts.atomic_dir(directory) as tmp:
+        live = Live(str(tmp), dvcyaml=None, save_dvc_exp=False)  # dvc.yaml declares the outputs
+        stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
+        yield live, [stop, DVCLiveCallback(live=live)]
+        live.make_summary()
+
+
+def save(model: keras.Model, path: Path) -> None:
+    with artifacts.atomic_file(path) as tmp:
+        model.save(tmp)
 
 
 def load(path: Path) -> keras.Model:

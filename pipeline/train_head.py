@@ -10,8 +10,6 @@ import logging
 
 import keras
 import numpy as np
-from dvclive import Live
-from dvclive.keras import DVCLiveCallback
 
 from pipeline import artifacts, models, params
 
@@ -32,16 +30,12 @@ def main() -> None:
     head = models.build_head(x, len(labels), hp.hidden_units, hp.dropout)
     head.compile(keras.optimizers.Adam(hp.learning_rate), loss="sparse_categorical_crossentropy",
                    metrics=["accuracy"])
-    with artifacts.atomic_dir(args.live) as live_dir:
-        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False)
-        stop = keras.callbacks.EarlyStopping(patience=hp.patience, restore_best_weights=True)
+    with models.training_log(args.live, hp.patience) as (live, callbacks):
         head.fit(x, y, batch_size=hp.batch_size, epochs=hp.epochs, validation_data=val,
-                 callbacks=[stop, DVCLiveCallback(live=live)], verbose=2)
+                 callbacks=callbacks, verbose=2)
         val_loss, val_accuracy = head.evaluate(*val, batch_size=hp.batch_size, verbose=0)
         live.summary.update(best_val_loss=val_loss, best_val_accuracy=val_accuracy)
-        live.make_summary()
-    with artifacts.atomic_file(args.model) as tmp:
-        head.save(tmp)
+    models.save(head, args.model)
     log.info("best epoch: val accuracy %.4f, val loss %.4f", val_accuracy, val_loss)
 
 
