@@ -9,6 +9,7 @@ weights that made these features (which matters for ``base.weights: none``).
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +36,7 @@ def main() -> None:
     log.info("%s (%s weights, %d px, %s pooling): %d features per image",
              p.base.backbone, p.base.weights, p.base.image_size, p.base.pooling, dim)
 
+    started, total = time.perf_counter(), 0
     with artifacts.atomic_dir(args.out) as tmp:
         for part, names in PARTS.items():
             n = sum(meta["counts"].get(name, 0) for name in names)
@@ -50,6 +52,9 @@ def main() -> None:
                     bar.update(k)
             x.flush(), y.flush()
             del x, y  # close the memory maps before the directory is renamed
+            total += n
+    seconds = time.perf_counter() - started
+    log.info("extracted %d images in %.1f s (%.1f images/s)", total, seconds, total / seconds)
     models.save(extractor, args.extractor)
     log.info("features written to %s", args.out)
 

@@ -44,7 +44,7 @@ def main() -> None:
     start_weights = model.get_weights()
     log.info("before fine-tuning: val accuracy %.4f, val loss %.4f", start_accuracy, start_loss)
 
-    with models.training_log(args.live, hp.patience) as (live, callbacks):
+    with models.training_log(args.live, hp.patience, shards.count(args.augmented, "train")) as (live, callbacks):
         history = model.fit(train, validation_data=val, epochs=hp.epochs, shuffle=False,  # shuffled by tf.data
                             callbacks=callbacks, verbose=2)
         if min(history.history["val_loss"]) >= start_loss:

@@ -7,8 +7,10 @@ a Lambda, so saved files load in Keras' safe mode).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterator
@@ -170,14 +172,34 @@ def augmenter(augment: SimpleNamespace, seed: int) -> keras.Sequential:
     return keras.Sequential(layers, name="augmenter")
 
 
+class TrainingSpeed(keras.callbacks.Callback):
+    """Log each epoch's training throughput, validation excluded (bench/ reads these lines)."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images = images_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.seconds = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):  # validation starts: the training part of the epoch is over
+        self.seconds = self.seconds or time.perf_counter() - self.start
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = self.seconds or time.perf_counter() - self.start
+        logging.getLogger("pipeline").info("epoch %d: trained on %d images in %.2f s (%.1f images/s)",
+                                           epoch + 1, self.images, seconds, self.images / seconds)
+
+
 @contextlib.contextmanager
-def training_log(directory: Path, patience: int) -> Iterator[tuple[Live, list]]:
-    """Yield ``(live, callbacks)`` for ``fit``: DVCLive metrics and curves, and early stopping
-    on validation loss that restores the best epoch. The log lands in ``directory`` atomically."""
+def training_log(directory: Path, patience: int, images_per_epoch: int) -> Iterator[tuple[Live, list]]:
+    """Yield ``(live, callbacks)`` for ``fit``: DVCLive metrics and curves, early stopping on
+    validation loss that restores the best epoch, and a speed log. The log lands in
+    ``directory`` atomically."""
     with artifacts.atomic_dir(directory) as tmp:
         live = Live(str(tmp), dvcyaml=None, save_dvc_exp=False)  # dvc.yaml declares the outputs
         stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
-        yield live, [stop, DVCLiveCallback(live=live)]
+        yield live, [stop, DVCLiveCallback(live=live), TrainingSpeed(images_per_epoch)]
         live.make_summary()
 
 

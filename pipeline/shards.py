@@ -50,6 +50,11 @@ def files(directory: Path, name: str) -> list[str]:
     return found
 
 
+def count(directory: Path, name: str) -> int:
+    """Records in the ``name`` shards, from the ``meta.json`` the augment stage writes beside them."""
+    return json.loads((Path(directory) / "meta.json").read_text())["counts"].get(name, 0)
+
+
 def dataset(directory: Path, names: list[str] | str, batch_size: int,
             shuffle_seed: int | None = None) -> tf.data.Dataset:
     """Batches of ``(float32 images in [0, 255], int32 labels)``, in file order unless shuffled.
@@ -66,10 +71,9 @@ def dataset(directory: Path, names: list[str] | str, batch_size: int,
         image = tf.io.decode_jpeg(example["image"], channels=3)
         return tf.cast(image, tf.float32), tf.cast(example["label"], tf.int32)
 
-    counts = json.loads((Path(directory) / "meta.json").read_text())["counts"]
     # A known length gives Keras real progress bars and no "ran out of data" warnings.
     ds = tf.data.TFRecordDataset(paths).apply(
-        tf.data.experimental.assert_cardinality(sum(counts[name] for name in names)))
+        tf.data.experimental.assert_cardinality(sum(count(directory, name) for name in names)))
     if shuffle_seed is not None:
         ds = ds.shuffle(4 * SHARD_SIZE, seed=shuffle_seed, reshuffle_each_iteration=True)
     # map is deterministic by default (tf.data keeps order), so features line up run to run

@@ -30,7 +30,7 @@ def main() -> None:
     head = models.build_head(x, len(labels), hp.hidden_units, hp.dropout)
     head.compile(keras.optimizers.Adam(hp.learning_rate), loss="sparse_categorical_crossentropy",
                    metrics=["accuracy"])
-    with models.training_log(args.live, hp.patience) as (live, callbacks):
+    with models.training_log(args.live, hp.patience, len(x)) as (live, callbacks):
         head.fit(x, y, batch_size=hp.batch_size, epochs=hp.epochs, validation_data=val,
                  callbacks=callbacks, verbose=2)
         val_loss, val_accuracy = head.evaluate(*val, batch_size=hp.batch_size, verbose=0)
