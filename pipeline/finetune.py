@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-import keras
 import tensorflow as tf
 
 from pipeline import artifacts, models, params, shards
@@ -32,8 +31,7 @@ def main() -> None:
     log.info("%s: top %d of %d layers unfrozen (%d with weights, BatchNorm excluded)", backbone.name,
              min(hp.unfreeze_layers, len(backbone.layers)), len(backbone.layers), n_trainable)
     # Recompile after changing `trainable`, as the recipe says, at the low fine-tuning rate.
-    model.compile(keras.optimizers.Adam(hp.learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    models.compile_classifier(model, hp.learning_rate)
 
     train = shards.dataset(args.augmented, "train", hp.batch_size, shuffle_seed=p.seed)
     if hp.online_augmentation:

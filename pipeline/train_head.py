@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import keras
 import numpy as np
 
 from pipeline import artifacts, models, params
@@ -28,8 +27,7 @@ def main() -> None:
     log.info("%d training and %d validation feature vectors of size %d", len(x), len(val[0]), x.shape[1])
 
     head = models.build_head(x, len(labels), hp.hidden_units, hp.dropout)
-    head.compile(keras.optimizers.Adam(hp.learning_rate), loss="sparse_categorical_crossentropy",
-                   metrics=["accuracy"])
+    models.compile_classifier(head, hp.learning_rate)
     with models.training_log(args.live, hp.patience, len(x)) as (live, callbacks):
         head.fit(x, y, batch_size=hp.batch_size, epochs=hp.epochs, validation_data=val,
                  callbacks=callbacks, verbose=2)
