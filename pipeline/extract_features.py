@@ -39,8 +39,8 @@ def main() -> None:
     started, total = time.perf_counter(), 0
     with artifacts.atomic_dir(args.out) as tmp:
         for part, names in PARTS.items():
-            n = sum(meta["counts"].get(name, 0) for name in names)
-            names = [name for name in names if meta["counts"].get(name)]
+            names = [name for name in names if shards.count(args.augmented, name)]  # copies: 0 has no train_aug
+            n = sum(shards.count(args.augmented, name) for name in names)
             x = np.lib.format.open_memmap(tmp / f"{part}_x.npy", "w+", np.float32, (n, dim))
             y = np.lib.format.open_memmap(tmp / f"{part}_y.npy", "w+", np.int32, (n,))
             i = 0
