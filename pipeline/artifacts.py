@@ -45,6 +45,12 @@ def run(main: Any) -> None:
         sys.exit(1)
 
 
+def keras_cache_dir() -> Path:
+    """Keras' cache (``$KERAS_HOME``, default ``~/.keras``): downloads land there, so a
+    pre-seeded cache works offline."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+
+
 class StageError(RuntimeError):
     """Bad input a user can fix: the message says what and where."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -92,7 +91,7 @@ def build_extractor(base: SimpleNamespace) -> keras.Model:
         url = re.search(r"https?://\S+", str(err))
         if "URL fetch failure" not in str(err) or not url:
             raise
-        cache = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+        cache = artifacts.keras_cache_dir() / "models"
         raise StageError(f"could not download {base.backbone} ImageNet weights from {url.group(0)}. "
                          f"Offline? Put that file at {cache / url.group(0).rsplit('/', 1)[-1]} "
                          "(set KERAS_HOME to use another cache)") from None

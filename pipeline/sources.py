@@ -22,7 +22,7 @@ from typing import Iterator
 from tqdm import tqdm
 
 from pipeline import artifacts, images
-from pipeline.artifacts import StageError
+from pipeline.artifacts import StageError, keras_cache_dir
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test", "": ""}
 KERAS_CLASS_NAMES = {
@@ -40,11 +40,6 @@ KERAS_CLASS_NAMES = {
         train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split(),
 }
 log = logging.getLogger("pipeline.sources")
-
-
-def keras_cache_dir() -> Path:
-    """Keras' cache (``$KERAS_HOME``, default ``~/.keras``), so a pre-seeded cache works offline."""
-    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
 
 
 @contextlib.contextmanager
