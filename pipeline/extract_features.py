@@ -31,7 +31,11 @@ def main() -> None:
         raise artifacts.StageError(f"shards in {args.augmented} are {meta['image_size']} px but "
                                    f"base.image_size is {p.base.image_size}: rerun augment (dvc repro)")
     extractor = models.build_extractor(p.base)
-    forward = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+    # One trace for every batch size (the last batch of each part is smaller): each
+    # retrace of the backbone costs about a second.
+    size = p.base.image_size
+    forward = tf.function(lambda x: extractor(x, training=False),
+                          input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     dim = extractor.output_shape[-1]
     log.info("%s (%s weights, %d px, %s pooling): %d features per image",
              p.base.backbone, p.base.weights, p.base.image_size, p.base.pooling, dim)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 
-import tensorflow as tf
-
 from pipeline import artifacts, models, params, shards
 
 PARAMS = ["finetune", "augment.flip", "augment.rotation", "augment.zoom", "augment.translation",
@@ -33,10 +31,11 @@ def main() -> None:
     # Recompile after changing `trainable`, as the recipe says, at the low fine-tuning rate.
     models.compile_classifier(model, hp.learning_rate)
 
-    train = shards.dataset(args.augmented, "train", hp.batch_size, shuffle_seed=p.seed)
+    transform = None
     if hp.online_augmentation:
         augmenter = models.augmenter(p.augment, p.seed)
-        train = train.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        transform = lambda x: augmenter(x, training=True)  # noqa: E731
+    train = shards.dataset(args.augmented, "train", hp.batch_size, shuffle_seed=p.seed, transform=transform)
     val = shards.dataset(args.augmented, "val", hp.batch_size)
     start_loss, start_accuracy = model.evaluate(val, verbose=0)
     start_weights = model.get_weights()

@@ -7,13 +7,22 @@ sources are JPEG photos already, so the extra loss is negligible.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
 SHARD_SIZE = 1024
 JPEG_QUALITY = 95
+# Fixed input-pipeline parallelism instead of tf.data's autotuner. On a 2-core CPU the
+# autotuner's threads fought the training step for the cores: fine-tune epochs swung
+# between about 280 and 150 images/s on the same shards, and held at about 280 with
+# autotuning off (bench/README.md). Decoding is cheap (about 10,000 images/s), so
+# one reader per core and two batches in flight keep the model fed.
+PARALLEL_CALLS = os.cpu_count() or 1
+PREFETCH_BATCHES = 2
 
 
 class ShardWriter:
@@ -56,8 +65,10 @@ def count(directory: Path, name: str) -> int:
 
 
 def dataset(directory: Path, names: list[str] | str, batch_size: int,
-            shuffle_seed: int | None = None) -> tf.data.Dataset:
+            shuffle_seed: int | None = None, transform: Callable | None = None) -> tf.data.Dataset:
     """Batches of ``(float32 images in [0, 255], int32 labels)``, in file order unless shuffled.
+
+    ``transform``, if given, maps each batch of images (online augmentation).
 
     Reads and decodes in parallel and prefetches, so the model never waits on input;
     memory holds a few batches (plus the shuffle buffer), never the dataset.
@@ -77,5 +88,9 @@ def dataset(directory: Path, names: list[str] | str, batch_size: int,
     if shuffle_seed is not None:
         ds = ds.shuffle(4 * SHARD_SIZE, seed=shuffle_seed, reshuffle_each_iteration=True)
     # map is deterministic by default (tf.data keeps order), so features line up run to run
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(parse, num_parallel_calls=PARALLEL_CALLS).batch(batch_size)
+    if transform is not None:
+        ds = ds.map(lambda x, y: (transform(x), y), num_parallel_calls=PARALLEL_CALLS)
+    untuned = tf.data.Options()
+    untuned.autotune.enabled = False  # see PARALLEL_CALLS
+    return ds.prefetch(PREFETCH_BATCHES).with_options(untuned)
