@@ -131,8 +131,22 @@ def test_saved_classifier_loads_in_safe_mode_with_same_predictions(classifier, t
 def test_augmenter_is_seeded_and_skips_zero_factors():
     aug = SimpleNamespace(flip="horizontal", rotation=0.1, zoom=0.0, translation=0.1, contrast=0.0)
     assert [type(layer).__name__ for layer in models.augmenter(aug, 7).layers] == \
-        ["RandomFlip", "RandomRotation", "RandomTranslation"]
+        ["RandomFlip", "RandomAffine"]
     x = np.random.default_rng(5).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
     runs = [keras.ops.convert_to_numpy(models.augmenter(aug, 7)(x, training=True)) for _ in range(2)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], x)
+
+
+def test_random_affine_is_identity_at_zero_and_turns_about_the_centre():
+    x = np.random.default_rng(6).uniform(0, 255, (8, 17, 17, 3)).astype("float32")
+    still = models.RandomAffine(0.0, 0.0, 0.0, seed=1)(x, training=True)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(still), x)
+    # Rotation and zoom pivot on the centre pixel, so it keeps its value exactly;
+    # an off-by-half-a-pixel centre would blend it with its neighbours.
+    turned = keras.ops.convert_to_numpy(models.RandomAffine(0.2, 0.3, 0.0, seed=1)(x, training=True))
+    np.testing.assert_allclose(turned[:, 8, 8], x[:, 8, 8], atol=1e-3)
+    assert not np.allclose(turned, x)
+    moved = keras.ops.convert_to_numpy(models.RandomAffine(0.0, 0.0, 0.3, seed=1)(x, training=True))
+    assert not np.allclose(moved[:, 8, 8], x[:, 8, 8])
+    np.testing.assert_array_equal(models.RandomAffine(0.2, 0.3, 0.3, seed=1)(x, training=False), x)
