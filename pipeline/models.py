@@ -187,7 +187,8 @@ class RandomAffine(keras.layers.Layer):
         if not training:
             return images
         ops = keras.ops
-        n, height, width = ops.shape(images)[0], images.shape[1], images.shape[2]
+        shape = ops.shape(images)  # dynamic: tf.data batches may have unknown sizes
+        n, height, width = shape[0], ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
 
         def uniform(limit):
             return keras.random.uniform((n,), -limit, limit, seed=self.generator)
@@ -202,6 +203,9 @@ class RandomAffine(keras.layers.Layer):
                                sin, cos, cy - sin * (cx + dx) - cos * (cy + dy),
                                ops.zeros_like(cos), ops.zeros_like(cos)], axis=1)
         return ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="reflect")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape  # lets Keras build it on symbolic inputs of unknown size (tf.data)
 
 
 def augmenter(augment: SimpleNamespace, seed: int) -> keras.Sequential:

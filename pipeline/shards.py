@@ -59,9 +59,14 @@ def files(directory: Path, name: str) -> list[str]:
     return found
 
 
+def meta(directory: Path) -> dict:
+    """The ``meta.json`` the augment stage writes beside the shards: image_size, counts, labels."""
+    return json.loads((Path(directory) / "meta.json").read_text())
+
+
 def count(directory: Path, name: str) -> int:
-    """Records in the ``name`` shards, from the ``meta.json`` the augment stage writes beside them."""
-    return json.loads((Path(directory) / "meta.json").read_text())["counts"].get(name, 0)
+    """Records in the ``name`` shards."""
+    return meta(directory)["counts"].get(name, 0)
 
 
 def dataset(directory: Path, names: list[str] | str, batch_size: int,
@@ -74,12 +79,14 @@ def dataset(directory: Path, names: list[str] | str, batch_size: int,
     memory holds a few batches (plus the shuffle buffer), never the dataset.
     """
     names = [names] if isinstance(names, str) else names
+    size = meta(directory)["image_size"]
     paths = [f for name in names for f in files(directory, name)]
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 
     def parse(record):
         example = tf.io.parse_single_example(record, spec)
-        image = tf.io.decode_jpeg(example["image"], channels=3)
+        # Static shape for the model (decode_jpeg's is unknown); fails loudly on a stray size
+        image = tf.ensure_shape(tf.io.decode_jpeg(example["image"], channels=3), [size, size, 3])
         return tf.cast(image, tf.float32), tf.cast(example["label"], tf.int32)
 
     # A known length gives Keras real progress bars and no "ran out of data" warnings.

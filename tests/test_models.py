@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import ROOT
 from pipeline import models
@@ -150,3 +151,13 @@ def test_random_affine_is_identity_at_zero_and_turns_about_the_centre():
     moved = keras.ops.convert_to_numpy(models.RandomAffine(0.0, 0.0, 0.3, seed=1)(x, training=True))
     assert not np.allclose(moved[:, 8, 8], x[:, 8, 8])
     np.testing.assert_array_equal(models.RandomAffine(0.2, 0.3, 0.3, seed=1)(x, training=False), x)
+
+
+def test_augmenter_runs_in_tf_data_on_images_of_unknown_size():
+    aug = SimpleNamespace(flip="horizontal", rotation=0.05, zoom=0.1, translation=0.1, contrast=0.1)
+    augmenter = models.augmenter(aug, 7)
+    x = np.random.default_rng(7).uniform(0, 255, (10, 16, 16, 3)).astype("float32")
+    # Decoded images have unknown height and width in tf.data, as in shards.dataset
+    ds = tf.data.Dataset.from_generator(lambda: iter(x), output_signature=tf.TensorSpec([None, None, 3]))
+    ds = ds.batch(4).map(lambda b: augmenter(b, training=True))
+    assert [len(b) for b in ds] == [4, 4, 2]
