@@ -24,9 +24,9 @@ from pipeline import artifacts
 from pipeline.artifacts import StageError
 
 
-# Training steps per compiled call. Keras' per-step overhead dominated fine-tuning on a
-# 2-core CPU: fit ran 150 images/s with 1 step per call, 288 with 8, against 295 for
-# a bare train_on_batch loop (bench/throughput.py). The maths is unchanged.
+# Training steps per compiled call, to spread Keras' per-step Python overhead (a 2-core
+# CPU has none to spare). Its first measurement (fit 150 -> 288 images/s) was confounded
+# by tf.data autotuning, since turned off (shards.PARALLEL_CALLS); the maths is unchanged.
 STEPS_PER_EXECUTION = 8
 
 
