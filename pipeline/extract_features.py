@@ -26,7 +26,7 @@ def main() -> None:
     args = artifacts.start(__doc__, "augmented", "out", "extractor")
     p = params.load(PARAMS)
     models.set_seed(p.seed)  # a weights: none backbone is seeded too
-    meta = artifacts.read_json(args.augmented / "meta.json")
+    meta = shards.meta(args.augmented)
     if meta["image_size"] != p.base.image_size:
         raise artifacts.StageError(f"shards in {args.augmented} are {meta['image_size']} px but "
                                    f"base.image_size is {p.base.image_size}: rerun augment (dvc repro)")

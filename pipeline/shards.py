@@ -79,7 +79,8 @@ def dataset(directory: Path, names: list[str] | str, batch_size: int,
     memory holds a few batches (plus the shuffle buffer), never the dataset.
     """
     names = [names] if isinstance(names, str) else names
-    size = meta(directory)["image_size"]
+    info = meta(directory)
+    size = info["image_size"]
     paths = [f for name in names for f in files(directory, name)]
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 
@@ -91,7 +92,7 @@ def dataset(directory: Path, names: list[str] | str, batch_size: int,
 
     # A known length gives Keras real progress bars and no "ran out of data" warnings.
     ds = tf.data.TFRecordDataset(paths).apply(
-        tf.data.experimental.assert_cardinality(sum(count(directory, name) for name in names)))
+        tf.data.experimental.assert_cardinality(sum(info["counts"].get(name, 0) for name in names)))
     if shuffle_seed is not None:
         ds = ds.shuffle(4 * SHARD_SIZE, seed=shuffle_seed, reshuffle_each_iteration=True)
     # map is deterministic by default (tf.data keeps order), so features line up run to run
