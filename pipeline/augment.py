@@ -1,10 +1,11 @@
-"""augment: data/split + data/raw -> data/augmented/ (TFRecord shards + meta.json).
+"""augment: data/split + data/raw -> data/augmented/ (train and val TFRecord shards + meta.json).
 
 Every image is resized to base.image_size. Training images are written once
 as they are (``train``) and ``augment.copies`` more times through seeded Keras
 preprocessing layers (``train_aug``): features are cached once, so random
-augmentation has to happen here, before extraction. Val and test images are
-resized only.
+augmentation has to happen here, before extraction. Val images are resized
+only. Test images are not packed: evaluate and export decode them from
+data/raw exactly as ``pipeline.predict`` decodes a user's images.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def main() -> None:
     augmenter = models.augmenter(p.augment, p.seed)
 
     with artifacts.atomic_dir(args.out) as tmp:
-        counts = {}
-        for split in images.SPLITS:
+        counts, class_counts = {}, {}
+        for split in ("train", "val"):  # evaluate and export read the test images as predict does
             rows = images.read_csv(args.split / f"{split}.csv")
             plain = shards.ShardWriter(tmp, split)
             varied = shards.ShardWriter(tmp, "train_aug") if split == "train" and copies else None
@@ -53,7 +54,10 @@ def main() -> None:
                 if writer:
                     writer.close()
                     counts[writer.name] = writer.count
-        artifacts.write_json(tmp / "meta.json", {"image_size": size, "counts": counts, "labels": labels})
+            # images per class (index order of labels): what class weights are computed from
+            class_counts[split] = [sum(r["label"] == label for r in rows) for label in labels]
+        artifacts.write_json(tmp / "meta.json", {"image_size": size, "counts": counts, "labels": labels,
+                                                 "class_counts": class_counts})
     log.info("wrote %s", ", ".join(f"{k}: {v}" for k, v in counts.items()))
 
 

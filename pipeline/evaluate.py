@@ -1,10 +1,12 @@
-"""evaluate: test features/shards + head.keras + model.keras -> reports/metrics.json + reports/evaluate/.
+"""evaluate: test images + extractor/head/model .keras -> reports/metrics.json + reports/evaluate/.
 
-Both models are scored on the test split: the head alone (on cached test
-features, identical to extractor + head) and the fine-tuned model (on the test
-images). Accuracy and macro-F1 go to the DVC metrics file; per-class
-precision/recall/F1 to per_class.json; confusion matrices to CSV (DVC's
-``confusion`` plot) and PNG.
+Both models are scored on the test split, decoded from data/raw exactly as
+``pipeline.predict`` decodes a user's images (inference.py): the head-only
+model (extractor + head, the frozen backbone) and the fine-tuned model.
+Accuracy and macro-F1 go to the DVC metrics file; per-class precision, recall
+and F1 to per_class.json and a bar chart; confusion matrices to CSV (DVC's
+``confusion`` plot) and PNG; every test image's prediction to
+predictions.csv; the most confident mistakes to a gallery.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ import logging
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipeline import artifacts, images, models, params, plots, shards
+from pipeline import artifacts, images, inference, models, params, plots
 
 PARAMS = ["evaluate.batch_size"]
 TITLES = {"head": "Head only (frozen backbone)", "finetune": "Fine-tuned"}
+GALLERY = 12  # most confident mistakes shown
 log = logging.getLogger("pipeline.evaluate")
 
 
@@ -32,32 +35,42 @@ def scores(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> tuple[dict, di
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "features", "augmented", "labels", "head", "model", "metrics", "out")
+    args = artifacts.start(__doc__, "raw", "split", "extractor", "head", "model", "metrics", "out")
     p = params.load(PARAMS)
-    labels = artifacts.read_json(args.labels)
-    x_test, y_test = np.load(args.features / "test_x.npy"), np.load(args.features / "test_y.npy")
-    predictions = {"head": models.load(args.head).predict(x_test, batch_size=p.evaluate.batch_size, verbose=0)}
-    log.info("scoring the fine-tuned model on %d test images", len(y_test))
-    test = shards.dataset(args.augmented, "test", p.evaluate.batch_size)
-    y_images = np.concatenate([y.numpy() for _, y in test])
-    if not np.array_equal(y_images, y_test):
-        raise artifacts.StageError(f"test labels in {args.augmented} and {args.features} disagree: "
-                                   "rerun the pipeline (dvc repro)")
-    predictions["finetune"] = models.load(args.model).predict(test, verbose=0)
+    classifiers = {"head": inference.KerasClassifier(models.assemble(models.load(args.extractor),
+                                                                     models.load(args.head))),
+                   "finetune": inference.load(args.model)}
+    rows, pixels, y, labels = inference.load_test_split(args.raw, args.split, classifiers["finetune"].image_size)
+    log.info("scoring both models on %d test images", len(y))
 
-    metrics, per_class = {}, {}
+    metrics, per_class, probs = {}, {}, {}
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, probs in predictions.items():
-        pred = probs.argmax(axis=1)
-        metrics[name], per_class[name] = scores(y_test, pred, labels)
+    for name, classifier in classifiers.items():
+        probs[name] = classifier.predict(pixels, p.evaluate.batch_size)
+        pred = probs[name].argmax(axis=1)
+        metrics[name], per_class[name] = scores(y, pred, labels)
         with artifacts.atomic_file(args.out / f"confusion_{name}.csv") as tmp:
-            images.write_csv(tmp, ({"actual": labels[t], "predicted": labels[q]}
-                                   for t, q in zip(y_test, pred)), ["actual", "predicted"])
+            images.write_csv(tmp, ({"actual": labels[t], "predicted": labels[q]} for t, q in zip(y, pred)),
+                             ["actual", "predicted"])
         with artifacts.atomic_file(args.out / f"confusion_{name}.png") as tmp:
-            matrix = confusion_matrix(y_test, pred, labels=range(len(labels)))
-            plots.confusion_png(matrix, labels, tmp, f"{TITLES[name]}: test accuracy {metrics[name]['accuracy']:.3f}")
+            plots.confusion_png(confusion_matrix(y, pred, labels=range(len(labels))), labels, tmp,
+                                f"{TITLES[name]}: test accuracy {metrics[name]['accuracy']:.3f}")
         log.info("%-8s accuracy %.4f  macro-F1 %.4f", name, metrics[name]["accuracy"], metrics[name]["macro_f1"])
-    metrics["test_images"] = int(len(y_test))
+    metrics["test_images"] = int(len(y))
+
+    pred, confidence = probs["finetune"].argmax(axis=1), probs["finetune"].max(axis=1)
+    with artifacts.atomic_file(args.out / "predictions.csv") as tmp:
+        images.write_csv(tmp, ({"path": r["path"], "actual": labels[t], "predicted": labels[q],
+                                "confidence": f"{c:.6f}"} for r, t, q, c in zip(rows, y, pred, confidence)),
+                         ["path", "actual", "predicted", "confidence"])
+    mistakes = sorted(np.flatnonzero(pred != y), key=lambda i: -confidence[i])[:GALLERY]
+    with artifacts.atomic_file(args.out / "mistakes.png") as tmp:
+        plots.gallery([images.thumbnail(args.raw / rows[i]["path"], 200) for i in mistakes],
+                      [f"true: {labels[y[i]]}\npredicted: {labels[pred[i]]} ({confidence[i]:.0%})" for i in mistakes],
+                      tmp, f"Fine-tuned model: the {len(mistakes)} most confident mistakes on the test split")
+    with artifacts.atomic_file(args.out / "per_class_f1.png") as tmp:
+        plots.per_class_f1({TITLES[name]: {k: v["f1"] for k, v in per_class[name].items()} for name in per_class},
+                           tmp, "Per-class F1 on the test split")
     artifacts.write_json(args.out / "per_class.json", per_class)
     artifacts.write_json(args.metrics, metrics)
 

@@ -1,7 +1,7 @@
 """extract-features: data/augmented shards -> data/features/*.npy + models/extractor.keras.
 
 The frozen backbone (base.*) with its own preprocessing runs once over train
-(originals and augmented copies), val and test. Features are written batch by
+(originals and augmented copies) and val. Features are written batch by
 batch into memory-mapped .npy files, so memory is bounded by the batch, not
 the dataset. The extractor is saved too: fine-tuning starts from exactly the
 weights that made these features (which matters for ``base.weights: none``).
@@ -18,7 +18,7 @@ from tqdm import tqdm
 from pipeline import artifacts, models, params, shards
 
 PARAMS = ["base", "extract.batch_size", "seed"]
-PARTS = {"train": ["train", "train_aug"], "val": ["val"], "test": ["test"]}
+PARTS = {"train": ["train", "train_aug"], "val": ["val"]}  # the head trains and validates on these
 log = logging.getLogger("pipeline.extract_features")
 
 

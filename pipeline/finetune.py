@@ -4,17 +4,19 @@ The Keras recipe's second phase: one model (preprocessing, backbone, trained
 head), the backbone's top ``finetune.unfreeze_layers`` layers unfrozen with
 every BatchNormalization layer kept in inference mode, trained on the training
 images (optionally through the augment.* transforms, on the fly) at a low
-learning rate. The best epoch by validation loss is kept, and if no epoch
-beats the head-only starting point, the starting weights are kept.
+learning rate, constant or warmed up and cosine-decayed (finetune.schedule).
+The best epoch by validation loss is kept, and if no epoch beats the head-only
+starting point, the starting weights are kept.
 """
 from __future__ import annotations
 
 import logging
+import math
 
-from pipeline import artifacts, models, params, shards
+from pipeline import artifacts, models, params, shards, training
 
-PARAMS = ["finetune", "augment.flip", "augment.rotation", "augment.zoom", "augment.translation",
-          "augment.contrast", "seed"]
+PARAMS = ["finetune", "class_weights", "augment.flip", "augment.rotation", "augment.zoom",
+          "augment.translation", "augment.contrast", "seed"]
 log = logging.getLogger("pipeline.finetune")
 
 
@@ -28,8 +30,14 @@ def main() -> None:
     n_trainable = models.unfreeze_top(backbone, hp.unfreeze_layers)
     log.info("%s: top %d of %d layers unfrozen (%d with weights, BatchNorm excluded)", backbone.name,
              min(hp.unfreeze_layers, len(backbone.layers)), len(backbone.layers), n_trainable)
+    meta = shards.meta(args.augmented)
+    n_train = meta["counts"]["train"]
+    steps = math.ceil(n_train / hp.batch_size)
+    rate = training.learning_rate(hp.learning_rate, hp.schedule, round(hp.warmup_epochs * steps), hp.epochs * steps)
+    weights = training.class_weights(meta["class_counts"]["train"], meta["labels"], p.class_weights.mode,
+                                      p.class_weights.auto_ratio)
     # Recompile after changing `trainable`, as the recipe says, at the low fine-tuning rate.
-    models.compile_classifier(model, hp.learning_rate)
+    training.compile_classifier(model, rate, hp.label_smoothing)
 
     transform = None
     if hp.online_augmentation:
@@ -41,9 +49,9 @@ def main() -> None:
     start_weights = model.get_weights()
     log.info("before fine-tuning: val accuracy %.4f, val loss %.4f", start_accuracy, start_loss)
 
-    with models.training_log(args.live, hp.patience, shards.count(args.augmented, "train")) as (live, callbacks):
+    with training.training_log(args.live, hp.patience, n_train, "Fine-tuning") as (live, callbacks):
         history = model.fit(train, validation_data=val, epochs=hp.epochs, shuffle=False,  # shuffled by tf.data
-                            callbacks=callbacks, verbose=2)
+                            class_weight=weights, callbacks=callbacks, verbose=2)
         if min(history.history["val_loss"]) >= start_loss:
             log.warning("no epoch improved on the head-only val loss %.4f: keeping the starting weights",
                         start_loss)

@@ -41,6 +41,15 @@ def load_image(path: Path, size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
+def thumbnail(path: Path, size: int) -> np.ndarray:
+    """The image upright and in its own aspect ratio, at most ``size`` pixels a side: for people to look at."""
+    with Image.open(path) as im:
+        im.draft("RGB", (size, size))
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        im.thumbnail((size, size))
+        return np.asarray(im, dtype=np.uint8)
+
+
 def inspect_image(path: Path) -> tuple[int, int]:
     """Fully decode ``path`` (so truncated files fail here, not in training); return (width, height)."""
     with Image.open(path) as im:

@@ -6,34 +6,17 @@ a Lambda, so saved files load in Keras' safe mode).
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
-import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Iterator
+from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
-from dvclive import Live
-from dvclive.keras import DVCLiveCallback
 
 from pipeline import artifacts
 from pipeline.artifacts import StageError
-
-
-# Training steps per compiled call, to spread Keras' per-step Python overhead (a 2-core
-# CPU has none to spare). Its first measurement (fit 150 -> 288 images/s) was confounded
-# by tf.data autotuning, since turned off (shards.PARALLEL_CALLS); the maths is unchanged.
-STEPS_PER_EXECUTION = 8
-
-
-def compile_classifier(model: keras.Model, learning_rate: float) -> None:
-    """Adam, sparse categorical cross-entropy, accuracy: for the head and for fine-tuning."""
-    model.compile(keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=STEPS_PER_EXECUTION)
 
 
 def set_seed(seed: int) -> None:
@@ -220,42 +203,13 @@ def augmenter(augment: SimpleNamespace, seed: int) -> keras.Sequential:
     return keras.Sequential(layers, name="augmenter")
 
 
-class TrainingSpeed(keras.callbacks.Callback):
-    """Log each epoch's training throughput, validation excluded (bench/ reads these lines)."""
-
-    def __init__(self, images_per_epoch: int):
-        super().__init__()
-        self.images = images_per_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start, self.seconds = time.perf_counter(), None
-
-    def on_test_begin(self, logs=None):  # validation starts: the training part of the epoch is over
-        self.seconds = self.seconds or time.perf_counter() - self.start
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = self.seconds or time.perf_counter() - self.start
-        logging.getLogger("pipeline").info("epoch %d: trained on %d images in %.2f s (%.1f images/s)",
-                                           epoch + 1, self.images, seconds, self.images / seconds)
-
-
-@contextlib.contextmanager
-def training_log(directory: Path, patience: int, images_per_epoch: int) -> Iterator[tuple[Live, list]]:
-    """Yield ``(live, callbacks)`` for ``fit``: DVCLive metrics and curves, early stopping on
-    validation loss that restores the best epoch, and a speed log. The log lands in
-    ``directory`` atomically."""
-    with artifacts.atomic_dir(directory) as tmp:
-        live = Live(str(tmp), dvcyaml=None, save_dvc_exp=False)  # dvc.yaml declares the outputs
-        stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
-        yield live, [stop, DVCLiveCallback(live=live), TrainingSpeed(images_per_epoch)]
-        live.make_summary()
-
-
 def save(model: keras.Model, path: Path) -> None:
+    """Save the model for inference: architecture and weights, without the optimizer state
+    and training loss (a fresh functional model over the same layers is never compiled)."""
     with artifacts.atomic_file(path) as tmp:
-        model.save(tmp)
+        keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
 
 
 def load(path: Path) -> keras.Model:
     """Load a saved model in safe mode: no Lambda layers, nothing unpickled."""
-    return keras.saving.load_model(path, safe_mode=True)
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

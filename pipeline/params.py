@@ -114,6 +114,7 @@ class TrainHead:
     epochs: int
     batch_size: int
     patience: int  # early stopping on validation loss
+    label_smoothing: float  # share of each target spread over all classes (0: none)
 
     def check(self) -> list[str]:
         return _training_checks("train_head", self) + _at_least(
@@ -129,10 +130,29 @@ class Finetune:
     batch_size: int
     patience: int
     online_augmentation: bool  # apply the augment.* transforms on the fly
+    schedule: str  # constant | cosine (decay to zero over finetune.epochs)
+    warmup_epochs: float  # linear warm-up from 0 to learning_rate over this many epochs
+    label_smoothing: float
 
     def check(self) -> list[str]:
-        return _training_checks("finetune", self) + _at_least(
+        errors = _training_checks("finetune", self) + _at_least(
             "finetune.unfreeze_layers", self.unfreeze_layers, 0)
+        errors += _one_of("finetune.schedule", self.schedule, ("constant", "cosine"))
+        errors += _at_least("finetune.warmup_epochs", self.warmup_epochs, 0)
+        if self.warmup_epochs >= self.epochs:
+            errors.append(f"finetune.warmup_epochs must be < finetune.epochs ({self.epochs}), "
+                          f"got {self.warmup_epochs}")
+        return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassWeights:
+    mode: str  # auto | balanced | none
+    auto_ratio: float  # auto: balanced once the largest class has this many times the smallest's images
+
+    def check(self) -> list[str]:
+        return _one_of("class_weights.mode", self.mode, ("auto", "balanced", "none")) + _at_least(
+            "class_weights.auto_ratio", self.auto_ratio, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +163,18 @@ class Evaluate:
         return _at_least("evaluate.batch_size", self.batch_size, 1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Export:
+    representative_images: int  # training images that calibrate the int8 TFLite model
+
+    def check(self) -> list[str]:
+        return _at_least("export.representative_images", self.representative_images, 1)
+
+
 SECTIONS: dict[str, type] = {
-    "ingest": Ingest, "split": Split, "base": Base, "augment": Augment,
-    "extract": Extract, "train_head": TrainHead, "finetune": Finetune, "evaluate": Evaluate,
+    "ingest": Ingest, "split": Split, "base": Base, "augment": Augment, "extract": Extract,
+    "class_weights": ClassWeights, "train_head": TrainHead, "finetune": Finetune,
+    "evaluate": Evaluate, "export": Export,
 }
 TOP_LEVEL = {"seed": int}
 
@@ -280,4 +309,5 @@ def _training_checks(section: str, p: Any) -> list[str]:
     errors = [] if p.learning_rate > 0 else [f"{section}.learning_rate must be > 0, got {p.learning_rate}"]
     errors += _at_least(f"{section}.epochs", p.epochs, 1)
     errors += _at_least(f"{section}.batch_size", p.batch_size, 1)
+    errors += _between(f"{section}.label_smoothing", p.label_smoothing, 0, 1)
     return errors + _at_least(f"{section}.patience", p.patience, 0)

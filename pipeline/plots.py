@@ -26,6 +26,70 @@ def confusion_png(matrix: np.ndarray, labels: list[str], path: Path, title: str)
         for (i, j), count in np.ndenumerate(matrix):
             ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
                     color="white" if share[i, j] > 0.5 else "black")
+    _save(fig, path)
+
+
+def training_curves(history: dict[str, list[float]], path: Path, title: str) -> None:
+    """Loss and accuracy per epoch, training and validation, the kept (lowest val loss) epoch marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    best = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else None
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
+            if history.get(key):
+                ax.plot(epochs, history[key], marker="o", markersize=3, label=label)
+        if best:
+            ax.axvline(best, color="grey", linestyle=":", label=f"kept (epoch {best})")
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def per_class_f1(scores: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    """Grouped bars: F1 per class for each model (``{model: {class: f1}}``)."""
+    labels = list(next(iter(scores.values())))
+    width = 0.8 / len(scores)
+    fig, ax = plt.subplots(figsize=(2 + 0.6 * len(labels) * len(scores), 4))
+    for i, (name, f1) in enumerate(scores.items()):
+        ax.bar(np.arange(len(labels)) + (i - (len(scores) - 1) / 2) * width, [f1[k] for k in labels],
+               width, label=name)
+    ax.set(xticks=range(len(labels)), ylim=(0, 1.15), yticks=np.linspace(0, 1, 6),
+           ylabel="F1 on the test split", title=title)
+    ax.set_xticklabels(labels, rotation=45, ha="right")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", ncol=len(scores), frameon=False)  # above the bars, in the headroom
+    _save(fig, path)
+
+
+def gallery(thumbnails: list[np.ndarray], captions: list[str], path: Path, title: str, columns: int = 4) -> None:
+    """A grid of images with a caption under each (at least one cell, so the file always exists)."""
+    rows = max(1, -(-len(thumbnails) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, thumbnails, captions):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=9)
+    if not thumbnails:
+        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
+    fig.suptitle(title)
+    _save(fig, path, dpi=80)
+
+
+def lr_range(rates: np.ndarray, losses: np.ndarray, suggested: float, path: Path, title: str) -> None:
+    """Smoothed loss against a log-scale learning rate, the suggested rate marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(rates, losses)
+    ax.axvline(suggested, color="red", linestyle="--", label=f"suggested {suggested:.2g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    _save(fig, path)
+
+
+def _save(fig, path: Path, dpi: int = 100) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
+    fig.savefig(path, dpi=dpi, format="png")
     plt.close(fig)

@@ -2,7 +2,8 @@
 
 A small classifier (train_head.*) trained on the cached features: seconds per
 epoch instead of a backbone pass per image. Early stopping on validation loss
-keeps the best epoch's weights.
+keeps the best epoch's weights. Imbalanced classes are weighted
+(class_weights.*); label smoothing is optional.
 """
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import logging
 
 import numpy as np
 
-from pipeline import artifacts, models, params
+from pipeline import artifacts, models, params, training
 
-PARAMS = ["train_head", "seed"]
+PARAMS = ["train_head", "class_weights", "seed"]
 log = logging.getLogger("pipeline.train_head")
 
 
@@ -25,14 +26,17 @@ def main() -> None:
     x, y = (np.load(args.features / f"train_{a}.npy") for a in "xy")
     val = tuple(np.load(args.features / f"val_{a}.npy") for a in "xy")
     log.info("%d training and %d validation feature vectors of size %d", len(x), len(val[0]), x.shape[1])
+    weights = training.class_weights(np.bincount(y, minlength=len(labels)), labels, p.class_weights.mode,
+                                      p.class_weights.auto_ratio)
 
     head = models.build_head(x, len(labels), hp.hidden_units, hp.dropout)
-    models.compile_classifier(head, hp.learning_rate)
-    with models.training_log(args.live, hp.patience, len(x)) as (live, callbacks):
+    training.compile_classifier(head, hp.learning_rate, hp.label_smoothing)
+    with training.training_log(args.live, hp.patience, len(x), "Head on cached features") as (live, callbacks):
         head.fit(x, y, batch_size=hp.batch_size, epochs=hp.epochs, validation_data=val,
-                 callbacks=callbacks, verbose=2)
+                 class_weight=weights, callbacks=callbacks, verbose=2)
         val_loss, val_accuracy = head.evaluate(*val, batch_size=hp.batch_size, verbose=0)
-        live.summary.update(best_val_loss=val_loss, best_val_accuracy=val_accuracy)
+        live.summary.update(best_val_loss=val_loss, best_val_accuracy=val_accuracy,
+                            class_weights="balanced" if weights else "none")
     models.save(head, args.model)
     log.info("best epoch: val accuracy %.4f, val loss %.4f", val_accuracy, val_loss)
 

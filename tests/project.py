@@ -19,7 +19,7 @@ class Project:
     def __init__(self, path: Path, params: dict, env: dict | None = None):
         self.path = path
         shutil.copytree(ROOT / "pipeline", path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-        for name in ("dvc.yaml", ".gitignore"):
+        for name in ("dvc.yaml", ".gitignore", "Makefile"):
             shutil.copy(ROOT / name, path / name)
         self.write_params(params)
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",

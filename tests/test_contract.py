@@ -12,7 +12,8 @@ from conftest import ROOT
 from pipeline import params
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-EXPECTED_STAGES = ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate"]
+EXPECTED_STAGES = ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate",
+                   "export", "summary"]
 
 
 def module_of(stage: dict) -> str:

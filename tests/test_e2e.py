@@ -1,6 +1,7 @@
 """The real `dvc repro` on a generated dataset with a tiny random backbone, then rerun granularity."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ TINY = dict(
     augment={"copies": 1},
     train_head={"epochs": 40, "patience": 10, "learning_rate": 0.003, "batch_size": 32},
     finetune={"unfreeze_layers": 5, "epochs": 1, "learning_rate": 1e-4, "batch_size": 16, "patience": 1},
+    export={"representative_images": 16},
 )
 
 
@@ -47,7 +49,8 @@ def dataset(tmp_path_factory):
 def first_run(tmp_path_factory, dataset):
     proj = Project(tmp_path_factory.mktemp("e2e") / "project", default_params(ingest={"source": str(dataset)}, **TINY))
     ran = proj.repro()
-    assert ran == ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate"]
+    assert ran == ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate",
+                   "export", "summary"]
     return proj, digests(proj.path)
 
 
@@ -65,9 +68,16 @@ def test_outputs_exist_with_the_right_shapes(project):
     x, y = np.load(p / "data/features/train_x.npy"), np.load(p / "data/features/train_y.npy")
     assert x.shape == (meta["counts"]["train"] * 2, 1280) and y.shape == (len(x),)
     assert set(np.unique(y)) == {0, 1, 2}
+    assert sorted(f.name for f in (p / "data/features").iterdir()) == ["train_x.npy", "train_y.npy",
+                                                                      "val_x.npy", "val_y.npy"]
     for f in ("models/head.keras", "models/model.keras", "models/extractor.keras",
-              "reports/evaluate/confusion_finetune.png", "reports/train_head/metrics.json"):
+              "reports/evaluate/confusion_finetune.png", "reports/train_head/metrics.json",
+              "reports/train_head/curves.png", "reports/finetune/curves.png", "reports/evaluate/mistakes.png",
+              "reports/evaluate/per_class_f1.png", "models/export/saved_model/saved_model.pb",
+              "models/export/model_float32.tflite", "models/export/model_float16.tflite",
+              "models/export/model_int8.tflite"):
         assert (p / f).stat().st_size > 0, f
+    assert (p / "models/export/labels.txt").read_text().split() == labels
     report = json.loads((p / "reports/ingest.json").read_text())
     assert report["kept"] == 120 and report["skipped_files"][0]["path"] == "circle/broken.png"
     per_class = json.loads((p / "reports/evaluate/per_class.json").read_text())
@@ -81,6 +91,53 @@ def test_test_accuracy_is_well_above_chance(project):
     assert metrics["finetune"]["accuracy"] >= 0.6, metrics
 
 
+def test_exported_formats_agree_with_the_keras_model(project):
+    export = json.loads((project.path / "reports/export.json").read_text())
+    assert set(export) == {"keras", "saved_model", "tflite_float32", "tflite_float16", "tflite_int8", "test_images"}
+    for name in ("saved_model", "tflite_float32"):  # float32 formats: the same network, the same answers
+        assert export[name]["agreement"] >= 0.99, export
+    assert export["tflite_int8"]["size_mb"] < export["tflite_float32"]["size_mb"]
+    assert export["tflite_float16"]["size_mb"] < export["tflite_float32"]["size_mb"]
+    assert export["keras"]["accuracy"] == project.metrics()["finetune"]["accuracy"]
+
+
+def test_predict_agrees_with_evaluate_on_the_test_images(project):
+    rows = list(csv.DictReader(open(project.path / "reports/evaluate/predictions.csv")))
+    out = project.run("python", "-m", "pipeline.predict", "models/model.keras",
+                      *(f"data/raw/{r['path']}" for r in rows), "--labels", "data/split/labels.json", "--json")
+    predicted = json.loads(out.stdout)
+    assert len(predicted) == len(rows) == 30
+    for row, result in zip(rows, predicted):
+        assert result["path"] == f"data/raw/{row['path']}"
+        assert result["predictions"][0]["label"] == row["predicted"]
+        assert result["predictions"][0]["probability"] == pytest.approx(float(row["confidence"]), abs=1e-5)
+    # the exported TFLite file, with the labels.txt beside it, gives the same answers
+    out = project.run("python", "-m", "pipeline.predict", "models/export/model_float32.tflite",
+                      *(f"data/raw/{r['path']}" for r in rows), "--json", "-k", "1")
+    assert [r["predictions"][0]["label"] for r in json.loads(out.stdout)] == [r["predicted"] for r in rows]
+
+
+def test_summary_is_a_model_card_of_this_run(project):
+    card = (project.path / "reports/summary.md").read_text()
+    metrics = project.metrics()
+    assert f"**Test accuracy {metrics['finetune']['accuracy']:.3f} fine-tuned" in card
+    for text in ("| circle | ", "not a readable image", "MobileNetV2, none weights, 32 px", "`model_int8.tflite`",
+                 "`evaluate/mistakes.png`", "`finetune/curves.png`", "class weights"):
+        assert text in card, text
+    export = json.loads((project.path / "reports/export.json").read_text())
+    assert f"| {export['tflite_int8']['size_mb']:.2f} |" in card
+
+
+def test_lr_find_writes_a_plot_and_a_suggestion(project, tmp_path):
+    for phase, steps in (("head", 40), ("finetune", 8)):
+        out = project.run("python", "-m", "pipeline.lr_find", phase, "--steps", str(steps), "--out", str(tmp_path))
+        result = json.loads((tmp_path / f"lr_find_{phase}.json").read_text())
+        assert 1e-7 <= result["suggested_learning_rate"] <= 0.1, result
+        assert 2 <= len(result["losses"]) <= steps
+        assert (tmp_path / f"lr_find_{phase}.png").stat().st_size > 0
+        assert "dvc exp run -S" in out.stdout
+
+
 def test_nothing_to_do_after_a_full_run(project):
     assert project.changed_stages() == set()
 
@@ -88,14 +145,14 @@ def test_nothing_to_do_after_a_full_run(project):
 def test_finetune_param_reruns_only_finetune_and_evaluate(project):
     project.set_param("finetune.learning_rate", 2e-4)
     # `dvc status` names the stage whose own deps changed; repro follows on downstream.
-    assert project.changed_stages() == {"finetune"}
-    assert project.repro() == ["finetune", "evaluate"]
+    assert project.changed_stages() == {"finetune", "summary"}  # summary shows the fine-tuning rate
+    assert project.repro() == ["finetune", "evaluate", "export", "summary"]
 
 
 def test_train_head_param_reruns_head_finetune_evaluate(project):
     project.set_param("train_head.dropout", 0.3)
     assert project.changed_stages() == {"train_head"}
-    assert project.repro() == ["train_head", "finetune", "evaluate"]
+    assert project.repro() == ["train_head", "finetune", "evaluate", "export", "summary"]
     assert project.changed_stages() == set()
 
 
@@ -130,7 +187,7 @@ def test_interrupted_stage_leaves_nothing_half_written(project):
     assert leftovers == []
     assert not (project.path / "models" / "model.keras").exists()  # DVC removed it before the run
     assert "finetune" in project.changed_stages()
-    assert project.repro() == ["finetune", "evaluate"]
+    assert project.repro() == ["finetune", "evaluate", "export", "summary"]
     assert project.changed_stages() == set()
 
 
@@ -148,3 +205,23 @@ def test_push_clone_pull_gives_identical_files(project, tmp_path):
     assert digests(clone) == digests(project.path)
     for name in files:
         assert (clone / name).read_bytes() == (project.path / name).read_bytes()
+
+
+def test_queued_grid_of_learning_rates_runs_and_shows_in_exp_show(project):
+    """The README's `dvc exp run --queue` grid, on the committed project (after the push test)."""
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "before the grid", check=False)  # nothing to commit is fine
+    project.run("dvc", "exp", "run", "--queue", "-S", "finetune.learning_rate=1e-4,3e-4")
+    project.run("dvc", "exp", "run", "--run-all")
+    shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
+    runs = [exp for commit in shown for exp in commit.get("experiments") or []]
+    rates, accuracies = set(), []
+    for run in runs:
+        data = run["revs"][0]["data"]
+        rates.add(data["params"]["params.yaml"]["data"]["finetune"]["learning_rate"])
+        accuracies.append(data["metrics"]["reports/metrics.json"]["data"]["finetune"]["accuracy"])
+    assert rates == {1e-4, 3e-4}, shown
+    assert all(0 <= a <= 1 for a in accuracies) and len(accuracies) == 2
+    table = project.run("make", "-s", "exps").stdout  # the README's command for the key columns
+    for column in ("finetune.learning_rate", "finetune.accuracy", "tflite_int8.size_mb"):
+        assert column in table, table

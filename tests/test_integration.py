@@ -4,6 +4,7 @@ Uses the offline assets in ../shared; skipped, saying so, where they are absent.
 """
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -42,6 +43,7 @@ def clothing(tmp_path_factory):
 def test_imagenet_weights_beat_random_weights(clothing):
     assert clothing.repro()[0] == "ingest"
     pretrained = clothing.metrics()
+    export = json.loads((clothing.path / "reports" / "export.json").read_text())
     assert pretrained["test_images"] == 10 * PER_SPLIT["test"]
     # Same data and params, random backbone: only the stages from extract-features on rerun.
     out = clothing.run("dvc", "exp", "run", "-S", "base.weights=none").stdout
@@ -51,3 +53,9 @@ def test_imagenet_weights_beat_random_weights(clothing):
           f"random init {random['finetune']['accuracy']:.3f}")
     assert pretrained["finetune"]["accuracy"] >= 0.4, pretrained  # chance is 0.1; measured 0.575
     assert pretrained["finetune"]["accuracy"] >= random["finetune"]["accuracy"] + 0.25, (pretrained, random)
+    # Exported files of the real model: the float formats give the Keras model's answers.
+    print("agreement with Keras:", {k: v["agreement"] for k, v in export.items() if isinstance(v, dict)})
+    for name in ("saved_model", "tflite_float32"):
+        assert export[name]["agreement"] >= 0.99, export
+    assert export["tflite_float16"]["agreement"] >= 0.95, export  # half-precision weights
+    assert export["tflite_int8"]["agreement"] >= 0.8, export  # measured 0.97 on the full test split

@@ -1,0 +1,170 @@
+"""Saved classifiers (Keras, SavedModel, TFLite) as one thing: uint8 images -> class probabilities.
+
+Evaluation, the export parity check and ``pipeline.predict`` all go through
+``load_images`` and ``Classifier.probabilities``, so the metrics are measured on
+exactly what a user of the exported model gets: the training decode and resize
+(``images.load_image``), then the model's own preprocessing inside it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline import artifacts, images, models
+
+LABELS_FILE = "labels.txt"  # one class name per line, in output order; written beside exported models
+
+
+class Classifier:
+    """A loaded model: ``image_size`` and ``probabilities(uint8 batch) -> (n, classes) float32``."""
+
+    image_size: int
+    kind: str
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Probabilities for any number of images, ``batch_size`` at a time."""
+        parts = [self.probabilities(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+class KerasClassifier(Classifier):
+    kind = "keras"
+
+    def __init__(self, model):
+        self.model = model
+        self.image_size = int(model.input_shape[1])
+
+    def probabilities(self, batch):
+        return np.asarray(self.model.predict_on_batch(batch.astype(np.float32)), dtype=np.float32)
+
+
+class SavedModelClassifier(Classifier):
+    kind = "saved_model"
+
+    def __init__(self, path: Path):
+        self.serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        spec = next(iter(self.serve.structured_input_signature[1].values()))
+        self.image_size = int(spec.shape[1])
+
+    def probabilities(self, batch):
+        out = self.serve(tf.constant(batch, tf.float32))
+        return next(iter(out.values())).numpy().astype(np.float32)
+
+
+class TFLiteClassifier(Classifier):
+    """A .tflite file; integer (quantized) inputs and outputs are converted with their scale and zero point."""
+
+    kind = "tflite"
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.interpreter = self._interpreter()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.image_size = int(self.input["shape"][1])
+        self.batch = None
+
+    def _interpreter(self, delegates: bool = True):
+        resolver = tf.lite.experimental.OpResolverType
+        with warnings.catch_warnings():
+            # TF 2.21 still ships tf.lite.Interpreter but warns it will move to the ai_edge_litert
+            # package; the .tflite files themselves run on either.
+            warnings.simplefilter("ignore", UserWarning)
+            return tf.lite.Interpreter(model_path=str(self.path), num_threads=os.cpu_count(),
+                                       experimental_op_resolver_type=resolver.AUTO if delegates
+                                       else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+    def probabilities(self, batch):
+        if self.batch != len(batch):  # the file is converted for batch 1; any batch size works after a resize
+            shape = [len(batch), *self.input["shape"][1:]]
+            self.interpreter.resize_tensor_input(self.input["index"], shape)
+            try:
+                self.interpreter.allocate_tensors()
+            except RuntimeError as err:
+                # XNNPACK (the fast CPU delegate) refuses some quantized graphs, e.g. int8 scales
+                # far below 1e-6 from a randomly initialised backbone; TFLite's own kernels run them.
+                logging.getLogger("pipeline.inference").warning(
+                    "%s: %s; running on TFLite's reference kernels instead", self.path.name, err)
+                self.interpreter = self._interpreter(delegates=False)
+                self.interpreter.resize_tensor_input(self.input["index"], shape)
+                self.interpreter.allocate_tensors()
+            self.batch = len(batch)
+        x = batch.astype(np.float32)
+        dtype = self.input["dtype"]
+        if np.issubdtype(dtype, np.integer):
+            scale, zero = self.input["quantization"]
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        self.interpreter.set_tensor(self.input["index"], x.astype(dtype))
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self.output["index"]).astype(np.float32)
+        if np.issubdtype(self.output["dtype"], np.integer):
+            scale, zero = self.output["quantization"]
+            out = (out - zero) * scale
+        return out
+
+
+def load(path: Path) -> Classifier:
+    """A ``.keras`` file, a ``.tflite`` file, or a SavedModel folder."""
+    path = Path(path)
+    if path.is_dir() and (path / "saved_model.pb").exists():
+        return SavedModelClassifier(path)
+    if path.suffix == ".tflite" and path.is_file():
+        return TFLiteClassifier(path)
+    if path.suffix == ".keras" and path.is_file():
+        return KerasClassifier(models.load(path))
+    raise ValueError(f"{path}: not a .keras file, a .tflite file or a SavedModel folder")
+
+
+def read_labels(path: Path) -> list[str]:
+    """Class names from ``labels.txt`` (one per line) or a JSON list (``labels.json``)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix == ".json":
+        return list(json.loads(text))
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def write_labels(path: Path, labels: Iterable[str]) -> None:
+    Path(path).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+
+
+def load_images(paths: Iterable[Path], size: int) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """Decode ``paths`` as in training: ``(pixels of the readable ones, their indices, {index: error})``."""
+    def decode(path):
+        try:
+            return images.load_image(path, size)
+        except Exception as err:  # Pillow raises many types for bad files
+            return f"{type(err).__name__}: {err}"
+
+    pixels, ok, errors = [], [], {}
+    for i, result in enumerate(images.parallel_map(decode, list(paths))):
+        if isinstance(result, str):
+            errors[i] = result
+        else:
+            pixels.append(result)
+            ok.append(i)
+    array = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
+    return array, ok, errors
+
+
+def load_test_split(raw: Path, split: Path, size: int) -> tuple[list[dict], np.ndarray, np.ndarray, list[str]]:
+    """(test rows, their pixels decoded as predict does, integer labels, class names)."""
+    labels = artifacts.read_json(split / "labels.json")
+    rows = images.read_csv(split / "test.csv")
+    pixels, _, errors = load_images([raw / r["path"] for r in rows], size)
+    if errors:
+        first = next(iter(errors))
+        raise artifacts.StageError(f"{len(errors)} test image(s) in {raw} no longer decode, e.g. "
+                                   f"{rows[first]['path']}: {errors[first]}; rerun ingest (dvc repro -f ingest)")
+    index = {label: i for i, label in enumerate(labels)}
+    return rows, pixels, np.array([index[r["label"]] for r in rows]), labels

@@ -1,0 +1,120 @@
+"""summary: the stages' reports -> reports/summary.md, a model card readable on its own.
+
+Data (images per class and split, what was skipped and why), backbone and
+key params, head-only against fine-tuned results, every exported file with
+its size and parity, and the figures' file names. Plain Markdown, short
+enough to post as a CI comment (``cat reports/summary.md``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline import artifacts, params
+
+PARAMS = ["seed", "base", "augment.copies", "class_weights", "train_head.hidden_units",
+          "train_head.learning_rate", "train_head.label_smoothing", "finetune.unfreeze_layers",
+          "finetune.learning_rate", "finetune.epochs", "finetune.schedule", "finetune.warmup_epochs",
+          "finetune.label_smoothing", "finetune.online_augmentation"]
+FIGURES = {  # file under a report folder -> what it shows
+    "curves.png": "training curves (loss and accuracy, train and validation)",
+    "confusion_finetune.png": "confusion matrix, fine-tuned model (row-normalized)",
+    "confusion_head.png": "confusion matrix, head only",
+    "per_class_f1.png": "per-class F1, head only and fine-tuned",
+    "mistakes.png": "the fine-tuned model's most confident mistakes on the test split",
+}
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in cells]
+
+
+def data_section(ingest: dict, split: dict) -> list[str]:
+    labels, parts = split["labels"], ["train", "val", "test"]
+    rows = [[label, *(split["per_class"][s].get(label, 0) for s in parts),
+             sum(split["per_class"][s].get(label, 0) for s in parts)] for label in labels]
+    rows.append(["**total**", *(split["images"][s] for s in parts), sum(split["images"].values())])
+    lines = ["## Data", "", f"Source: `{ingest['source']}`. {ingest['kept']} images kept, "
+             f"{ingest['skipped']} skipped; split `{split['strategy']}`.", ""]
+    lines += table(["class", *parts, "all"], rows)
+    if ingest["skipped_by_reason"]:
+        lines += ["", "Skipped (every file is listed in `ingest.json`):", ""]
+        lines += table(["reason", "files"], [[k, v] for k, v in ingest["skipped_by_reason"].items()])
+    if split["label_changes"]:
+        lines += ["", "Label changes: " + "; ".join(f"{k}: {v}" for k, v in split["label_changes"].items()) + "."]
+    return lines
+
+
+def model_section(p, split: dict, class_weights: str) -> list[str]:
+    counts = list(split["per_class"]["train"].values())
+    ratio = max(counts) / max(min(counts), 1)
+    cw = p.class_weights
+    ft, th = p.finetune, p.train_head
+    rows = [
+        ["backbone", f"{p.base.backbone}, {p.base.weights} weights, {p.base.image_size} px, {p.base.pooling} pooling"],
+        ["augmentation", f"{p.augment.copies} augmented cop{'y' if p.augment.copies == 1 else 'ies'} per training "
+                         f"image for the head; online while fine-tuning: {'yes' if ft.online_augmentation else 'no'}"],
+        ["class weights", f"{class_weights} (class_weights.mode {cw.mode}, threshold {cw.auto_ratio:g}x; "
+                          f"the largest training class has {ratio:.1f}x the images of the smallest)"],
+        ["head", f"{'linear' if not th.hidden_units else f'{th.hidden_units} hidden units'}, "
+                 f"learning rate {th.learning_rate:g}, label smoothing {th.label_smoothing:g}"],
+        ["fine-tuning", f"top {ft.unfreeze_layers} layers (BatchNorm frozen), learning rate {ft.learning_rate:g} "
+                        f"{ft.schedule}, warm-up {ft.warmup_epochs:g} epochs, up to {ft.epochs} epochs, "
+                        f"label smoothing {ft.label_smoothing:g}"],
+        ["seed", p.seed],
+    ]
+    return ["## Model", ""] + table(["", ""], rows)
+
+
+def results_section(metrics: dict, head_log: dict, finetune_log: dict, per_class: dict) -> list[str]:
+    rows = [["head only (frozen backbone)", metrics["head"]["accuracy"], metrics["head"]["macro_f1"],
+             head_log["best_val_accuracy"]],
+            ["fine-tuned", metrics["finetune"]["accuracy"], metrics["finetune"]["macro_f1"],
+             finetune_log["best_val_accuracy"]]]
+    lines = ["## Results", "", f"On {metrics['test_images']} test images:", ""]
+    lines += table(["model", "test accuracy", "test macro-F1", "best val accuracy"], rows)
+    lines += ["", "Per class (test split):", ""]
+    lines += table(["class", "support", "F1 head only", "F1 fine-tuned"],
+                   [[label, v["support"], per_class["head"][label]["f1"], v["f1"]]
+                    for label, v in per_class["finetune"].items()])
+    return lines
+
+
+def export_section(export: dict) -> list[str]:
+    files = {"keras": "model.keras", "saved_model": "saved_model/", "tflite_float32": "model_float32.tflite",
+             "tflite_float16": "model_float16.tflite", "tflite_int8": "model_int8.tflite"}
+    rows = [[name, f"`{files.get(name, name)}`", f"{m['size_mb']:.2f}", m["accuracy"], m["agreement"]]
+            for name, m in export.items() if isinstance(m, dict)]
+    return ["## Exported model", "", "Each file with `labels.txt` beside it; accuracy and agreement (share "
+            "of test images with the same top-1 class as the Keras model) measured on the test split:", ""] + \
+        table(["format", "file", "size (MB)", "test accuracy", "agreement"], rows)
+
+
+def main() -> None:
+    args = artifacts.start(__doc__, "ingest", "split", "head_log", "finetune_log", "evaluate", "metrics",
+                           "export", "out")
+    p = params.load(PARAMS)
+    read = artifacts.read_json
+    metrics, split = read(args.metrics), read(args.split)
+    here = args.out.parent
+    figures = [f"- `{os.path.relpath(folder / name, here)}`: {what}"
+               for folder in (args.head_log, args.finetune_log, args.evaluate)
+               for name, what in FIGURES.items() if (folder / name).exists()]
+    lines = [f"# Model card: {p.base.backbone} fine-tuned on {len(split['labels'])} classes", "",
+             f"**Test accuracy {metrics['finetune']['accuracy']:.3f} fine-tuned, "
+             f"{metrics['head']['accuracy']:.3f} head only** (macro-F1 {metrics['finetune']['macro_f1']:.3f} / "
+             f"{metrics['head']['macro_f1']:.3f}). Classes: {', '.join(split['labels'])}.", ""]
+    head_log = read(args.head_log / "metrics.json")
+    lines += data_section(read(args.ingest), split) + [""]
+    lines += model_section(p, split, head_log["class_weights"]) + [""]
+    lines += results_section(metrics, head_log, read(args.finetune_log / "metrics.json"),
+                             read(args.evaluate / "per_class.json")) + [""]
+    lines += export_section(read(args.export)) + [""]
+    lines += ["## Figures", "", *figures, ""]
+    with artifacts.atomic_file(args.out) as tmp:
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    artifacts.run(main)
