@@ -39,10 +39,7 @@ def main() -> None:
     # Recompile after changing `trainable`, as the recipe says, at the low fine-tuning rate.
     training.compile_classifier(model, rate, hp.label_smoothing)
 
-    transform = None
-    if hp.online_augmentation:
-        augmenter = models.augmenter(p.augment, p.seed)
-        transform = lambda x: augmenter(x, training=True)  # noqa: E731
+    transform = models.online_augmentation(p.augment, p.seed) if hp.online_augmentation else None
     train = shards.dataset(args.augmented, "train", hp.batch_size, shuffle_seed=p.seed, transform=transform)
     val = shards.dataset(args.augmented, "val", hp.batch_size)
     start_loss, start_accuracy = model.evaluate(val, verbose=0)

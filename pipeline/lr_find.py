@@ -93,6 +93,28 @@ def range_test(model, batches, loss_fn, class_weights: np.ndarray, min_lr: float
     return np.array(rates), np.array(losses)
 
 
+def setup(stage: str, paths: dict[str, Path], p) -> tuple:
+    """(model, endless batches, class names, training images per class), as the stage builds them."""
+    import tensorflow as tf
+
+    from pipeline import models, shards
+
+    models.set_seed(p.seed)
+    hp = getattr(p, stage)
+    if stage == "train_head":
+        x, y = (np.load(paths["features"] / f"train_{a}.npy") for a in "xy")
+        labels = artifacts.read_json(paths["labels"])
+        batches = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=p.seed).repeat().batch(hp.batch_size)
+        return (models.build_head(x, len(labels), hp.hidden_units, hp.dropout), batches, labels,
+                np.bincount(y, minlength=len(labels)))
+    model = models.assemble(models.load(paths["extractor"]), models.load(paths["head"]))
+    models.unfreeze_top(models.backbone_of(model), hp.unfreeze_layers)
+    meta = shards.meta(paths["augmented"])
+    transform = models.online_augmentation(p.augment, p.seed) if hp.online_augmentation else None
+    batches = shards.dataset(paths["augmented"], "train", hp.batch_size, shuffle_seed=p.seed, transform=transform)
+    return model, batches.repeat(), meta["labels"], meta["class_counts"]["train"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.lr_find", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,29 +132,11 @@ def main() -> None:
     paths = stage_paths(stage)
     out = args.out or paths["live"].parent
 
-    from pipeline import models, plots, shards, training  # TensorFlow: after the arguments are checked
+    from pipeline import plots, training  # TensorFlow: after the arguments are checked
 
-    names = ["train_head", "class_weights", "seed"] if stage == "train_head" else \
-        ["finetune", "class_weights", "augment", "seed"]
-    p = params.load(names)
+    p = params.load([stage, "class_weights", "augment", "seed"])
     hp = getattr(p, stage)
-    models.set_seed(p.seed)
-    import tensorflow as tf
-
-    if stage == "train_head":
-        x, y = (np.load(paths["features"] / f"train_{a}.npy") for a in "xy")
-        labels = artifacts.read_json(paths["labels"])
-        model = models.build_head(x, len(labels), hp.hidden_units, hp.dropout)
-        counts = np.bincount(y, minlength=len(labels))
-        batches = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=p.seed).repeat().batch(hp.batch_size)
-    else:
-        model = models.assemble(models.load(paths["extractor"]), models.load(paths["head"]))
-        models.unfreeze_top(models.backbone_of(model), hp.unfreeze_layers)
-        meta = shards.meta(paths["augmented"])
-        labels, counts = meta["labels"], meta["class_counts"]["train"]
-        augmenter = models.augmenter(p.augment, p.seed) if hp.online_augmentation else None
-        batches = shards.dataset(paths["augmented"], "train", hp.batch_size, shuffle_seed=p.seed,
-                                 transform=augmenter and (lambda x: augmenter(x, training=True))).repeat()
+    model, batches, labels, counts = setup(stage, paths, p)
     weights = training.class_weights(counts, labels, p.class_weights.mode, p.class_weights.auto_ratio) or {}
     rates, losses = range_test(model, batches, training.loss(hp.label_smoothing),
                                np.array([weights.get(i, 1.0) for i in range(len(labels))]),

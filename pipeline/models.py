@@ -203,6 +203,12 @@ def augmenter(augment: SimpleNamespace, seed: int) -> keras.Sequential:
     return keras.Sequential(layers, name="augmenter")
 
 
+def online_augmentation(augment: SimpleNamespace, seed: int) -> Callable:
+    """The augmenter as a function of a batch, always in training mode: for tf.data's map."""
+    layers = augmenter(augment, seed)
+    return lambda images: layers(images, training=True)
+
+
 def save(model: keras.Model, path: Path) -> None:
     """Save the model for inference: architecture and weights, without the optimizer state
     and training loss (a fresh functional model over the same layers is never compiled)."""

@@ -8,7 +8,6 @@ enough to post as a CI comment (``cat reports/summary.md``).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from pipeline import artifacts, params
 
