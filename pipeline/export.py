@@ -49,7 +49,13 @@ def tflite(saved_model: Path, path: Path, quantize: str, representative=None) ->
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8  # pixels are 0..255 already; probabilities stay float
-    path.write_bytes(converter.convert())
+    try:
+        path.write_bytes(converter.convert())
+    except Exception as err:  # the converter raises ConverterError, RuntimeError, ValueError...
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise artifacts.StageError(f"converting the model to {path.name} failed: {message}. TFLite has no "
+                                   "built-in kernel for some operations of some backbones: try another "
+                                   "base.backbone") from None
 
 
 def size_mb(path: Path) -> float:

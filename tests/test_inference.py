@@ -102,3 +102,20 @@ def test_predict_fails_only_when_nothing_could_be_classified(exported, tmp_path,
     with pytest.raises(SystemExit):  # argparse: nothing matched
         predict.main([str(exported / "model.keras"), str(tmp_path / "*.none")])
     assert "no image files to classify" in capsys.readouterr().err
+
+
+def test_a_failed_conversion_names_the_file_and_the_reason(exported, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from pipeline.artifacts import StageError
+
+    class Refuses:
+        target_spec = type("Spec", (), {})()
+
+        def convert(self):
+            raise RuntimeError("op 'Erfinv' is neither a custom op nor a flex op\nmore detail")
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model", lambda path: Refuses())
+    with pytest.raises(StageError, match=r"model_int8.tflite failed: op 'Erfinv' is neither .* base.backbone"):
+        export.tflite(exported / "saved_model", tmp_path / "model_int8.tflite", "int8", lambda: iter([]))
+    assert not (tmp_path / "model_int8.tflite").exists()
