@@ -24,6 +24,17 @@ class ParamsError(ValueError):
     """A params.yaml problem; the message names the key and what is allowed."""
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where ``3e-05`` (no dot) is a string; DVC reads YAML 1.2, where it
+    is a float, and writes it that way: ``dvc exp run -S finetune.learning_rate=3e-5`` puts
+    ``learning_rate: 3e-05`` into params.yaml. Read such numbers as floats, as DVC does."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Ingest:
     source: str  # folder, .zip/.tar.gz archive, http(s) URL of one, a labels .csv, or keras:<dataset>
@@ -236,7 +247,7 @@ def load(keys: Iterable[str], path: str | Path = PARAMS_FILE) -> types.SimpleNam
     if not path.exists():
         raise ParamsError(f"{path} not found (run from the project root)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
     parsed = parse(raw)

@@ -211,7 +211,8 @@ def test_queued_grid_of_learning_rates_runs_and_shows_in_exp_show(project):
     """The README's `dvc exp run --queue` grid, on the committed project (after the push test)."""
     project.run("git", "add", "-A")
     project.run("git", "commit", "-qm", "before the grid", check=False)  # nothing to commit is fine
-    project.run("dvc", "exp", "run", "--queue", "-S", "finetune.learning_rate=1e-4,3e-4")
+    # 3e-5 is written back as `3e-05`, which YAML 1.1 readers take for a string (params._Loader)
+    project.run("dvc", "exp", "run", "--queue", "-S", "finetune.learning_rate=3e-5,3e-4")
     project.run("dvc", "exp", "run", "--run-all")
     shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
     runs = [exp for commit in shown for exp in commit.get("experiments") or []]
@@ -220,7 +221,7 @@ def test_queued_grid_of_learning_rates_runs_and_shows_in_exp_show(project):
         data = run["revs"][0]["data"]
         rates.add(data["params"]["params.yaml"]["data"]["finetune"]["learning_rate"])
         accuracies.append(data["metrics"]["reports/metrics.json"]["data"]["finetune"]["accuracy"])
-    assert rates == {1e-4, 3e-4}, shown
+    assert rates == {3e-5, 3e-4}, shown
     assert all(0 <= a <= 1 for a in accuracies) and len(accuracies) == 2
     table = project.run("make", "-s", "exps").stdout  # the README's command for the key columns
     for column in ("finetune.learning_rate", "finetune.accuracy", "tflite_int8.size_mb"):

@@ -84,3 +84,12 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("seed: [1,\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         params.load(["seed"], bad)
+
+
+@pytest.mark.parametrize("text, value", [("3e-05", 3e-5), ("1e-5", 1e-5), ("2.5E+2", 250.0), ("1.0e-05", 1e-5)])
+def test_exponent_floats_without_a_dot_are_floats(tmp_path, text, value):
+    """`dvc exp run -S finetune.learning_rate=3e-5` writes `3e-05`, a string to YAML 1.1 readers."""
+    raw = (ROOT / "params.yaml").read_text().replace("learning_rate: 1.0e-05", f"learning_rate: {text}")
+    assert f"learning_rate: {text}" in raw
+    (tmp_path / "params.yaml").write_text(raw)
+    assert params.load(["finetune"], tmp_path / "params.yaml").finetune.learning_rate == pytest.approx(value)
