@@ -61,9 +61,10 @@ class Project:
         """Stage names `dvc status` reports as changed."""
         return set(json.loads(self.run("dvc", "status", "--json").stdout))
 
-    def repro(self) -> list[str]:
-        """Run `dvc repro`; return the stages it actually ran, in order."""
-        out = self.run("dvc", "repro").stdout
+    def repro(self, *targets: str) -> list[str]:
+        """Run `dvc repro` (of ``targets`` and what they need, or everything); return the stages it
+        actually ran, in order."""
+        out = self.run("dvc", "repro", *targets).stdout
         return [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
 
     def metrics(self) -> dict:
