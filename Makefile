@@ -27,8 +27,9 @@ test: $(VENV)/installed
 	python -m pytest
 
 # Experiments side by side: the key params and metrics as columns (plain `dvc exp show`
-# lists every param and metric, far too wide to read).
+# lists every param and metric, far too wide to read). More dvc exp show options in ARGS,
+# e.g. `make exps ARGS=--all-commits` for experiments based on older commits.
 KEY_COLUMNS := Experiment|base\.backbone|train_head\.learning_rate|finetune\.(learning_rate|schedule|unfreeze_layers|label_smoothing)|class_weights\.mode|head\.accuracy|finetune\.(accuracy|macro_f1)|tflite_(float32|int8)\.(size_mb|agreement)
 .PHONY: exps
 exps:
-	dvc exp show --md --drop '.*' --keep '$(KEY_COLUMNS)'
+	dvc exp show --md --drop '.*' --keep '$(KEY_COLUMNS)' $(ARGS)
