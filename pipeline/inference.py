@@ -26,7 +26,6 @@ class Classifier:
     """A loaded model: ``image_size`` and ``probabilities(uint8 batch) -> (n, classes) float32``."""
 
     image_size: int
-    kind: str
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -38,8 +37,6 @@ class Classifier:
 
 
 class KerasClassifier(Classifier):
-    kind = "keras"
-
     def __init__(self, model):
         self.model = model
         self.image_size = int(model.input_shape[1])
@@ -49,8 +46,6 @@ class KerasClassifier(Classifier):
 
 
 class SavedModelClassifier(Classifier):
-    kind = "saved_model"
-
     def __init__(self, path: Path):
         self.serve = tf.saved_model.load(str(path)).signatures["serving_default"]
         spec = next(iter(self.serve.structured_input_signature[1].values()))
@@ -63,8 +58,6 @@ class SavedModelClassifier(Classifier):
 
 class TFLiteClassifier(Classifier):
     """A .tflite file; integer (quantized) inputs and outputs are converted with their scale and zero point."""
-
-    kind = "tflite"
 
     def __init__(self, path: Path):
         self.path = path
