@@ -7,7 +7,7 @@ SHARED ?= ../shared
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test offline-cache
+.PHONY: setup repro test offline-cache check
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ repro: offline-cache
 
 test: $(VENV)/installed
 	python -m pytest
+
+# Verify the project without training (params, stage contract, DAG, lock, backbone, data
+# source, remote); e.g. `make check ARGS="--skip remote"` where no remote is needed.
+check: $(VENV)/installed
+	python -m pipeline.check $(ARGS)
 
 # Experiments side by side: the key params and metrics as columns (plain `dvc exp show`
 # lists every param and metric, far too wide to read). More dvc exp show options in ARGS,

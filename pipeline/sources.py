@@ -51,7 +51,7 @@ def open_source(p: SimpleNamespace) -> Iterator[tuple[Path, list[dict], list[dic
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ingest-")))
             write_keras_dataset(p.source[len("keras:"):], folder)
         else:
-            path = download(p.source, p.sha256) if _is_url(p.source) else Path(p.source).expanduser()
+            path = download(p.source, p.sha256) if is_url(p.source) else Path(p.source).expanduser()
             if not path.exists():
                 raise StageError(f"ingest.source {p.source!r} does not exist (resolved to {path.resolve()})")
             if path.suffix.lower() == ".csv":  # a labels CSV beside (or above) its images
@@ -76,9 +76,14 @@ def open_source(p: SimpleNamespace) -> Iterator[tuple[Path, list[dict], list[dic
             yield (root, *scan(root))
 
 
+def cache_path(url: str) -> Path:
+    """Where ``download`` keeps ``url``: ``$KERAS_HOME/datasets/<file name>``."""
+    return keras_cache_dir() / "datasets" / Path(urllib.parse.urlparse(url).path).name
+
+
 def download(url: str, sha256: str | None) -> Path:
     """Download ``url`` into ``$KERAS_HOME/datasets/`` once, with a progress bar and checksum."""
-    target = keras_cache_dir() / "datasets" / Path(urllib.parse.urlparse(url).path).name
+    target = cache_path(url)
     if target.exists() and (sha256 is None or images.sha256_file(target) == sha256.lower()):
         log.info("using cached %s", target)
         return target
@@ -217,7 +222,7 @@ def write_keras_dataset(name: str, dest: Path) -> None:
             images.save_png(pixels, folder / f"{i:05d}.png")
 
 
-def _is_url(source: str) -> bool:
+def is_url(source: str) -> bool:
     return urllib.parse.urlparse(source).scheme in ("http", "https")
 
 

@@ -1,54 +1,17 @@
 """dvc.yaml against the code: each stage declares exactly the params, code and paths it uses."""
 from __future__ import annotations
 
-import ast
-import re
 import shlex
 
 import pytest
 import yaml
 
 from conftest import ROOT
-from pipeline import params
+from pipeline import check, params
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 EXPECTED_STAGES = ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate",
                    "export", "summary"]
-
-
-def module_of(stage: dict) -> str:
-    match = re.match(r"python -m pipeline\.(\w+)\b", stage["cmd"])
-    assert match, f"unexpected cmd {stage['cmd']!r}"
-    return match.group(1)
-
-
-def declared_params(module: str) -> list[str]:
-    tree = ast.parse((ROOT / "pipeline" / f"{module}.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PARAMS":
-            return ast.literal_eval(node.value)
-    raise AssertionError(f"pipeline/{module}.py has no PARAMS list")
-
-
-def pipeline_imports(module: str, seen: set[str] | None = None) -> set[str]:
-    """pipeline modules that ``module`` imports, directly or through other pipeline modules."""
-    seen = set() if seen is None else seen
-    seen.add(module)
-    tree = ast.parse((ROOT / "pipeline" / f"{module}.py").read_text())
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
-            names = [node.module.split(".")[1]]
-        for name in names:
-            if name not in seen:
-                pipeline_imports(name, seen)
-    return seen
-
-
-def entries(stage: dict, key: str) -> list[str]:
-    return [e if isinstance(e, str) else next(iter(e)) for e in stage.get(key, [])]
 
 
 def test_stages_form_the_expected_pipeline():
@@ -58,7 +21,7 @@ def test_stages_form_the_expected_pipeline():
 @pytest.mark.parametrize("name", EXPECTED_STAGES)
 def test_stage_params_match_what_the_code_reads(name):
     stage = DVC[name]
-    assert sorted(params.expand(declared_params(module_of(stage)))) == sorted(stage.get("params", []))
+    assert sorted(params.expand(check.declared_params(ROOT, check.module_of(stage)))) == sorted(stage.get("params", []))
 
 
 def test_every_param_is_used_by_some_stage():
@@ -72,7 +35,7 @@ def test_every_param_is_used_by_some_stage():
 @pytest.mark.parametrize("name", EXPECTED_STAGES)
 def test_stage_code_deps_match_imports(name):
     stage = DVC[name]
-    code = {f"pipeline/{m}.py" for m in pipeline_imports(module_of(stage))}
+    code = {f"pipeline/{m}.py" for m in check.pipeline_imports(ROOT, check.module_of(stage))}
     assert code == {d for d in stage["deps"] if d.startswith("pipeline/")}
 
 
@@ -82,7 +45,7 @@ def test_cmd_paths_are_the_declared_deps_and_outs(name):
     args = shlex.split(stage["cmd"])
     paths = {args[i + 1] for i, a in enumerate(args) if a.startswith("--")}
     declared = [d for d in stage["deps"] if not d.startswith("pipeline/")]
-    declared += entries(stage, "outs") + entries(stage, "metrics") + entries(stage, "plots")
+    declared += check.entries(stage, "outs") + check.entries(stage, "metrics") + check.entries(stage, "plots")
     for path in paths:  # each argument is declared, or is the folder holding declared files
         assert any(d == path or d.startswith(path + "/") for d in declared), f"{name}: {path} undeclared"
     for d in declared:  # and everything declared is handed to the stage

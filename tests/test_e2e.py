@@ -13,20 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from project import BIN, Project, default_params
+from project import BIN, Project
 from shapes import make_dataset
+from tiny_run import tiny_project
 
 ARTIFACTS = ("data/split", "data/augmented", "data/features", "reports/metrics.json", "reports/ingest.json")
-
-TINY = dict(
-    split={"strategy": "auto", "val_fraction": 0.2, "test_fraction": 0.25},
-    base={"backbone": "MobileNetV2", "weights": "none", "image_size": 32, "pooling": "avg"},
-    augment={"copies": 1},
-    train_head={"epochs": 40, "patience": 10, "learning_rate": 0.003, "batch_size": 32},
-    finetune={"unfreeze_layers": 5, "epochs": 1, "learning_rate": 1e-4, "batch_size": 16, "patience": 1},
-    export={"representative_images": 16},
-)
-
 
 def digests(root: Path) -> dict[str, str]:
     """sha256 of every file under the reproducible artifacts, by relative path."""
@@ -47,7 +38,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, dataset):
-    proj = Project(tmp_path_factory.mktemp("e2e") / "project", default_params(ingest={"source": str(dataset)}, **TINY))
+    proj = tiny_project(tmp_path_factory.mktemp("e2e") / "project", dataset)
     ran = proj.repro()
     assert ran == ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate",
                    "export", "summary"]
@@ -138,14 +129,23 @@ def test_lr_find_writes_a_plot_and_a_suggestion(project, tmp_path):
         assert "dvc exp run -S" in out.stdout
 
 
+def pipeline_check(project: Project, *skip: str) -> subprocess.CompletedProcess:
+    return project.run("python", "-m", "pipeline.check", *(f"--skip={name}" for name in skip), check=False)
+
+
 def test_nothing_to_do_after_a_full_run(project):
     assert project.changed_stages() == set()
+    out = pipeline_check(project, "remote")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ok    lock      dvc.lock matches dvc.yaml, params.yaml and the code\n" in out.stdout
 
 
 def test_finetune_param_reruns_only_finetune_and_evaluate(project):
     project.set_param("finetune.learning_rate", 2e-4)
     # `dvc status` names the stage whose own deps changed; repro follows on downstream.
     assert project.changed_stages() == {"finetune", "summary"}  # summary shows the fine-tuning rate
+    out = pipeline_check(project, "remote", "backbone", "source")
+    assert out.returncode == 1 and "finetune: params.yaml finetune.learning_rate modified" in out.stdout
     assert project.repro() == ["finetune", "evaluate", "export", "summary"]
 
 
@@ -167,7 +167,7 @@ def test_invalid_param_stops_the_stage_naming_the_key(project):
 
 def test_same_seed_same_bytes_in_another_directory(first_run, dataset, tmp_path):
     _, expected = first_run
-    again = Project(tmp_path / "again", default_params(ingest={"source": str(dataset)}, **TINY))
+    again = tiny_project(tmp_path / "again", dataset)
     assert again.repro("evaluate")[-1] == "evaluate"  # every artifact compared; export and summary not needed
     got = digests(again.path)
     assert len(got) > 10 and got == expected
@@ -199,6 +199,10 @@ def test_push_clone_pull_gives_identical_files(project, tmp_path):
     clone = tmp_path / "clone"
     project.run("git", "clone", "-q", str(project.path), str(clone))
     cloned = Project.attach(clone, project.env)
+    out = pipeline_check(cloned, "backbone", "source")  # CI's view: no data pulled, the lock still agrees
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "outputs not in this workspace: `dvc pull` fetches them" in out.stdout
+    assert f"ok    remote    remote 'shared': folder {tmp_path / 'remote'}" in out.stdout
     cloned.run("dvc", "pull")
     assert cloned.changed_stages() == set()
     files = ["models/model.keras", "models/head.keras", "models/extractor.keras", "data/raw/manifest.csv"]

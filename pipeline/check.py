@@ -1,0 +1,310 @@
+"""check: verify the project without training. ``python -m pipeline.check [--skip NAME ...]``
+
+One line per check, ``ok``, ``FAIL`` (with what to do) or ``skip``; exit 1 if any failed.
+
+  params     params.yaml validates (types, allowed values)
+  contract   each stage's params in dvc.yaml are exactly the keys its code reads, every
+             key is read by some stage, and each stage's code deps are the modules it imports
+  dag        dvc.yaml's stages form the expected graph (EXPECTED_DAG below)
+  lock       dvc.lock agrees with dvc.yaml, params.yaml and the code; outputs that are
+             merely missing (not pulled) are allowed, as `dvc repro --allow-missing` would
+  backbone   base.backbone is a keras.applications model; base.weights is usable
+  source     ingest.source is reachable, or already downloaded into Keras' cache
+  remote     a default DVC remote is configured, and DVC can talk to its kind of storage
+
+Everything is read from the current directory (the project root), the same files
+`dvc repro` reads. Only `backbone` imports TensorFlow (a few seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from pipeline import params
+
+# Stage -> the stages whose outputs it reads. A new stage, or a changed dependency,
+# must be added here on purpose: that is the point of the check.
+EXPECTED_DAG: dict[str, set[str]] = {
+    "ingest": set(),
+    "split": {"ingest"},
+    "augment": {"ingest", "split"},
+    "extract_features": {"augment"},
+    "train_head": {"extract_features", "split"},
+    "finetune": {"augment", "extract_features", "train_head"},
+    "evaluate": {"ingest", "split", "extract_features", "train_head", "finetune"},
+    "export": {"ingest", "split", "augment", "finetune"},
+    "summary": {"ingest", "split", "train_head", "finetune", "evaluate", "export"},
+}
+# DVC's optional packages for each kind of remote storage (dvc itself speaks local paths).
+REMOTE_PLUGINS = {"s3": "dvc_s3", "gs": "dvc_gs", "gcs": "dvc_gs", "azure": "dvc_azure", "ssh": "dvc_ssh",
+                  "hdfs": "dvc_hdfs", "webhdfs": "dvc_webhdfs", "http": "dvc_http", "https": "dvc_http",
+                  "webdav": "dvc_webdav", "webdavs": "dvc_webdav", "oss": "dvc_oss", "gdrive": "dvc_gdrive"}
+MISSING = {"deleted", "not in cache"}  # a `dvc status` state that only means "not pulled"
+
+
+class Failed(Exception):
+    """The check failed; the message says what is wrong and what to do."""
+
+
+class Skipped(Exception):
+    """The check does not apply here."""
+
+
+# --- dvc.yaml and the stage modules, read as text (no TensorFlow) ---------------------------
+
+def stages(root: Path) -> dict[str, dict]:
+    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+
+
+def module_of(stage: dict) -> str:
+    """``pipeline.<module>`` that a stage's cmd runs."""
+    match = re.match(r"python -m pipeline\.(\w+)\b", stage["cmd"])
+    if not match:
+        raise Failed(f"unexpected cmd {stage['cmd']!r} (stages run `python -m pipeline.<stage>`)")
+    return match.group(1)
+
+
+def declared_params(root: Path, module: str) -> list[str]:
+    """The module's ``PARAMS`` list: the params keys (or sections) it loads."""
+    tree = ast.parse((root / "pipeline" / f"{module}.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PARAMS":
+            return ast.literal_eval(node.value)
+    raise Failed(f"pipeline/{module}.py has no PARAMS list")
+
+
+def pipeline_imports(root: Path, module: str, seen: set[str] | None = None) -> set[str]:
+    """pipeline modules that ``module`` imports, directly or through other pipeline modules."""
+    seen = set() if seen is None else seen
+    seen.add(module)
+    for node in ast.walk(ast.parse((root / "pipeline" / f"{module}.py").read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
+            names = [node.module.split(".")[1]]
+        for name in names:
+            if name not in seen:
+                pipeline_imports(root, name, seen)
+    return seen
+
+
+def entries(stage: dict, key: str) -> list[str]:
+    """Paths under ``deps``/``outs``/``metrics``/``plots``, with or without options."""
+    return [e if isinstance(e, str) else next(iter(e)) for e in stage.get(key, [])]
+
+
+def graph(dvc_stages: dict[str, dict]) -> dict[str, set[str]]:
+    """Stage -> stages producing something it depends on (a path, or a folder around or inside one)."""
+    produced = {name: entries(s, "outs") + entries(s, "metrics") + entries(s, "plots")
+                for name, s in dvc_stages.items()}
+    edges = {}
+    for name, stage in dvc_stages.items():
+        edges[name] = {other for dep in entries(stage, "deps") for other, outs in produced.items()
+                       if other != name and any(_within(dep, out) or _within(out, dep) for out in outs)}
+    return edges
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+# --- the checks: each returns a one-line summary or raises Failed / Skipped -----------------
+
+def check_params(root: Path) -> str:
+    try:
+        params.load(params.SECTIONS, root / params.PARAMS_FILE)
+    except params.ParamsError as err:
+        raise Failed(str(err)) from None
+    return f"{params.PARAMS_FILE} is valid ({len(params.all_keys())} keys)"
+
+
+def check_contract(root: Path) -> str:
+    problems, used = [], set()
+    for name, stage in stages(root).items():
+        module = module_of(stage)
+        reads = set(params.expand(declared_params(root, module)))
+        listed = set(stage.get("params", []))
+        used |= listed
+        if reads - listed:
+            problems.append(f"{name}: code reads {', '.join(sorted(reads - listed))} but dvc.yaml does not "
+                            "list it under params (a change would not rerun the stage)")
+        if listed - reads:
+            problems.append(f"{name}: dvc.yaml lists {', '.join(sorted(listed - reads))} under params "
+                            "but the code does not read it (a change would rerun the stage for nothing)")
+        code = {f"pipeline/{m}.py" for m in pipeline_imports(root, module)}
+        deps = {d for d in entries(stage, "deps") if d.startswith("pipeline/")}
+        if code != deps:
+            missing, extra = sorted(code - deps), sorted(deps - code)
+            problems.append(f"{name}: code deps in dvc.yaml differ from the imports"
+                            + (f"; add {', '.join(missing)}" if missing else "")
+                            + (f"; remove {', '.join(extra)}" if extra else ""))
+    unused = sorted(set(params.all_keys()) - used)
+    if unused:
+        problems.append(f"no stage reads {', '.join(unused)}")
+    if problems:
+        raise Failed("\n".join(problems))
+    return "every stage lists exactly the params and code it reads; every param is read"
+
+
+def check_dag(root: Path) -> str:
+    actual = graph(stages(root))
+    if actual != EXPECTED_DAG:
+        lines = []
+        for name in [*EXPECTED_DAG, *(n for n in actual if n not in EXPECTED_DAG)]:
+            if name not in actual:
+                lines.append(f"{name}: missing from dvc.yaml")
+            elif name not in EXPECTED_DAG:
+                lines.append(f"{name}: a stage the graph does not expect")
+            elif actual[name] != EXPECTED_DAG[name]:
+                lines.append(f"{name} reads from {', '.join(sorted(actual[name])) or 'no stage'}; expected "
+                             f"{', '.join(sorted(EXPECTED_DAG[name])) or 'no stage'}")
+        raise Failed("dvc.yaml's stage graph is not the expected one (pipeline/check.py EXPECTED_DAG):\n"
+                     + "\n".join(lines))
+    return f"{len(actual)} stages, dependencies as expected: {' -> '.join(actual)}"
+
+
+def check_lock(root: Path) -> str:
+    if not (root / "dvc.lock").exists():
+        raise Failed("no dvc.lock: run `dvc repro` and commit dvc.lock")
+    out = _dvc(root, "status", "--json")
+    dvc_stages = stages(root)
+    outputs = [p for s in dvc_stages.values() for key in ("outs", "metrics", "plots") for p in entries(s, key)]
+    problems, missing = [], 0
+    for stage, changes in json.loads(out or "{}").items():
+        for change in changes:
+            if isinstance(change, str):  # "changed command", "always changed"
+                problems.append(f"{stage}: {change}")
+                continue
+            for kind, files in change.items():
+                for path, state in files.items():
+                    if isinstance(state, dict):  # params.yaml: {key: modified|new|deleted}
+                        problems += [f"{stage}: {path} {key} {how}" for key, how in state.items()]
+                    elif state in MISSING and any(_within(path, o) or _within(o, path) for o in outputs):
+                        missing += 1
+                    else:
+                        problems.append(f"{stage}: {kind.removeprefix('changed ')[:-1]} {path} {state}")
+    if problems:
+        raise Failed("dvc.lock does not match dvc.yaml, params.yaml and the code; run `dvc repro` and commit "
+                     "dvc.lock:\n" + "\n".join(problems))
+    return "dvc.lock matches dvc.yaml, params.yaml and the code" + (
+        f" ({missing} outputs not in this workspace: `dvc pull` fetches them)" if missing else "")
+
+
+def check_backbone(root: Path) -> str:
+    p = params.load(["base"], root / params.PARAMS_FILE).base
+    from pipeline import models  # imports TensorFlow: only this check pays for it
+
+    names = models.backbones()
+    if p.backbone not in names:
+        close = [n for n in names if n.lower().startswith(p.backbone.lower()[:6])] or sorted(names)
+        raise Failed(f"base.backbone {p.backbone!r} is not a keras.applications model; try "
+                     + ", ".join(close))
+    if p.weights not in ("imagenet", "none") and not (root / p.weights).is_file():
+        raise Failed(f"base.weights {p.weights!r}: no such file (use imagenet, none or a weights file path)")
+    return f"keras.applications.{p.backbone}, weights {p.weights}"
+
+
+def check_source(root: Path) -> str:
+    from pipeline import sources
+
+    p = params.load(["ingest.source"], root / params.PARAMS_FILE).ingest
+    if p.source.startswith("keras:"):
+        return f"{p.source}: loaded through keras.datasets (cache {sources.keras_cache_dir() / 'datasets'})"
+    if not sources.is_url(p.source):
+        path = (root / p.source).expanduser()
+        if not path.exists():
+            raise Failed(f"ingest.source {p.source!r} does not exist (resolved to {path.resolve()})")
+        return f"{p.source} exists"
+    cached = sources.cache_path(p.source)
+    if cached.exists():
+        return f"{p.source} is downloaded ({cached})"
+    try:
+        request = urllib.request.Request(p.source, method="HEAD")
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return f"{p.source} is reachable (HTTP {response.status}); ingest downloads it to {cached}"
+    except OSError as err:
+        raise Failed(f"ingest.source {p.source} is neither downloaded ({cached}) nor reachable ({err}); "
+                     f"place the archive at {cached} or point ingest.source at a local copy") from None
+
+
+def check_remote(root: Path) -> str:
+    default = _dvc(root, "remote", "default", check=False).strip()
+    if not default or "No default remote" in default:
+        raise Failed("no default DVC remote: `dvc remote add -d NAME URL` (credentials with "
+                     "`dvc remote modify --local`, never committed); --skip remote where none is needed")
+    url = _dvc(root, "config", f"remote.{default}.url").strip()
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme in REMOTE_PLUGINS:
+        plugin = REMOTE_PLUGINS[scheme]
+        if importlib.util.find_spec(plugin) is None:
+            raise Failed(f"remote {default!r} ({url}) needs `pip install {plugin.replace('_', '-')}`")
+        return f"remote {default!r}: {url} ({plugin} installed)"
+    if scheme or not url:
+        raise Failed(f"remote {default!r} has an unsupported URL {url!r}")
+    path = Path(url) if Path(url).is_absolute() else root / ".dvc" / url  # relative to .dvc/config
+    if not path.is_dir():
+        raise Failed(f"remote {default!r} is the folder {path.resolve()}, which does not exist")
+    return f"remote {default!r}: folder {path.resolve()}"
+
+
+CHECKS: dict[str, Callable[[Path], str]] = {
+    "params": check_params, "contract": check_contract, "dag": check_dag, "lock": check_lock,
+    "backbone": check_backbone, "source": check_source, "remote": check_remote,
+}
+
+
+def _dvc(root: Path, *args: str, check: bool = True) -> str:
+    dvc = Path(sys.executable).with_name("dvc")  # the dvc of this environment, else the PATH's
+    out = subprocess.run([str(dvc) if dvc.exists() else "dvc", *args], cwd=root, capture_output=True, text=True)
+    if check and out.returncode:
+        raise Failed(f"`dvc {' '.join(args)}` failed: {(out.stderr or out.stdout).strip()}")
+    return out.stdout + (out.stderr if not check else "")
+
+
+def run_checks(root: Path, skip: set[str] = frozenset()) -> dict[str, tuple[str, str]]:
+    """Run every check not in ``skip``, in order: ``{name: (ok|FAIL|skip, message)}``."""
+    results = {}
+    for name, check in CHECKS.items():
+        if name in skip:
+            results[name] = ("skip", "--skip " + name)
+            continue
+        try:
+            results[name] = ("ok", check(root))
+        except Skipped as err:
+            results[name] = ("skip", str(err))
+        except Failed as err:
+            results[name] = ("FAIL", str(err))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip", action="append", default=[], choices=list(CHECKS), metavar="NAME",
+                        help=f"leave out a check (repeatable): {', '.join(CHECKS)}")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the backbone check imports TensorFlow
+    results = run_checks(Path.cwd(), set(args.skip))
+    for name, (status, message) in results.items():
+        first, *rest = message.splitlines() or [""]
+        print(f"{status:<4}  {name:<9} {first}", *(f"{'':16}{line}" for line in rest), sep="\n", flush=True)
+    failed = [name for name, (status, _) in results.items() if status == "FAIL"]
+    ran = sum(status != "skip" for status, _ in results.values())
+    print(f"{len(failed)} of {ran} checks failed: {', '.join(failed)}" if failed else f"all {ran} checks passed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
