@@ -26,7 +26,7 @@ def start(doc: str, *paths: str) -> argparse.Namespace:
     """Parse ``--<path> VALUE`` arguments (paths live in dvc.yaml only) and set up logging."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in paths:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -34,6 +34,12 @@ def start(doc: str, *paths: str) -> argparse.Namespace:
     # unwinding, skipping the clean-up of temporary outputs below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     return args
+
+
+def _path(value: str) -> Path | str:
+    """A local path, or a URL (gs://, s3://) kept as text: Path would turn gs://b into gs:/b.
+    Inputs read through shards.dataset may be such URLs (a shared copy of data/augmented)."""
+    return value if "://" in value else Path(value)
 
 
 def run(main: Any) -> None:

@@ -6,16 +6,17 @@ every BatchNormalization layer kept in inference mode, trained on the training
 images (optionally through the augment.* transforms, on the fly) at a low
 learning rate, constant or warmed up and cosine-decayed (finetune.schedule).
 The best epoch by validation loss is kept, and if no epoch beats the head-only
-starting point, the starting weights are kept.
+starting point, the starting weights are kept. Runs on one device or several
+(distribution.strategy; finetune.batch_size is per device).
 """
 from __future__ import annotations
 
 import logging
 import math
 
-from pipeline import artifacts, models, params, shards, training
+from pipeline import artifacts, distribution, models, params, shards, training
 
-PARAMS = ["finetune", "class_weights", "augment.flip", "augment.rotation", "augment.zoom",
+PARAMS = ["finetune", "class_weights", "distribution", "augment.flip", "augment.rotation", "augment.zoom",
           "augment.translation", "augment.contrast", "seed"]
 log = logging.getLogger("pipeline.finetune")
 
@@ -24,29 +25,33 @@ def main() -> None:
     args = artifacts.start(__doc__, "augmented", "extractor", "head", "model", "live")
     p = params.load(PARAMS)
     hp = p.finetune
+    strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
     models.set_seed(p.seed)
-    model = models.assemble(models.load(args.extractor), models.load(args.head))
-    backbone = models.backbone_of(model)
-    n_trainable = models.unfreeze_top(backbone, hp.unfreeze_layers)
+    with strategy.scope():  # the variables live on every replica
+        model = models.assemble(models.load(args.extractor), models.load(args.head))
+        backbone = models.backbone_of(model)
+        n_trainable = models.unfreeze_top(backbone, hp.unfreeze_layers)
     log.info("%s: top %d of %d layers unfrozen (%d with weights, BatchNorm excluded)", backbone.name,
              min(hp.unfreeze_layers, len(backbone.layers)), len(backbone.layers), n_trainable)
     meta = shards.meta(args.augmented)
     n_train = meta["counts"]["train"]
-    steps = math.ceil(n_train / hp.batch_size)
+    batch = distribution.global_batch(hp.batch_size, strategy)
+    steps = math.ceil(n_train / batch)
     rate = training.learning_rate(hp.learning_rate, hp.schedule, round(hp.warmup_epochs * steps), hp.epochs * steps)
     weights = training.class_weights(meta["class_counts"]["train"], meta["labels"], p.class_weights.mode,
                                       p.class_weights.auto_ratio)
     # Recompile after changing `trainable`, as the recipe says, at the low fine-tuning rate.
-    training.compile_classifier(model, rate, hp.label_smoothing)
+    with strategy.scope():
+        training.compile_classifier(model, rate, hp.label_smoothing)
 
     transform = models.online_augmentation(p.augment, p.seed) if hp.online_augmentation else None
-    train = shards.dataset(args.augmented, "train", hp.batch_size, shuffle_seed=p.seed, transform=transform)
-    val = shards.dataset(args.augmented, "val", hp.batch_size)
+    train = shards.dataset(args.augmented, "train", batch, shuffle_seed=p.seed, transform=transform)
+    val = shards.dataset(args.augmented, "val", batch)
     start_loss, start_accuracy = model.evaluate(val, verbose=0)
     start_weights = model.get_weights()
     log.info("before fine-tuning: val accuracy %.4f, val loss %.4f", start_accuracy, start_loss)
 
-    with training.training_log(args.live, hp.patience, n_train, "Fine-tuning") as (live, callbacks):
+    with training.training_log(distribution.output_path(args.live, strategy), hp.patience, n_train, "Fine-tuning") as (live, callbacks):
         history = model.fit(train, validation_data=val, epochs=hp.epochs, shuffle=False,  # shuffled by tf.data
                             class_weight=weights, callbacks=callbacks, verbose=2)
         if min(history.history["val_loss"]) >= start_loss:
@@ -56,7 +61,7 @@ def main() -> None:
         val_loss, val_accuracy = model.evaluate(val, verbose=0)
         live.summary.update(start_val_loss=start_loss, start_val_accuracy=start_accuracy,
                             best_val_loss=val_loss, best_val_accuracy=val_accuracy)
-    models.save(model, args.model)
+    models.save(model, distribution.output_path(args.model, strategy))
     log.info("kept: val accuracy %.4f, val loss %.4f", val_accuracy, val_loss)
 
 

@@ -182,9 +182,17 @@ class Export:
         return _at_least("export.representative_images", self.representative_images, 1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    strategy: str  # single | auto | mirrored | multi_worker (pipeline/distribution.py)
+
+    def check(self) -> list[str]:
+        return _one_of("distribution.strategy", self.strategy, ("single", "auto", "mirrored", "multi_worker"))
+
+
 SECTIONS: dict[str, type] = {
     "ingest": Ingest, "split": Split, "base": Base, "augment": Augment, "extract": Extract,
-    "class_weights": ClassWeights, "train_head": TrainHead, "finetune": Finetune,
+    "class_weights": ClassWeights, "distribution": Distribution, "train_head": TrainHead, "finetune": Finetune,
     "evaluate": Evaluate, "export": Export,
 }
 TOP_LEVEL = {"seed": int}

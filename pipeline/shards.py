@@ -3,6 +3,11 @@
 Each record holds a JPEG-encoded, already-resized RGB image and its class
 index. JPEG at quality 95 keeps shards about 6x smaller than raw pixels; the
 sources are JPEG photos already, so the extra loss is negligible.
+
+Reading goes through TensorFlow's filesystems (``tf.io.gfile``), so a shard
+folder may also be a URL such as ``gs://bucket/augmented`` or ``s3://...``
+(a shared copy of a DVC output): the same code streams it, several shards at
+a time, never holding the dataset in memory.
 """
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ JPEG_QUALITY = 95
 # one reader per core and two batches in flight keep the model fed.
 PARALLEL_CALLS = os.cpu_count() or 1
 PREFETCH_BATCHES = 2
+# Shards read at once, interleaved record by record. Reading waits on storage rather than
+# the CPU (a network filesystem or object store most of all), so more readers than cores.
+PARALLEL_READS = max(4, PARALLEL_CALLS)
 
 
 class ShardWriter:
@@ -52,31 +60,39 @@ class ShardWriter:
             self._writer = None
 
 
-def files(directory: Path, name: str) -> list[str]:
-    found = sorted(str(p) for p in Path(directory).glob(f"{name}-*.tfrecord"))
+def _join(directory: Path | str, name: str) -> str:
+    return f"{str(directory).rstrip('/')}/{name}"  # not Path: it would turn gs://b into gs:/b
+
+
+def files(directory: Path | str, name: str) -> list[str]:
+    found = sorted(tf.io.gfile.glob(_join(directory, f"{name}-*.tfrecord")))
     if not found:
         raise FileNotFoundError(f"no {name}-*.tfrecord shards in {directory}")
     return found
 
 
-def meta(directory: Path) -> dict:
+def meta(directory: Path | str) -> dict:
     """The ``meta.json`` the augment stage writes beside the shards: image_size, counts, labels."""
-    return json.loads((Path(directory) / "meta.json").read_text())
+    with tf.io.gfile.GFile(_join(directory, "meta.json")) as f:
+        return json.load(f)
 
 
-def count(directory: Path, name: str) -> int:
+def count(directory: Path | str, name: str) -> int:
     """Records in the ``name`` shards."""
     return meta(directory)["counts"].get(name, 0)
 
 
-def dataset(directory: Path, names: list[str] | str, batch_size: int,
+def dataset(directory: Path | str, names: list[str] | str, batch_size: int,
             shuffle_seed: int | None = None, transform: Callable | None = None) -> tf.data.Dataset:
     """Batches of ``(float32 images in [0, 255], int32 labels)``, in file order unless shuffled.
 
     ``transform``, if given, maps each batch of images (online augmentation).
 
-    Reads and decodes in parallel and prefetches, so the model never waits on input;
-    memory holds a few batches (plus the shuffle buffer), never the dataset.
+    Reads several shards at once (interleaved, in a fixed order; shuffled shard order
+    too when ``shuffle_seed`` is given), decodes in parallel and prefetches, so the model
+    never waits on input; memory holds a few batches plus the shuffle buffer of encoded
+    records, never the dataset. ``directory`` may be a local folder or a TensorFlow
+    filesystem URL (``gs://``, ``s3://``, ...).
     """
     names = [names] if isinstance(names, str) else names
     info = meta(directory)
@@ -90,9 +106,14 @@ def dataset(directory: Path, names: list[str] | str, batch_size: int,
         image = tf.ensure_shape(tf.io.decode_jpeg(example["image"], channels=3), [size, size, 3])
         return tf.cast(image, tf.float32), tf.cast(example["label"], tf.int32)
 
+    ds = tf.data.Dataset.from_tensor_slices(paths)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    readers = min(len(paths), PARALLEL_READS)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=readers, num_parallel_calls=readers,
+                       deterministic=True)
     # A known length gives Keras real progress bars and no "ran out of data" warnings.
-    ds = tf.data.TFRecordDataset(paths).apply(
-        tf.data.experimental.assert_cardinality(sum(info["counts"].get(name, 0) for name in names)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(sum(info["counts"].get(name, 0) for name in names)))
     if shuffle_seed is not None:
         ds = ds.shuffle(4 * SHARD_SIZE, seed=shuffle_seed, reshuffle_each_iteration=True)
     # map is deterministic by default (tf.data keeps order), so features line up run to run

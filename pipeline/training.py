@@ -11,6 +11,7 @@ from typing import Iterator
 
 import keras
 import numpy as np
+import tensorflow as tf
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
@@ -27,10 +28,14 @@ STEPS_PER_EXECUTION = 8
 def compile_classifier(model: keras.Model, learning_rate, label_smoothing: float = 0.0) -> None:
     """Adam, (smoothed) sparse categorical cross-entropy, accuracy: for the head and for fine-tuning.
 
-    ``learning_rate`` is a number or a ``keras.optimizers.schedules`` schedule.
+    ``learning_rate`` is a number or a ``keras.optimizers.schedules`` schedule. Call it in
+    the distribution strategy's scope, as the model was built.
     """
-    model.compile(keras.optimizers.Adam(learning_rate), loss=loss(label_smoothing),
-                  metrics=["accuracy"], steps_per_execution=STEPS_PER_EXECUTION)
+    # With two or more replicas, several steps per call fail in Keras 3 ("You must feed a value
+    # for placeholder tensor", keras-team/keras#19246, open): one step per call there.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    model.compile(keras.optimizers.Adam(learning_rate), loss=loss(label_smoothing), metrics=["accuracy"],
+                  steps_per_execution=STEPS_PER_EXECUTION if replicas == 1 else 1)
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

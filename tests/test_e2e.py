@@ -156,6 +156,23 @@ def test_train_head_param_reruns_head_finetune_evaluate(project):
     assert project.changed_stages() == set()
 
 
+def test_mirrored_strategy_on_two_logical_cpus_through_dvc(project):
+    """The multi-GPU code path of both training stages, on this CPU split in two."""
+    project.set_param("distribution.strategy", "mirrored")
+    assert project.changed_stages() == {"train_head", "finetune"}
+    project.env["PIPELINE_CPU_DEVICES"] = "2"
+    try:
+        out = project.run("dvc", "repro")
+    finally:
+        del project.env["PIPELINE_CPU_DEVICES"]
+    log = out.stdout + out.stderr
+    assert log.count("distribution: MirroredStrategy, 2 replica(s) in sync") == 2, log[-3000:]
+    assert 0 <= project.metrics()["finetune"]["accuracy"] <= 1
+    project.set_param("distribution.strategy", "single")
+    project.repro()  # the single-device results come back from DVC's run cache
+    assert project.changed_stages() == set()
+
+
 def test_invalid_param_stops_the_stage_naming_the_key(project):
     project.set_param("finetune.epochs", 0)
     out = project.run("dvc", "repro", check=False)
