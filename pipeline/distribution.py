@@ -60,6 +60,8 @@ def strategy(name: str) -> tf.distribute.Strategy:
             chosen = tf.distribute.get_strategy()  # the default strategy: no replicas, no overhead
         else:
             chosen = tf.distribute.MirroredStrategy([d.name for d in gpus or tf.config.list_logical_devices("CPU")])
+    if chosen.num_replicas_in_sync > 1:
+        _build_from_one_replica()
     log.info("distribution: %s, %d replica(s) in sync", type(chosen).__name__, chosen.num_replicas_in_sync)
     return chosen
 
@@ -87,6 +89,29 @@ def output_path(path: Path, chosen: tf.distribute.Strategy) -> Path:
     if is_chief(chosen):
         return path
     return Path(tempfile.mkdtemp(prefix="worker-")) / path.name
+
+
+def _build_from_one_replica() -> None:
+    """Keras 3.15 builds a model's metrics from the first batch averaged over the replicas
+    (``strategy.reduce``), which fails when that batch splits unevenly: 24 validation images
+    on two replicas of 16 ("Inputs to operation AddN must have the same size and shape",
+    keras-team/keras#19246). Only the batch's shapes and dtypes matter there, so build from
+    the first replica's part instead. Keras is pinned; tests/test_distribution.py and the
+    e2e mirrored run exercise this."""
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    def build(self, iterator=None, data_batch=None):
+        if self._distribute_strategy is None:
+            return  # as Keras: built when the step function is traced
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: self.distribute_strategy.experimental_local_results(v)[0], next(batches))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    TensorFlowTrainer._maybe_symbolic_build = build
 
 
 def _split_cpu() -> None:

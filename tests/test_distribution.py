@@ -33,13 +33,19 @@ TRAIN = textwrap.dedent("""
     y = np.digitize(x[:, 0], [1 / 3, 2 / 3]).astype("int32")
     history = model.fit(x, y, batch_size=distribution.global_batch(16, strategy), epochs=8, verbose=0,
                         class_weight={0: 1.0, 1: 2.0, 2: 1.0})
+    # a fresh model's first batch split unevenly over two replicas (13 + 12), as 24 validation
+    # images on two replicas of 16 are in the e2e run: distribution._build_from_one_replica
+    with strategy.scope():
+        fresh = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+        training.compile_classifier(fresh, 0.05)
+    evaluated = fresh.evaluate(x[:25], y[:25], batch_size=distribution.global_batch(16, strategy), verbose=0)
     kernel = model.layers[0].kernel.value
     copies = [v.numpy().tolist() for v in getattr(kernel, "values", [kernel])]
     print(json.dumps({"strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
                       "devices": list(getattr(strategy.extended, "worker_devices", [])),
                       "batch": distribution.global_batch(16, strategy), "loss": history.history["loss"],
                       "steps_per_execution": model.steps_per_execution, "copies": copies,
-                      "chief": distribution.is_chief(strategy)}))
+                      "chief": distribution.is_chief(strategy), "evaluated": evaluated}))
 """)
 
 
@@ -74,7 +80,7 @@ def test_two_logical_cpus_mirror_training_with_a_scaled_batch():
     assert run["loss"][-1] < 0.8 * run["loss"][0]
     first, second = run["copies"]  # one copy of each weight per replica, kept identical
     assert len(run["copies"]) == 2 and np.allclose(first, second)
-    assert run["chief"]
+    assert run["chief"] and len(run["evaluated"]) == 2  # loss, accuracy of the unevenly split batch
 
 
 def test_multi_worker_needs_a_valid_tf_config(monkeypatch):
