@@ -106,10 +106,14 @@ def entries(stage: dict, key: str) -> list[str]:
     return [e if isinstance(e, str) else next(iter(e)) for e in stage.get(key, [])]
 
 
+def outputs(stage: dict) -> list[str]:
+    """Everything a stage writes: ``outs``, ``metrics`` and ``plots``."""
+    return entries(stage, "outs") + entries(stage, "metrics") + entries(stage, "plots")
+
+
 def graph(dvc_stages: dict[str, dict]) -> dict[str, set[str]]:
     """Stage -> stages producing something it depends on (a path, or a folder around or inside one)."""
-    produced = {name: entries(s, "outs") + entries(s, "metrics") + entries(s, "plots")
-                for name, s in dvc_stages.items()}
+    produced = {name: outputs(s) for name, s in dvc_stages.items()}
     edges = {}
     for name, stage in dvc_stages.items():
         edges[name] = {other for dep in entries(stage, "deps") for other, outs in produced.items()
@@ -180,8 +184,7 @@ def check_lock(root: Path) -> str:
     if not (root / "dvc.lock").exists():
         raise Failed("no dvc.lock: run `dvc repro` and commit dvc.lock")
     out = _dvc(root, "status", "--json")
-    dvc_stages = stages(root)
-    outputs = [p for s in dvc_stages.values() for key in ("outs", "metrics", "plots") for p in entries(s, key)]
+    written = [path for stage in stages(root).values() for path in outputs(stage)]
     problems, missing = [], 0
     for stage, changes in json.loads(out or "{}").items():
         for change in changes:
@@ -192,7 +195,7 @@ def check_lock(root: Path) -> str:
                 for path, state in files.items():
                     if isinstance(state, dict):  # params.yaml: {key: modified|new|deleted}
                         problems += [f"{stage}: {path} {key} {how}" for key, how in state.items()]
-                    elif state in MISSING and any(_within(path, o) or _within(o, path) for o in outputs):
+                    elif state in MISSING and any(_within(path, o) or _within(o, path) for o in written):
                         missing += 1
                     else:
                         problems.append(f"{stage}: {kind.removeprefix('changed ')[:-1]} {path} {state}")

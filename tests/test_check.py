@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from project import BIN
 from pipeline import check
 
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def test_cmd_paths_are_the_declared_deps_and_outs(name):
     args = shlex.split(stage["cmd"])
     paths = {args[i + 1] for i, a in enumerate(args) if a.startswith("--")}
     declared = [d for d in stage["deps"] if not d.startswith("pipeline/")]
-    declared += check.entries(stage, "outs") + check.entries(stage, "metrics") + check.entries(stage, "plots")
+    declared += check.outputs(stage)
     for path in paths:  # each argument is declared, or is the folder holding declared files
         assert any(d == path or d.startswith(path + "/") for d in declared), f"{name}: {path} undeclared"
     for d in declared:  # and everything declared is handed to the stage

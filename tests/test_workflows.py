@@ -4,15 +4,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import ROOT
+from project import BIN
 
-BIN = Path(sys.executable).parent
 WORKFLOWS = ROOT / ".github" / "workflows"
 
 
