@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python 3.11):
-#   make repro   install pinned dependencies, seed the offline Keras cache if ../shared exists, dvc repro
+#   make repro   install pinned dependencies, seed the offline Keras cache if ../shared exists,
+#                fetch data/images if missing (dvc pull, else the pinned default), dvc repro
 #   make test    install pinned dependencies, run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ SHARED ?= ../shared
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test offline-cache check
+.PHONY: setup repro test offline-cache data check
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +21,10 @@ setup: $(VENV)/installed
 offline-cache: $(VENV)/installed
 	bash scripts/offline-cache.sh $(SHARED)
 
-repro: offline-cache
+data: $(VENV)/installed
+	bash scripts/get-data.sh $(SHARED)
+
+repro: offline-cache data
 	dvc repro
 
 test: $(VENV)/installed

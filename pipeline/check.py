@@ -9,7 +9,7 @@ One line per check, ``ok``, ``FAIL`` (with what to do) or ``skip``; exit 1 if an
   lock       dvc.lock agrees with dvc.yaml, params.yaml and the code; outputs that are
              merely missing (not pulled) are allowed, as `dvc repro --allow-missing` would
   backbone   base.backbone is a keras.applications model; base.weights is usable
-  source     ingest.source is reachable, or already downloaded into Keras' cache
+  source     the ingest stage's source folder (data/images) is tracked by DVC
   remote     a default DVC remote is configured, and DVC can talk to its kind of storage
 
 Everything is read from the current directory (the project root), the same files
@@ -26,7 +26,6 @@ import re
 import subprocess
 import sys
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -221,26 +220,19 @@ def check_backbone(root: Path) -> str:
 
 
 def check_source(root: Path) -> str:
-    from pipeline import sources
-
-    p = params.load(["ingest.source"], root / params.PARAMS_FILE).ingest
-    if p.source.startswith("keras:"):
-        return f"{p.source}: loaded through keras.datasets (cache {sources.keras_cache_dir() / 'datasets'})"
-    if not sources.is_url(p.source):
-        path = (root / p.source).expanduser()
-        if not path.exists():
-            raise Failed(f"ingest.source {p.source!r} does not exist (resolved to {path.resolve()})")
-        return f"{p.source} exists"
-    cached = sources.cache_path(p.source)
-    if cached.exists():
-        return f"{p.source} is downloaded ({cached})"
-    try:
-        request = urllib.request.Request(p.source, method="HEAD")
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return f"{p.source} is reachable (HTTP {response.status}); ingest downloads it to {cached}"
-    except OSError as err:
-        raise Failed(f"ingest.source {p.source} is neither downloaded ({cached}) nor reachable ({err}); "
-                     f"place the archive at {cached} or point ingest.source at a local copy") from None
+    """The ingest stage's source (its --source in dvc.yaml) is tracked by DVC: a ``.dvc`` file
+    beside it (``dvc add``, ``dvc import``, ``dvc import-url``) or inside it (several imports)."""
+    cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["ingest"]["cmd"].split()
+    source = cmd[cmd.index("--source") + 1]
+    path = root / source
+    trackers = [path.with_name(path.name + ".dvc")] + (sorted(path.rglob("*.dvc")) if path.is_dir() else [])
+    tracked = [f.relative_to(root).as_posix() for f in trackers if f.is_file()]
+    if not tracked:
+        raise Failed(f"{source} is not tracked by DVC, so dvc status would miss changes to it: "
+                     f"`dvc add {source}` (or dvc import / dvc import-url into it)")
+    if not path.exists():
+        return f"{source} is tracked by {', '.join(tracked)}, not in the workspace (`make data` or `dvc pull`)"
+    return f"{source} is tracked by {', '.join(tracked)}"
 
 
 def check_remote(root: Path) -> str:

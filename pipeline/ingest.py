@@ -1,8 +1,9 @@
-"""ingest: ingest.source -> data/raw/ (images + manifest.csv) + reports/ingest.json.
+"""ingest: the source (data/images) -> data/raw/ (images + manifest.csv) + reports/ingest.json.
 
-The source is a folder of class folders (optionally below train/, validation/
-or val/, test/), a .zip/.tar archive or http(s) URL of one, a labels CSV, or
-``keras:<dataset>``. Every file is fully decoded; what is not a readable image
+The source is a DVC-tracked folder of class folders (optionally below train/,
+validation/ or val/, test/) or a .zip/.tar archive of one (``dvc import-url``
+keeps it as a file), optionally with a labels CSV. On the command line it may
+also be an http(s) URL or ``keras:<dataset>``, which DVC does not track. Every file is fully decoded; what is not a readable image
 is skipped. Byte-identical images are one image: kept once under one label,
 excluded when they carry two labels. Everything skipped is listed with its
 reason in the report, counted per class. The source is never modified.
@@ -42,14 +43,14 @@ def deduplicate(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return sorted(kept, key=lambda r: r["path"]), dropped
 
 
-def summarize(source: str, kept: list[dict], skipped: list[dict]) -> dict:
+def summarize(source: str, kept: list[dict], skipped: list[dict], version: str) -> dict:
     per_class: dict = collections.defaultdict(lambda: {"kept": 0, "skipped": collections.Counter()})
     for row in kept:
         per_class[row["label"]]["kept"] += 1
     for row in skipped:
         per_class[row["label"] or "(no class)"]["skipped"][row["reason"]] += 1
     return {
-        "source": source, "kept": len(kept), "skipped": len(skipped),
+        "source": source, "data_version": version, "kept": len(kept), "skipped": len(skipped),
         "skipped_by_reason": dict(sorted(collections.Counter(r["reason"] for r in skipped).items())),
         "per_class": {k: {"kept": v["kept"], "skipped": dict(sorted(v["skipped"].items()))}
                       for k, v in sorted(per_class.items())},
@@ -58,9 +59,9 @@ def summarize(source: str, kept: list[dict], skipped: list[dict]) -> dict:
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "out", "report")
+    args = artifacts.start(__doc__, "source", "out", "report")
     p = params.load(PARAMS)
-    with sources.open_source(p.ingest) as (root, candidates, skipped):
+    with sources.open_source(str(args.source), p.ingest) as (root, candidates, skipped):
         log.info("%s: %d candidate files, decoding each one", root, len(candidates))
 
         def check(entry: dict) -> dict:
@@ -78,15 +79,17 @@ def main() -> None:
         skipped += duplicates
         labels = sorted({row["label"] for row in kept})
         if len(labels) < 2:
-            raise StageError(f"ingest.source {p.ingest.source!r}: found {len(labels)} class(es) with "
+            raise StageError(f"source {str(args.source)!r}: found {len(labels)} class(es) with "
                              f"readable images under {root}; need at least 2")
         with artifacts.atomic_dir(args.out) as tmp:
             for row in tqdm(kept, desc="copy", unit="file", leave=False):
                 (tmp / row["path"]).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(root / row["path"], tmp / row["path"])
             images.write_csv(tmp / "manifest.csv", kept, images.MANIFEST_FIELDS)
+            # The data version: every kept image's path, label and content, in one digest.
+            version = images.sha256_file(tmp / "manifest.csv")[:16]
 
-    report = summarize(p.ingest.source, kept, skipped)
+    report = summarize(str(args.source), kept, skipped, version)
     artifacts.write_json(args.report, report)
     log.info("kept %d images in %d classes: %s", len(kept), len(labels),
              ", ".join(f"{k} {v['kept']}" for k, v in report["per_class"].items() if v["kept"]))

@@ -25,7 +25,7 @@ from pipeline import artifacts, images
 from pipeline.artifacts import StageError, keras_cache_dir
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test", "": ""}
-KERAS_CLASS_NAMES = {
+KERAS_CLASS_NAMES = {  # keras:<name> sources
     "mnist": [str(i) for i in range(10)],
     "fashion_mnist": ["t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                       "sneaker", "bag", "ankle_boot"],
@@ -43,17 +43,18 @@ log = logging.getLogger("pipeline.sources")
 
 
 @contextlib.contextmanager
-def open_source(p: SimpleNamespace) -> Iterator[tuple[Path, list[dict], list[dict]]]:
-    """Yield ``(root, candidates, skipped)`` for the ``ingest.*`` params ``p``."""
+def open_source(source: str, p: SimpleNamespace) -> Iterator[tuple[Path, list[dict], list[dict]]]:
+    """Yield ``(root, candidates, skipped)`` for ``source`` read with the ``ingest.*`` params ``p``."""
     with contextlib.ExitStack() as stack:
         csv_path = p.labels_csv
-        if p.source.startswith("keras:"):
+        if source.startswith("keras:"):
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ingest-")))
-            write_keras_dataset(p.source[len("keras:"):], folder)
+            write_keras_dataset(source[len("keras:"):], folder)
         else:
-            path = download(p.source, p.sha256) if is_url(p.source) else Path(p.source).expanduser()
+            path = download(source) if is_url(source) else Path(source).expanduser()
             if not path.exists():
-                raise StageError(f"ingest.source {p.source!r} does not exist (resolved to {path.resolve()})")
+                raise StageError(f"source {source!r} does not exist (resolved to {path.resolve()}). Fetch the "
+                                 f"tracked data with `dvc pull`, or put images there and `dvc add {source}`")
             if path.suffix.lower() == ".csv":  # a labels CSV beside (or above) its images
                 folder, csv_path = path.parent, path.name
             elif path.is_dir():
@@ -81,10 +82,11 @@ def cache_path(url: str) -> Path:
     return keras_cache_dir() / "datasets" / Path(urllib.parse.urlparse(url).path).name
 
 
-def download(url: str, sha256: str | None) -> Path:
-    """Download ``url`` into ``$KERAS_HOME/datasets/`` once, with a progress bar and checksum."""
+def download(url: str) -> Path:
+    """Download ``url`` into ``$KERAS_HOME/datasets/`` once, with a progress bar. (For data that
+    DVC should track and pin, ``dvc import-url`` the URL instead.)"""
     target = cache_path(url)
-    if target.exists() and (sha256 is None or images.sha256_file(target) == sha256.lower()):
+    if target.exists():
         log.info("using cached %s", target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -96,13 +98,9 @@ def download(url: str, sha256: str | None) -> Path:
                 while block := response.read(1 << 20):
                     f.write(block)
                     bar.update(len(block))
-            got = images.sha256_file(tmp)
-            if sha256 is not None and got != sha256.lower():
-                raise StageError(f"ingest.sha256 mismatch for {url}: expected {sha256}, got {got}; "
-                                 "the download was discarded")
     except OSError as err:  # URLError, timeouts and HTTP errors are OSErrors
         raise StageError(f"could not download {url} ({err}). Offline? Place the archive at {target} "
-                         "or point ingest.source at a local folder or archive") from None
+                         "or `dvc import-url` it on a machine that is online") from None
     return target
 
 
@@ -122,7 +120,7 @@ def extract(archive: Path, dest: Path) -> None:
             else:
                 tf.extractall(dest, members=regular)
     else:
-        raise StageError(f"ingest.source {archive} is neither a folder, a .csv nor a .zip/.tar archive")
+        raise StageError(f"source {archive} is neither a folder, a .csv nor a .zip/.tar archive")
 
 
 def dataset_root(folder: Path) -> Path:
@@ -206,6 +204,9 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
 
 def write_keras_dataset(name: str, dest: Path) -> None:
     """Write a ``keras.datasets`` set as ``train|test/<class>/<n>.png`` under ``dest``."""
+    if name not in KERAS_CLASS_NAMES:
+        raise StageError(f"source keras:{name}: the keras datasets are "
+                         + ", ".join(f"keras:{n}" for n in KERAS_CLASS_NAMES))
     import keras  # only this source needs TensorFlow; the others start in a second
 
     log.info("loading keras.datasets.%s (cache: %s)", name, keras_cache_dir() / "datasets")
@@ -230,3 +231,22 @@ def _refuse_unsafe(archive: Path, names: list[str]) -> None:
     for name in names:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise StageError(f"{archive}: refusing unsafe archive member {name!r}")
+
+
+def fetch(url: str, dest: Path, folders: list[str]) -> None:
+    """Download the archive at ``url`` and move ``folders`` of its dataset root into ``dest``."""
+    with tempfile.TemporaryDirectory(prefix="fetch-") as tmp:
+        extract(download(url), Path(tmp))
+        root = dataset_root(Path(tmp))
+        dest.mkdir(parents=True)
+        for name in folders:
+            if not (root / name).is_dir():
+                raise StageError(f"{url} has no folder {name}/ (found: {sorted(p.name for p in root.iterdir())})")
+            (root / name).rename(dest / name)
+
+
+if __name__ == "__main__":  # scripts/get-data.sh: python -m pipeline.sources URL DEST FOLDER...
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    artifacts.run(lambda: fetch(sys.argv[1], Path(sys.argv[2]), sys.argv[3:]))

@@ -16,7 +16,9 @@ BIN = Path(sys.executable).parent  # the environment running the tests: python a
 
 
 class Project:
-    def __init__(self, path: Path, params: dict, env: dict | None = None):
+    def __init__(self, path: Path, params: dict, env: dict | None = None, data: Path | None = None):
+        """The project's code, dvc.yaml and ``params`` at ``path``, in a fresh git + DVC repo;
+        ``data`` (a folder of images) is copied to data/images and tracked with `dvc add`."""
         self.path = path
         shutil.copytree(ROOT / "pipeline", path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
         for name in ("dvc.yaml", ".gitignore", "Makefile"):
@@ -26,9 +28,13 @@ class Project:
                     "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
                     ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"],
-                    ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
-                    ["git", "commit", "-qm", "project"]):
+                    ["dvc", "config", "core.analytics", "false"]):
             self.run(*cmd)
+        if data is not None:
+            shutil.copytree(data, path / "data" / "images", symlinks=True)
+            self.run("dvc", "add", "-q", "data/images")
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-qm", "project")
 
     @classmethod
     def attach(cls, path: Path, env: dict) -> "Project":

@@ -4,12 +4,9 @@ The lock check needs a real run: tests/test_e2e.py runs it on the e2e project.
 """
 from __future__ import annotations
 
-import functools
-import http.server
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -100,31 +97,21 @@ def test_unknown_backbone_fails_with_close_names(proj):
     assert "'MobileNetV9' is not a keras.applications model" in message and "MobileNetV2" in message
 
 
-def test_local_source_must_exist(proj):
-    edit_yaml(proj / "params.yaml", lambda p: p["ingest"].update(source="photos"))
-    assert "ingest.source 'photos' does not exist" in failure("source", proj)
-    (proj / "photos").mkdir()
-    assert check.check_source(proj) == "photos exists"
+def test_source_must_be_tracked_by_dvc(proj):
+    assert "data/images is not tracked by DVC" in failure("source", proj)
+    (proj / "data" / "images").mkdir(parents=True)
+    assert "`dvc add data/images`" in failure("source", proj)  # present but untracked: still a failure
+    (proj / "data" / "images.dvc").write_text("outs:\n- path: images\n")
+    assert check.check_source(proj) == "data/images is tracked by data/images.dvc"
+    (proj / "data" / "images").rmdir()
+    assert "not in the workspace (`make data` or `dvc pull`)" in check.check_source(proj)
 
 
-def test_url_source_is_cached_or_reachable_or_fails(proj, tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(proj))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        reachable = f"http://127.0.0.1:{server.server_port}/params.yaml"
-        edit_yaml(proj / "params.yaml", lambda p: p["ingest"].update(source=reachable))
-        assert "is reachable (HTTP 200)" in check.check_source(proj)
-    finally:
-        server.shutdown()
-    gone = "http://127.0.0.1:9/photos.zip"  # the discard port: connection refused
-    edit_yaml(proj / "params.yaml", lambda p: p["ingest"].update(source=gone))
-    assert "neither downloaded" in failure("source", proj)
-    cached = tmp_path / "keras" / "datasets" / "photos.zip"
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(b"zip")
-    assert "is downloaded" in check.check_source(proj)
+def test_source_may_be_several_imports_inside_the_folder(proj):
+    (proj / "data" / "images").mkdir(parents=True)
+    for name in ("train.dvc", "test.dvc"):
+        (proj / "data" / "images" / name).write_text("outs: []\n")
+    assert check.check_source(proj) == "data/images is tracked by data/images/test.dvc, data/images/train.dvc"
 
 
 def test_remote_must_be_configured_usable_and_supported(proj, tmp_path):

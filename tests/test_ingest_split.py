@@ -16,8 +16,8 @@ from pipeline import ingest, sources, split
 from pipeline.artifacts import StageError
 
 
-def ingest_params(source: str, **overrides) -> SimpleNamespace:
-    values = dict(source=source, sha256=None, labels_csv=None, image_dir=None, csv_image_column="image",
+def ingest_params(**overrides) -> SimpleNamespace:
+    values = dict(labels_csv=None, image_dir=None, csv_image_column="image",
                   csv_label_column="label", csv_split_column=None)
     return SimpleNamespace(**{**values, **overrides})
 
@@ -58,7 +58,7 @@ def test_dataset_root_descends_a_lone_folder(tmp_path):
 def test_zip_and_tar_sources_unpack(shapes_dir, tmp_path):
     for kind in ("zip", "gztar"):
         archive = shutil.make_archive(str(tmp_path / "data"), kind, shapes_dir.parent, "shapes")
-        with sources.open_source(ingest_params(archive)) as (root, files, skipped):
+        with sources.open_source(archive, ingest_params()) as (root, files, skipped):
             assert root.name == "shapes" and len(files) == 24 and not skipped
 
 
@@ -81,7 +81,7 @@ def test_unsafe_archive_members_are_refused(tmp_path, member):
 
 def test_missing_source_is_named(tmp_path):
     with pytest.raises(StageError, match="does not exist"):
-        with sources.open_source(ingest_params(str(tmp_path / "nope"))):
+        with sources.open_source(str(tmp_path / "nope"), ingest_params()):
             pass
 
 
@@ -98,21 +98,28 @@ def served(tmp_path, shapes_dir):
     server.shutdown()
 
 
-def test_download_into_keras_cache_with_checksum(served, tmp_path, monkeypatch):
+def test_download_into_keras_cache_once(served, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
-    with pytest.raises(StageError, match="sha256 mismatch"):
-        sources.download(served, "0" * 64)
-    assert not list((tmp_path / "kh" / "datasets").iterdir())  # nothing kept
-    path = sources.download(served, None)
+    path = sources.download(served)
     assert path == tmp_path / "kh" / "datasets" / "shapes.zip"
-    digest = ingest.images.sha256_file(path)
-    assert sources.download(served, digest) == path  # cached copy verified, not fetched again
+    assert zipfile.is_zipfile(path)
+    path.write_bytes(b"cached")
+    assert sources.download(served).read_bytes() == b"cached"  # the cached copy, not fetched again
+
+
+def test_fetch_moves_the_named_folders_of_an_archive(served, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    sources.fetch(served, tmp_path / "images", ["circle", "square"])
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["circle", "square"]
+    assert len(list((tmp_path / "images" / "circle").iterdir())) == 8
+    with pytest.raises(StageError, match=r"has no folder hexagon/ \(found: \['circle', 'square', 'triangle'\]\)"):
+        sources.fetch(served, tmp_path / "more", ["hexagon"])
 
 
 def test_unreachable_url_says_where_to_put_the_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     with pytest.raises(StageError, match=r"could not download .*Place the archive at .*datasets/d\.zip"):
-        sources.download("http://127.0.0.1:9/d.zip", None)
+        sources.download("http://127.0.0.1:9/d.zip")
 
 
 def _rows(spec):
@@ -149,9 +156,8 @@ def test_csv_source_with_stems_subfolders_and_split_column(shapes_dir):
         "triangle/000.png,,train\n"           # no label
         "triangle/001.png,pointy,holdout\n"   # unknown split
         "../outside.png,boxy,train\n")
-    p = ingest_params(str(shapes_dir / "labels.csv"), csv_image_column="file", csv_label_column="kind",
-                      csv_split_column="part")
-    with sources.open_source(p) as (root, files, skipped):
+    p = ingest_params(csv_image_column="file", csv_label_column="kind", csv_split_column="part")
+    with sources.open_source(str(shapes_dir / "labels.csv"), p) as (root, files, skipped):
         assert root == shapes_dir
     assert [(f["path"], f["label"], f["split"]) for f in files] == [
         ("circle/000.png", "round", "train"), ("circle/001.png", "round", "val"), ("square/000.png", "boxy", "test")]
@@ -164,15 +170,15 @@ def test_csv_inside_an_archive_with_image_dir(shapes_dir, tmp_path):
     (shapes_dir / "meta").mkdir()
     (shapes_dir / "meta" / "labels.csv").write_text("image,label\ncircle/000.png,c\nsquare/000.png,s\n")
     archive = shutil.make_archive(str(tmp_path / "ds"), "zip", shapes_dir.parent, "shapes")
-    p = ingest_params(archive, labels_csv="meta/labels.csv", image_dir="..")  # inside the lone top folder
-    with sources.open_source(p) as (root, files, skipped):
+    p = ingest_params(labels_csv="meta/labels.csv", image_dir="..")  # inside the lone top folder
+    with sources.open_source(archive, p) as (root, files, skipped):
         assert root.name == "shapes" and [f["label"] for f in files] == ["c", "s"]
 
 
 def test_csv_with_a_wrong_column_names_the_param(shapes_dir):
     (shapes_dir / "labels.csv").write_text("path,label\ncircle/000.png,c\n")
     with pytest.raises(StageError, match="ingest.csv_image_column 'image' is not a column.*columns: path, label"):
-        with sources.open_source(ingest_params(str(shapes_dir / "labels.csv"))):
+        with sources.open_source(str(shapes_dir / "labels.csv"), ingest_params()):
             pass
 
 

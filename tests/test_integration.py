@@ -32,12 +32,11 @@ def clothing(tmp_path_factory):
     for f in weights.iterdir():
         (keras_home / "models" / f.name).symlink_to(f)
     params = default_params(
-        ingest={"source": str(subset)},
         base={"image_size": 128},
         train_head={"epochs": 40, "patience": 8},
         finetune={"unfreeze_layers": 10, "epochs": 1, "learning_rate": 1e-5, "batch_size": 16},
     )
-    return Project(tmp / "project", params, env={"KERAS_HOME": str(keras_home)})
+    return Project(tmp / "project", params, env={"KERAS_HOME": str(keras_home)}, data=subset)
 
 
 def test_imagenet_weights_beat_random_weights(clothing):

@@ -45,7 +45,6 @@ def test_default_params_are_valid():
     (lambda r: r["class_weights"].update(mode="on"), "class_weights.mode must be one of auto, balanced, none"),
     (lambda r: r["class_weights"].update(auto_ratio=0.5), "class_weights.auto_ratio must be >= 1"),
     (lambda r: r["export"].update(representative_images=0), "export.representative_images must be >= 1"),
-    (lambda r: r["ingest"].update(sha256="abc"), "ingest.sha256 must be 64 hex digits"),
     (lambda r: r.pop("seed"), "missing key 'seed'"),
 ])
 def test_mistakes_are_named(edit, message):

@@ -31,8 +31,8 @@ TINY = dict(
 
 
 def tiny_project(path: Path, dataset: Path) -> Project:
-    """A fresh project at ``path`` whose params.yaml reads ``dataset`` with the TINY settings."""
-    return Project(path, default_params(ingest={"source": str(dataset)}, **TINY))
+    """A fresh project at ``path`` with ``dataset`` as its data/images and the TINY settings."""
+    return Project(path, default_params(**TINY), data=dataset)
 
 
 def main(out: Path) -> None:
