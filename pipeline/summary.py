@@ -34,8 +34,9 @@ def data_section(ingest: dict, split: dict) -> list[str]:
     rows = [[label, *(split["per_class"][s].get(label, 0) for s in parts),
              sum(split["per_class"][s].get(label, 0) for s in parts)] for label in labels]
     rows.append(["**total**", *(split["images"][s] for s in parts), sum(split["images"].values())])
-    lines = ["## Data", "", f"Source: `{ingest['source']}`. {ingest['kept']} images kept, "
-             f"{ingest['skipped']} skipped; split `{split['strategy']}`.", ""]
+    lines = ["## Data", "", f"Source: `{ingest['source']}`, data version `{ingest['data_version']}` (a digest "
+             "of every kept image's path, label and content: the same images give the same version). "
+             f"{ingest['kept']} images kept, {ingest['skipped']} skipped; split `{split['strategy']}`.", ""]
     lines += table(["class", *parts, "all"], rows)
     if ingest["skipped_by_reason"]:
         lines += ["", "Skipped (every file is listed in `ingest.json`):", ""]

@@ -127,3 +127,35 @@ def test_ci_report_shows_params_and_metrics_changes(tmp_path):
     assert re.search(r"\| params\.yaml +\| lr +\| 0\.001 +\| 0\.01 ", out), out
     assert re.search(r"\| m\.json +\| accuracy +\| 0\.5 +\| 0\.75 +\| 0\.25 ", out), out
     assert "No `origin/main` to compare with" in report("origin/main")
+
+
+def test_ci_report_lists_the_images_a_commit_changes(tmp_path):
+    git_dvc_repo(tmp_path)
+    images = tmp_path / "data" / "images"
+    for name in ("cat/1.png", "cat/2.png", "dog/3.png"):
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        (images / name).write_text(name)
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "DVC_NO_ANALYTICS": "1"}
+    run = lambda *cmd: subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    (tmp_path / "params.yaml").write_text("lr: 0.001\n")
+    for cmd in (["dvc", "add", "-q", "data/images"], ["git", "add", "-A"], ["git", "commit", "-qm", "base"]):
+        run(*cmd)
+    (images / "cat" / "2.png").rename(images / "dog" / "2.png")  # relabelled
+    (images / "dog" / "4.png").write_text("new")
+    for cmd in (["dvc", "add", "-q", "data/images"], ["git", "commit", "-qam", "more dogs"]):
+        run(*cmd)
+    out = run("bash", str(ROOT / "scripts" / "ci-report.sh"), "HEAD~1").stdout
+    assert "### Data and models (dvc diff)" in out
+    rows = {tuple(cell.strip() for cell in line.strip("|").split("|")) for line in out.splitlines()
+            if line.startswith("| ") and "data/images/" in line}
+    assert rows == {("added", "data/images/dog/4.png"), ("modified", "data/images/"),
+                    ("renamed", "data/images/cat/2.png -> data/images/dog/2.png")}, out
+    assert "No params changed." in out and "No metrics changed." in out
+
+
+def test_ci_runs_on_every_push_and_pull_request_whatever_the_files():
+    """No path filters: a commit that only changes data/images.dvc is checked like any other."""
+    triggers = load("ci.yml")["on"]
+    assert set(triggers) == {"push", "pull_request"}
+    assert all(not (settings or {}).get(key) for settings in triggers.values()
+               for key in ("paths", "paths-ignore", "branches-ignore"))
