@@ -30,6 +30,9 @@ class Project:
                     ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"],
                     ["dvc", "config", "core.analytics", "false"]):
             self.run(*cmd)
+        # the project's DVC config (analytics off, the offline plots page) and that page
+        shutil.copy(ROOT / ".dvc" / "config", path / ".dvc" / "config")
+        shutil.copytree(ROOT / ".dvc" / "plots", path / ".dvc" / "plots")
         if data is not None:
             shutil.copytree(data, path / "data" / "images", symlinks=True)
             self.run("dvc", "add", "-q", "data/images")

@@ -57,3 +57,15 @@ def test_no_stage_code_hardcodes_project_paths():
         text = path.read_text()
         for folder in ("data/", "models/", "reports/"):
             assert f'"{folder}' not in text and f"'{folder}" not in text, f"{path.name} hardcodes {folder}"
+
+
+def test_registry_artifacts_are_stage_outputs_with_valid_names():
+    from dvc.repo.artifacts import name_is_compatible
+
+    artifacts = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]
+    outs = [out for stage in DVC.values() for out in check.outputs(stage)]
+    assert "image-classifier" in artifacts and artifacts["image-classifier"]["path"] == "models/model.keras"
+    for name, artifact in artifacts.items():
+        assert name_is_compatible(name), name
+        assert any(artifact["path"] == o or artifact["path"].startswith(o + "/") for o in outs), name
+        assert artifact["type"] and artifact["desc"], name

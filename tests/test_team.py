@@ -1,0 +1,160 @@
+"""The team's loop on real git + DVC: a bare repository as origin, a folder as the DVC remote.
+
+A runs the pipeline and pushes; B clones, pulls, adds images and relabels one, reruns and
+pushes; A pulls B's work bit for bit. A data registry feeds a project through `dvc import` /
+`dvc update`, and `dvc artifacts get` fetches a registered model version.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from project import Project, default_params
+from shapes import make_dataset
+from tiny_run import TINY, tiny_project
+
+MOVED = ("data/images/square/005.png", "data/images/triangle/from-square-005.png")  # a relabelled image
+ADDED = [f"data/images/circle/new-{i}.png" for i in range(3)]
+
+
+def files(root: Path, *names: str) -> dict[str, bytes]:
+    """Every file under the named folders or files of ``root``, by relative path."""
+    out = {}
+    for name in names:
+        paths = [root / name] if (root / name).is_file() else sorted((root / name).rglob("*"))
+        out.update({p.relative_to(root).as_posix(): p.read_bytes() for p in paths if p.is_file()})
+    return out
+
+
+def status(project: Project, *targets: str) -> dict:
+    return json.loads(project.run("dvc", "status", "--json", *targets).stdout)
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("team")
+    origin = tmp / "origin.git"
+    a = tiny_project(tmp / "a", make_dataset(tmp / "shapes", per_class=40, size=40))
+    branch = a.run("git", "branch", "--show-current").stdout.strip()
+    a.run("git", "init", "-q", "--bare", f"--initial-branch={branch}", str(origin))
+    a.run("dvc", "remote", "add", "-d", "team", str(tmp / "remote"))
+    a.run("git", "remote", "add", "origin", str(origin))
+    assert a.repro()[0] == "ingest"
+    a.run("git", "add", "-A")
+    a.run("git", "commit", "-qm", "first model")
+    a.run("git", "push", "-q", "origin", "HEAD")
+    a.run("dvc", "push")
+    return tmp, a, origin
+
+
+@pytest.fixture(scope="module")
+def b_changed(team):
+    """B clones and pulls, adds three circles and moves a square into triangle/, then reruns."""
+    tmp, a, origin = team
+    a.run("git", "clone", "-q", str(origin), str(tmp / "b"))
+    b = Project.attach(tmp / "b", a.env)
+    b.run("dvc", "pull")
+    clean = status(b)
+    new = make_dataset(tmp / "new", per_class=3, size=40, seed=7) / "circle"
+    for path, image in zip(ADDED, sorted(new.iterdir())):
+        shutil.copy(image, b.path / path)
+    (b.path / MOVED[0]).rename(b.path / MOVED[1])
+    changed = status(b)
+    b.run("dvc", "add", "data/images")
+    ran = b.repro()
+    b.run("git", "add", "-A")
+    b.run("git", "commit", "-qm", "three more circles; a square that was a triangle")
+    b.run("git", "push", "-q", "origin", "HEAD")
+    b.run("dvc", "push")
+    return b, clean, changed, ran
+
+
+def test_b_sees_the_data_change_before_rerunning(b_changed):
+    _, clean, changed, ran = b_changed
+    assert clean == {}
+    assert changed["ingest"] == [{"changed deps": {"data/images": "modified"}}]
+    assert changed["data/images.dvc"] == [{"changed outs": {"data/images": "modified"}}]
+    assert ran[:2] == ["ingest", "split"]  # the new images go through the whole pipeline
+
+
+def test_dvc_diff_names_exactly_the_added_and_moved_images(b_changed):
+    b = b_changed[0]
+    diff = json.loads(b.run("dvc", "diff", "--json", "HEAD~1", "HEAD").stdout)
+    assert sorted(d["path"] for d in diff["added"] if d["path"].startswith("data/images/")) == ADDED
+    assert [d for d in diff["renamed"] if d["path"]["old"].startswith("data/images/")] == [
+        {"path": {"old": MOVED[0], "new": MOVED[1]}}]  # and data/raw, ingest's copy, the same
+    assert not [d for d in diff["deleted"] if d["path"].startswith("data/images/")]
+
+
+def test_dvc_metrics_diff_shows_the_count_changes(b_changed):
+    b = b_changed[0]
+    diff = json.loads(b.run("dvc", "metrics", "diff", "--json", "HEAD~1", "HEAD").stdout)
+    ingest = {k: v["diff"] for k, v in diff["reports/ingest.json"].items() if isinstance(v.get("diff"), int)}
+    assert ingest == {"kept": 3, "per_class.circle.kept": 3, "per_class.square.kept": -1,
+                      "per_class.triangle.kept": 1}
+    split = diff["reports/split.json"]
+    assert sum(split[f"images.{s}"]["diff"] for s in ("train", "val", "test") if f"images.{s}" in split) == 3
+    assert "data_version" in diff["reports/ingest.json"]  # the data version changed too
+
+
+def test_a_pulls_b_s_data_model_and_metrics_bit_for_bit(team, b_changed):
+    _, a, _ = team
+    b = b_changed[0]
+    a.run("git", "pull", "-q", "origin", "HEAD")
+    a.run("dvc", "pull")
+    assert status(a) == {}
+    shared = ("data/images", "data/raw", "models", "reports/metrics.json", "reports/ingest.json", "dvc.lock")
+    got, expected = files(a.path, *shared), files(b.path, *shared)
+    assert set(got) == set(expected) and got == expected
+    assert "data/images/circle/new-0.png" in got and "models/model.keras" in got
+
+
+def test_registered_model_version_comes_back_with_dvc_artifacts_get(team, b_changed):
+    tmp, a, origin = team
+    for name, path in (("image-classifier", "models/model.keras"),
+                       ("image-classifier-tflite-int8", "models/export/model_int8.tflite")):
+        a.run("gto", "register", name, "--push")  # the git tag <name>@v0.0.1, pushed to origin
+        out = tmp / "got" / Path(path).name
+        a.run("dvc", "artifacts", "get", str(origin), name, "--rev", "v0.0.1", "-o", str(out))
+        assert out.read_bytes() == (a.path / path).read_bytes(), name
+
+
+def test_data_registry_import_then_update_reruns_from_ingest(tmp_path):
+    registry = Project(tmp_path / "registry", default_params())  # any git + DVC repo will do
+    registry.run("dvc", "remote", "add", "-d", "store", str(tmp_path / "registry-remote"))
+    make_dataset(registry.path / "datasets" / "shapes", per_class=12, size=40)
+    registry.run("dvc", "add", "datasets/shapes")
+    registry.run("git", "add", "-A")
+    registry.run("git", "commit", "-qm", "shapes v1")
+    registry.run("dvc", "push")
+
+    project = Project(tmp_path / "project", default_params(**TINY))
+    (project.path / "data").mkdir()
+    project.run("dvc", "import", str(registry.path), "datasets/shapes", "-o", "data/images")
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "data from the registry")
+    assert project.repro("split") == ["ingest", "split"]
+    pinned = project.run("git", "show", "HEAD:data/images.dvc").stdout
+    assert "rev_lock: " in pinned and str(registry.path) in pinned
+
+    more = make_dataset(tmp_path / "more", per_class=2, size=40, seed=9)
+    for image in sorted((more / "square").iterdir()):
+        shutil.copy(image, registry.path / "datasets" / "shapes" / "square" / f"v2-{image.name}")
+    registry.run("dvc", "add", "datasets/shapes")
+    registry.run("git", "commit", "-qam", "shapes v2: two more squares")
+    registry.run("dvc", "push")
+
+    ran = ("data/images.dvc", "ingest", "split")  # the stages run so far
+    # Pinned: the registry's new commit is announced, and nothing reruns until `dvc update`.
+    assert status(project, *ran) == {"data/images.dvc": [{"changed deps": {
+        f"datasets/shapes ({registry.path})": "update available"}}]}
+    project.run("dvc", "update", "data/images.dvc")
+    head = registry.run("git", "rev-parse", "HEAD").stdout.strip()
+    assert f"+    rev_lock: {head}" in project.run("git", "diff", "data/images.dvc").stdout  # the new pin
+    assert status(project, *ran) == {"ingest": [{"changed deps": {"data/images": "modified"}}]}
+    assert project.repro("split") == ["ingest", "split"]
+    report = json.loads((project.path / "reports" / "ingest.json").read_text())
+    assert report["per_class"]["square"]["kept"] == 14
