@@ -44,13 +44,16 @@ def make_project(path: Path, env: dict, **sections) -> Path:
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(ROOT / name, path / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["ingest"]["source"] = str(CLOTHING)
     for name, values in sections.items():
         params[name].update(values)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for split in ("train", "validation", "test"):  # what data/images.dvc pins
+        shutil.copytree(CLOTHING / split, path / "data" / "images" / split, copy_function=shutil.copyfile)
+    run(["chmod", "-R", "u+w", "data/images"], path, env)  # ../shared is read-only; copytree kept that
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
                 ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"],
-                ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+                ["dvc", "config", "core.analytics", "false"], ["dvc", "add", "-q", "data/images"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
         run(cmd, path, env)
     return path
 
