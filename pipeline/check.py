@@ -183,7 +183,7 @@ def check_lock(root: Path) -> str:
     if not (root / "dvc.lock").exists():
         raise Failed("no dvc.lock: run `dvc repro` and commit dvc.lock")
     out = _dvc(root, "status", "--json")
-    written = [path for stage in stages(root).values() for path in outputs(stage)]
+    written = [path for stage in stages(root).values() for path in outputs(stage)] + tracked_data(root)
     problems, missing = [], 0
     for stage, changes in json.loads(out or "{}").items():
         for change in changes:
@@ -203,6 +203,17 @@ def check_lock(root: Path) -> str:
                      "dvc.lock:\n" + "\n".join(problems))
     return "dvc.lock matches dvc.yaml, params.yaml and the code" + (
         f" ({missing} outputs not in this workspace: `dvc pull` fetches them)" if missing else "")
+
+
+def tracked_data(root: Path) -> list[str]:
+    """The paths the committed ``.dvc`` files track (``dvc add`` / ``dvc import``), e.g. data/images."""
+    listed = subprocess.run(["git", "ls-files", "*.dvc"], cwd=root, capture_output=True, text=True).stdout
+    paths = []
+    for name in listed.split():
+        folder = Path(name).parent
+        for out in (yaml.safe_load((root / name).read_text()) or {}).get("outs", []):
+            paths.append((folder / out["path"]).as_posix())
+    return paths
 
 
 def check_backbone(root: Path) -> str:

@@ -3,8 +3,8 @@
 The source is a DVC-tracked folder of class folders (optionally below train/,
 validation/ or val/, test/) or a .zip/.tar archive of one (``dvc import-url``
 keeps it as a file), optionally with a labels CSV. On the command line it may
-also be an http(s) URL or ``keras:<dataset>``, which DVC does not track. Every file is fully decoded; what is not a readable image
-is skipped. Byte-identical images are one image: kept once under one label,
+also be an http(s) URL or ``keras:<dataset>``, which DVC does not track. Every
+file is fully decoded; what is not a readable image is skipped. Byte-identical images are one image: kept once under one label,
 excluded when they carry two labels. Everything skipped is listed with its
 reason in the report, counted per class. The source is never modified.
 """
@@ -60,8 +60,9 @@ def summarize(source: str, kept: list[dict], skipped: list[dict], version: str) 
 
 def main() -> None:
     args = artifacts.start(__doc__, "source", "out", "report")
+    source = str(args.source)  # a path, or a URL / keras:<dataset> for one-off runs
     p = params.load(PARAMS)
-    with sources.open_source(str(args.source), p.ingest) as (root, candidates, skipped):
+    with sources.open_source(source, p.ingest) as (root, candidates, skipped):
         log.info("%s: %d candidate files, decoding each one", root, len(candidates))
 
         def check(entry: dict) -> dict:
@@ -79,7 +80,7 @@ def main() -> None:
         skipped += duplicates
         labels = sorted({row["label"] for row in kept})
         if len(labels) < 2:
-            raise StageError(f"source {str(args.source)!r}: found {len(labels)} class(es) with "
+            raise StageError(f"source {source!r}: found {len(labels)} class(es) with "
                              f"readable images under {root}; need at least 2")
         with artifacts.atomic_dir(args.out) as tmp:
             for row in tqdm(kept, desc="copy", unit="file", leave=False):
@@ -89,7 +90,7 @@ def main() -> None:
             # The data version: every kept image's path, label and content, in one digest.
             version = images.sha256_file(tmp / "manifest.csv")[:16]
 
-    report = summarize(str(args.source), kept, skipped, version)
+    report = summarize(source, kept, skipped, version)
     artifacts.write_json(args.report, report)
     log.info("kept %d images in %d classes: %s", len(kept), len(labels),
              ", ".join(f"{k} {v['kept']}" for k, v in report["per_class"].items() if v["kept"]))

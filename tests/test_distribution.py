@@ -25,6 +25,7 @@ TRAIN = textwrap.dedent("""
     from pipeline import distribution, training
     strategy = distribution.strategy(sys.argv[1])
     import keras
+    keras.utils.set_random_seed(0)  # the same initial weights every run: the loss test is not left to chance
     with strategy.scope():
         model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
         training.compile_classifier(model, 0.05)
