@@ -1,8 +1,7 @@
 """The team's loop on real git + DVC: a bare repository as origin, a folder as the DVC remote.
 
 A runs the pipeline and pushes; B clones, pulls, adds images and relabels one, reruns and
-pushes; A pulls B's work bit for bit. (Both run up to `evaluate`, the model and its metrics:
-the export stage's TFLite conversions would double the time and add nothing here.) A data registry feeds a project through `dvc import` /
+pushes; A pulls B's work bit for bit. A data registry feeds a project through `dvc import` /
 `dvc update`, and `dvc artifacts get` fetches a registered model version.
 """
 from __future__ import annotations
@@ -19,7 +18,6 @@ from tiny_run import TINY, tiny_project
 
 MOVED = ("data/images/square/005.png", "data/images/triangle/from-square-005.png")  # a relabelled image
 ADDED = [f"data/images/circle/new-{i}.png" for i in range(3)]
-TARGET = "evaluate"  # the stage both teammates run to, and everything it needs
 
 
 def files(root: Path, *names: str) -> dict[str, bytes]:
@@ -44,7 +42,7 @@ def team(tmp_path_factory):
     a.run("git", "init", "-q", "--bare", f"--initial-branch={branch}", str(origin))
     a.run("dvc", "remote", "add", "-d", "team", str(tmp / "remote"))
     a.run("git", "remote", "add", "origin", str(origin))
-    assert a.repro(TARGET)[0] == "ingest"
+    assert a.repro()[0] == "ingest"
     a.run("git", "add", "-A")
     a.run("git", "commit", "-qm", "first model")
     a.run("git", "push", "-q", "origin", "HEAD")
@@ -59,14 +57,14 @@ def b_changed(team):
     a.run("git", "clone", "-q", str(origin), str(tmp / "b"))
     b = Project.attach(tmp / "b", a.env)
     b.run("dvc", "pull")
-    clean = status(b, TARGET)
+    clean = status(b)
     new = make_dataset(tmp / "new", per_class=3, size=40, seed=7) / "circle"
     for path, image in zip(ADDED, sorted(new.iterdir())):
         shutil.copy(image, b.path / path)
     (b.path / MOVED[0]).rename(b.path / MOVED[1])
-    changed = status(b, TARGET)
+    changed = status(b)
     b.run("dvc", "add", "data/images")
-    ran = b.repro(TARGET)
+    ran = b.repro()
     b.run("git", "add", "-A")
     b.run("git", "commit", "-qm", "three more circles; a square that was a triangle")
     b.run("git", "push", "-q", "origin", "HEAD")
@@ -79,7 +77,8 @@ def test_b_sees_the_data_change_before_rerunning(b_changed):
     assert clean == {}
     assert changed["ingest"] == [{"changed deps": {"data/images": "modified"}}]
     assert changed["data/images.dvc"] == [{"changed outs": {"data/images": "modified"}}]
-    assert ran == ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate"]
+    assert ran == ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate",
+                   "export", "summary"]  # the new images go through the whole pipeline
 
 
 def test_dvc_diff_names_exactly_the_added_and_moved_images(b_changed):
@@ -107,7 +106,7 @@ def test_a_pulls_b_s_data_model_and_metrics_bit_for_bit(team, b_changed):
     b = b_changed[0]
     a.run("git", "pull", "-q", "origin", "HEAD")
     a.run("dvc", "pull")
-    assert status(a, TARGET) == {}
+    assert status(a) == {}
     shared = ("data/images", "data/raw", "models", "reports/metrics.json", "reports/ingest.json", "dvc.lock")
     got, expected = files(a.path, *shared), files(b.path, *shared)
     assert set(got) == set(expected) and got == expected
@@ -116,10 +115,12 @@ def test_a_pulls_b_s_data_model_and_metrics_bit_for_bit(team, b_changed):
 
 def test_registered_model_version_comes_back_with_dvc_artifacts_get(team, b_changed):
     tmp, a, origin = team
-    a.run("gto", "register", "image-classifier", "--push")  # the git tag image-classifier@v0.0.1, pushed
-    out = tmp / "got" / "model.keras"
-    a.run("dvc", "artifacts", "get", str(origin), "image-classifier", "--rev", "v0.0.1", "-o", str(out))
-    assert out.read_bytes() == (a.path / "models" / "model.keras").read_bytes()
+    for name, path in (("image-classifier", "models/model.keras"),
+                       ("image-classifier-tflite-int8", "models/export/model_int8.tflite")):
+        a.run("gto", "register", name, "--push")  # the git tag <name>@v0.0.1, pushed to origin
+        out = tmp / "got" / Path(path).name
+        a.run("dvc", "artifacts", "get", str(origin), name, "--rev", "v0.0.1", "-o", str(out))
+        assert out.read_bytes() == (a.path / path).read_bytes(), name
 
 
 def test_data_registry_import_then_update_reruns_from_ingest(tmp_path):
