@@ -217,7 +217,10 @@ def tracked_data(root: Path) -> list[str]:
 
 
 def check_backbone(root: Path) -> str:
-    p = params.load(["base"], root / params.PARAMS_FILE).base
+    try:
+        p = params.load(["base"], root / params.PARAMS_FILE).base
+    except params.ParamsError:  # reported once, by the params check
+        raise Skipped(f"not run: {params.PARAMS_FILE} is invalid (see the params check)") from None
     from pipeline import models  # imports TensorFlow: only this check pays for it
 
     names = models.backbones()

@@ -135,3 +135,14 @@ def test_command_prints_one_line_per_check_and_fails(proj):
     assert lines[0].startswith("FAIL  params") and "split.val_fraction must be in (0, 1)" in out.stdout
     assert lines[-1] == "1 of 3 checks failed: params"
     assert "skip  remote    --skip remote" in lines
+
+
+def test_invalid_params_yaml_fails_its_check_and_skips_the_backbone_without_a_traceback(proj):
+    (proj / "params.yaml").write_text("seed: [\n")
+    out = subprocess.run([sys.executable, "-m", "pipeline.check", "--skip", "lock", "--skip", "source",
+                          "--skip", "remote"], cwd=proj, capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("FAIL  params") and "is not valid YAML" in lines[0]
+    assert "skip  backbone  not run: params.yaml is invalid (see the params check)" in lines
+    assert lines[-1] == "1 of 3 checks failed: params"
