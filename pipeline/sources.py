@@ -12,6 +12,7 @@ import logging
 import os
 import tarfile
 import tempfile
+import unicodedata
 import urllib.parse
 import urllib.request
 import zipfile
@@ -141,20 +142,23 @@ def scan(root: Path) -> tuple[list[dict], list[dict]]:
     files, skipped = [], []
     for split, class_dir in class_dirs:
         label, found = class_dir.name, 0
-        for dirpath, dirnames, filenames in os.walk(class_dir):
+        if problem := label_problem(label):  # a folder name that would break labels.txt
+            skipped.append({"path": shown(class_dir, root) + "/", "label": shown(Path(label), Path()),
+                            "reason": f"class folder name {problem}"})
+            continue
+        unreadable: list[OSError] = []  # os.walk would otherwise skip such folders without a word
+        for dirpath, dirnames, filenames in os.walk(class_dir, onerror=unreadable.append):
             dirnames.sort()
             for name in sorted(filenames) + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
                 path = Path(dirpath, name)
-                entry = {"path": path.relative_to(root).as_posix(), "label": label}
-                if name.startswith("."):
-                    skipped.append({**entry, "reason": "hidden file"})
-                elif path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
-                    skipped.append({**entry, "reason": "symbolic link pointing outside the source"})
-                elif path.is_dir():
-                    skipped.append({**entry, "reason": "symbolic link to a folder (not followed)"})
+                entry = {"path": shown(path, root), "label": label}
+                if reason := file_problem(path, root):
+                    skipped.append({**entry, "reason": reason})
                 else:
                     files.append({**entry, "split": split})
                     found += 1
+        skipped += [{"path": shown(Path(err.filename), root) + "/", "label": label,
+                     "reason": "folder cannot be read", "detail": err.strerror} for err in unreadable]
         if not found:
             skipped.append({"path": class_dir.relative_to(root).as_posix() + "/", "label": label,
                             "reason": "empty class folder"})
@@ -166,20 +170,75 @@ def scan(root: Path) -> tuple[list[dict], list[dict]]:
     return files, skipped
 
 
+def shown(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as text that JSON, CSV and logs can hold: bytes of a name
+    that is not UTF-8 appear as \\x escapes."""
+    text = path.relative_to(root).as_posix()
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def file_problem(path: Path, root: Path) -> str | None:
+    """Why a file below a class folder cannot be an image candidate, or None."""
+    if path.name.startswith("."):
+        return "hidden file"
+    if shown(path, root) != path.relative_to(root).as_posix():
+        return "file name is not valid UTF-8"
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except FileNotFoundError:
+            return "broken symbolic link"
+        except (RuntimeError, OSError):  # ELOOP: RuntimeError up to Python 3.12, OSError after
+            return "symbolic link loop"
+        if not target.is_relative_to(root.resolve()):
+            return "symbolic link pointing outside the source"
+        if target.is_dir():
+            return "symbolic link to a folder (not followed)"
+    return None
+
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a class name (it must fit on one line of labels.txt), or None."""
+    if shown(Path(label), Path()) != label:
+        return "is not valid UTF-8"
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in label):  # newlines, tabs, NUL, ...
+        return f"has control characters or line breaks ({label!r})"
+    return None
+
+
 def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict], list[dict]]:
     """Rows of a labels CSV -> candidates (paths relative to ``root``), skipped rows."""
-    with open(csv_file, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        for key in ("csv_image_column", "csv_label_column", "csv_split_column"):
-            if getattr(p, key) is not None and getattr(p, key) not in columns:
-                raise StageError(f"ingest.{key} {getattr(p, key)!r} is not a column of {csv_file} "
-                                 f"(columns: {', '.join(columns)})")
-        rows = list(reader)
+    try:
+        with open(csv_file, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            for key in ("csv_image_column", "csv_label_column", "csv_split_column"):
+                if getattr(p, key) is not None and getattr(p, key) not in columns:
+                    raise StageError(f"ingest.{key} {getattr(p, key)!r} is not a column of {csv_file} "
+                                     f"(columns: {', '.join(columns)})")
+            rows = list(reader)
+    except UnicodeDecodeError:  # its offsets are within a buffered chunk: find the byte in the file
+        data = csv_file.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data[:err.start].count(b"\n") + 1
+            raise StageError(f"{csv_file} is not UTF-8 text (line {line}: {data[err.start:err.start + 4]!r}); "
+                             "save it as UTF-8") from None
+    except csv.Error as err:
+        raise StageError(f"{csv_file} is not a readable CSV: {err}") from None
     by_stem: dict[str, list[Path]] = {}
-    files, skipped = [], []
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
-        value, label = row[p.csv_image_column].strip(), row[p.csv_label_column].strip()
+    files, skipped, spaced = [], [], []
+    for number, row in enumerate(rows, start=2):  # row 1 is the header (a row may span lines)
+        if None in row.values():  # csv leaves the missing fields of a short row as None
+            skipped.append({"path": f"{csv_file.name}:{number}", "label": "",
+                            "reason": f"short row in the CSV ({sum(v is not None for v in row.values())} "
+                                      f"of {len(columns)} columns)"})
+            continue
+        value, raw_label = row[p.csv_image_column].strip(), row[p.csv_label_column]
+        label = raw_label.strip()
+        if label != raw_label:
+            spaced.append(number)
         split = (row[p.csv_split_column].strip().lower() if p.csv_split_column else "")
         entry = {"path": value or f"{csv_file.name}:{number}", "label": label}
         path = (root / value).resolve()
@@ -190,6 +249,8 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
             path = by_stem.get(value, [path])[0].resolve()
         if not label:
             skipped.append({**entry, "reason": "no label in the CSV"})
+        elif problem := label_problem(label):
+            skipped.append({**entry, "reason": f"label {problem}", "detail": f"{csv_file.name} row {number}"})
         elif split not in SPLIT_NAMES:
             skipped.append({**entry, "reason": f"unknown split {split!r} in the CSV"})
         elif not path.is_relative_to(root.resolve()):
@@ -199,6 +260,9 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
         else:
             files.append({**entry, "path": path.relative_to(root.resolve()).as_posix(),
                           "split": SPLIT_NAMES[split]})
+    if spaced:  # " cat" and "cat" are one class
+        log.warning("%s: spaces around the label removed on row(s) %s", csv_file.name,
+                    ", ".join(map(str, spaced[:20])) + (" ..." if len(spaced) > 20 else ""))
     return files, skipped
 
 

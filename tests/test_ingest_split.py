@@ -4,7 +4,11 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -12,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import ROOT
 from pipeline import ingest, sources, split
 from pipeline.artifacts import StageError
 
@@ -207,3 +212,64 @@ def test_tar_link_pointing_outside_is_refused(tmp_path):
         tf.addfile(info)
     with pytest.raises(StageError, match="unsafe archive member '../../../etc/passwd'"):
         sources.extract(tpath, tmp_path / "out")
+
+
+def test_scan_reports_file_system_oddities(shapes_dir, tmp_path, monkeypatch):
+    circle = shapes_dir / "circle"
+    (circle / "loop-a.png").symlink_to(circle / "loop-b.png")
+    (circle / "loop-b.png").symlink_to(circle / "loop-a.png")
+    (circle / "gone.png").symlink_to(circle / "no-such-file.png")
+    os.close(os.open(bytes(circle) + b"/latin1-\xe9.png", os.O_CREAT | os.O_WRONLY))  # not UTF-8
+    (shapes_dir / "line\nbreak").mkdir()  # a class folder name that would break labels.txt
+    shutil.copy(circle / "000.png", shapes_dir / "line\nbreak" / "000.png")
+    (shapes_dir / "square" / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as root nothing is unreadable, so make one folder refuse to list
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    files, skipped = sources.scan(shapes_dir)
+    reasons = {s["path"]: s["reason"] for s in skipped}
+    assert reasons == {
+        "circle/loop-a.png": "symbolic link loop", "circle/loop-b.png": "symbolic link loop",
+        "circle/gone.png": "broken symbolic link", "circle/latin1-\\xe9.png": "file name is not valid UTF-8",
+        "line\nbreak/": "class folder name has control characters or line breaks ('line\\nbreak')",
+        "square/locked/": "folder cannot be read"}
+    assert {f["label"] for f in files} == {"circle", "square", "triangle"} and len(files) == 24
+    json.dumps(skipped, ensure_ascii=False).encode("utf-8")  # every path can be written out
+
+
+def test_csv_short_rows_bad_labels_and_encodings_are_named(shapes_dir, caplog):
+    (shapes_dir / "labels.csv").write_text(
+        "image,label\n"
+        "circle/000.png,round\n"
+        "circle/001.png\n"                      # short row
+        'square/000.png,"two\nlines"\n'         # a label with a line break
+        "square/001.png, round \n")            # the same label with spaces: one class
+    with sources.open_source(str(shapes_dir / "labels.csv"), ingest_params()) as (_, files, skipped):
+        pass
+    assert [(f["path"], f["label"]) for f in files] == [("circle/000.png", "round"), ("square/001.png", "round")]
+    assert [(s["path"], s["reason"]) for s in skipped] == [
+        ("labels.csv:3", "short row in the CSV (1 of 2 columns)"),
+        ("square/000.png", "label has control characters or line breaks ('two\\nlines')")]
+    assert skipped[1]["detail"] == "labels.csv row 4"
+    assert "labels.csv: spaces around the label removed on row(s) 5" in caplog.text
+    (shapes_dir / "labels.csv").write_bytes("image,label\ncircle/000.png,rond\ncircle/001.png,carré\n".encode("latin-1"))
+    with pytest.raises(StageError, match=r"labels\.csv is not UTF-8 text \(line 3: b'\\xe9\\n'\); save it as UTF-8"):
+        with sources.open_source(str(shapes_dir / "labels.csv"), ingest_params()):
+            pass
+
+
+def test_ingest_on_odd_files_prints_no_traceback(shapes_dir, tmp_path):
+    (shapes_dir / "circle" / "loop.png").symlink_to(shapes_dir / "circle" / "loop.png")
+    os.close(os.open(bytes(shapes_dir) + b"/square/\xff.png", os.O_CREAT | os.O_WRONLY))
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    out = subprocess.run([sys.executable, "-m", "pipeline.ingest", "--source", str(shapes_dir), "--out",
+                          str(tmp_path / "raw"), "--report", str(tmp_path / "ingest.json")],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    report = json.loads((tmp_path / "ingest.json").read_text())
+    assert report["skipped_by_reason"] == {"file name is not valid UTF-8": 1, "symbolic link loop": 1}
