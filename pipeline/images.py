@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -50,12 +51,30 @@ def thumbnail(path: Path, size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
+# Pixels one image may decode to (at JPEG's reduced draft scale): about 120 MB as RGB. Pillow's own
+# bomb limit is far higher, and a PNG, which has no reduced decode, costs its full size in memory.
+MAX_DECODE_PIXELS = 40_000_000
+
+
+class ImageTooLarge(ValueError):
+    """The image would decode to more than MAX_DECODE_PIXELS pixels."""
+
+
 def inspect_image(path: Path) -> tuple[int, int]:
     """Fully decode ``path`` (so truncated files fail here, not in training); return (width, height)."""
-    with Image.open(path) as im:
+    with warnings.catch_warnings():  # Pillow warns of large images at open; the limit below decides
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    with im:
         width, height = im.size
         im.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # decodes every byte, at low cost
+        if im.size[0] * im.size[1] > MAX_DECODE_PIXELS:
+            raise ImageTooLarge(f"{width}x{height} pixels; the limit is {MAX_DECODE_PIXELS:,} decoded pixels")
         im.load()
+        png = im.format == "PNG"
+    if png:  # Pillow decodes a PNG cut off in its last chunks without a word; its chunk checks object
+        with Image.open(path) as im:
+            im.verify()
     return width, height
 
 

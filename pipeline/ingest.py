@@ -69,6 +69,8 @@ def main() -> None:
             path = root / entry["path"]
             try:
                 width, height = images.inspect_image(path)
+            except images.ImageTooLarge as err:
+                return {**entry, "reason": "image too large to decode", "detail": str(err)}
             except Exception as err:  # Pillow raises many types for bad files
                 return {**entry, "reason": "not a readable image", "detail": f"{type(err).__name__}: {err}"}
             return {**entry, "sha256": images.sha256_file(path), "width": width, "height": height}

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from project import Project, default_params
+from test_images import png_header_only
 from shapes import make_dataset
 
 
@@ -32,6 +33,7 @@ def corpus(tmp_path_factory):
     Image.new("CMYK", (30, 30), (0, 255, 255, 0)).save(root / "circle" / "cmyk.jpg")
     Image.new("I;16", (30, 30), 40000).save(root / "square" / "sixteen.png")
     Image.new("RGB", (9000, 7000), (30, 30, 200)).save(root / "triangle" / "huge.jpg", quality=50)
+    png_header_only(root / "triangle" / "bomb.png", 13000, 13000)  # 169 megapixels, no pixel data
     (root / "empty").mkdir()
     (root / "single").mkdir()
     Image.new("RGB", (30, 30), (1, 2, 250)).save(root / "single" / "only.png")
@@ -56,6 +58,7 @@ def test_ingest_report_lists_every_case(corpus):
         "triangle/dup.png": "duplicate image",
         "circle/000.png": "same image under several labels",
         "triangle/conflict.png": "same image under several labels",
+        "triangle/bomb.png": "image too large to decode",
         "empty/": "empty class folder",
         "LICENSE": "not inside a class folder",
     }

@@ -71,3 +71,34 @@ def test_huge_jpeg_is_decoded_at_reduced_scale(tmp_path):
     shape, width, height, grown_mb = result.stdout.rsplit(" ", 3)
     assert shape == "(160, 160, 3)" and (width, height) == ("9000", "7000")
     assert int(grown_mb) < 60, f"peak memory grew by {grown_mb} MB"
+
+
+def png_header_only(path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height and holds no pixels: what a decompression bomb looks like."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def test_images_that_would_decode_too_large_are_refused_before_decoding(tmp_path):
+    png_header_only(tmp_path / "bomb.png", 13000, 13000)  # 169 megapixels: below Pillow's own bomb limit
+    with pytest.raises(images.ImageTooLarge, match="13000x13000 pixels; the limit is 40,000,000"):
+        images.inspect_image(tmp_path / "bomb.png")
+    Image.new("RGB", (9000, 7000), (30, 30, 200)).save(tmp_path / "big.jpg", quality=50)
+    assert images.inspect_image(tmp_path / "big.jpg") == (9000, 7000)  # a JPEG decodes at 1/8 scale
+
+
+def test_a_png_cut_off_in_its_last_chunks_is_refused(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "whole.png")
+    data = (tmp_path / "whole.png").read_bytes()
+    assert images.inspect_image(tmp_path / "whole.png") == (300, 300)
+    for cut in (12, 20):  # without IEND; without the end of the last IDAT chunk
+        (tmp_path / "cut.png").write_bytes(data[:-cut])
+        with pytest.raises(OSError):
+            images.inspect_image(tmp_path / "cut.png")
