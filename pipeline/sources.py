@@ -143,7 +143,7 @@ def scan(root: Path) -> tuple[list[dict], list[dict]]:
     for split, class_dir in class_dirs:
         label, found = class_dir.name, 0
         if problem := label_problem(label):  # a folder name that would break labels.txt
-            skipped.append({"path": shown(class_dir, root) + "/", "label": shown(Path(label), Path()),
+            skipped.append({"path": shown(class_dir, root) + "/", "label": escaped(label),
                             "reason": f"class folder name {problem}"})
             continue
         unreadable: list[OSError] = []  # os.walk would otherwise skip such folders without a word
@@ -170,18 +170,22 @@ def scan(root: Path) -> tuple[list[dict], list[dict]]:
     return files, skipped
 
 
-def shown(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` as text that JSON, CSV and logs can hold: bytes of a name
-    that is not UTF-8 appear as \\x escapes."""
-    text = path.relative_to(root).as_posix()
+def escaped(text: str) -> str:
+    """``text`` as JSON, CSV and logs can hold it: the bytes of a file name that is not UTF-8
+    (which Python keeps as surrogates) appear as \\x escapes."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def shown(path: Path, root: Path) -> str:
+    return escaped(path.relative_to(root).as_posix())
 
 
 def file_problem(path: Path, root: Path) -> str | None:
     """Why a file below a class folder cannot be an image candidate, or None."""
     if path.name.startswith("."):
         return "hidden file"
-    if shown(path, root) != path.relative_to(root).as_posix():
+    relative = path.relative_to(root).as_posix()
+    if escaped(relative) != relative:
         return "file name is not valid UTF-8"
     if path.is_symlink():
         try:
@@ -199,7 +203,7 @@ def file_problem(path: Path, root: Path) -> str | None:
 
 def label_problem(label: str) -> str | None:
     """Why ``label`` cannot be a class name (it must fit on one line of labels.txt), or None."""
-    if shown(Path(label), Path()) != label:
+    if escaped(label) != label:
         return "is not valid UTF-8"
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in label):  # newlines, tabs, NUL, ...
         return f"has control characters or line breaks ({label!r})"

@@ -222,6 +222,8 @@ def test_scan_reports_file_system_oddities(shapes_dir, tmp_path, monkeypatch):
     os.close(os.open(bytes(circle) + b"/latin1-\xe9.png", os.O_CREAT | os.O_WRONLY))  # not UTF-8
     (shapes_dir / "line\nbreak").mkdir()  # a class folder name that would break labels.txt
     shutil.copy(circle / "000.png", shapes_dir / "line\nbreak" / "000.png")
+    os.mkdir(bytes(shapes_dir) + b"/bad-\xff")  # a class folder name that is not UTF-8
+    shutil.copy(circle / "000.png", os.fsdecode(bytes(shapes_dir) + b"/bad-\xff/000.png"))
     (shapes_dir / "square" / "locked").mkdir()
     real_scandir = os.scandir
 
@@ -237,6 +239,7 @@ def test_scan_reports_file_system_oddities(shapes_dir, tmp_path, monkeypatch):
         "circle/loop-a.png": "symbolic link loop", "circle/loop-b.png": "symbolic link loop",
         "circle/gone.png": "broken symbolic link", "circle/latin1-\\xe9.png": "file name is not valid UTF-8",
         "line\nbreak/": "class folder name has control characters or line breaks ('line\\nbreak')",
+        "bad-\\xff/": "class folder name is not valid UTF-8",
         "square/locked/": "folder cannot be read"}
     assert {f["label"] for f in files} == {"circle", "square", "triangle"} and len(files) == 24
     json.dumps(skipped, ensure_ascii=False).encode("utf-8")  # every path can be written out
