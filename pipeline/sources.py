@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import logging
 import os
 import tarfile
@@ -192,8 +193,12 @@ def file_problem(path: Path, root: Path) -> str | None:
             target = path.resolve(strict=True)
         except FileNotFoundError:
             return "broken symbolic link"
-        except (RuntimeError, OSError):  # ELOOP: RuntimeError up to Python 3.12, OSError after
+        except RuntimeError:  # a loop, up to Python 3.12
             return "symbolic link loop"
+        except OSError as err:  # ELOOP from Python 3.13 on; anything else is named as it is
+            if err.errno == errno.ELOOP:
+                return "symbolic link loop"
+            return f"symbolic link cannot be followed ({err.strerror})"
         if not target.is_relative_to(root.resolve()):
             return "symbolic link pointing outside the source"
         if target.is_dir():
