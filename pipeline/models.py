@@ -71,6 +71,11 @@ def build_extractor(base: SimpleNamespace) -> keras.Model:
         backbone = constructors[base.backbone](include_top=False, weights=weights, input_shape=shape,
                                                pooling=base.pooling)
     except Exception as err:  # Keras raises a bare Exception for a failed weights download
+        if weights not in ("imagenet", None):  # h5py, zipfile and Keras each raise their own types
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise StageError(f"base.weights {base.weights!r} is not a readable Keras weights file for "
+                             f"{base.backbone} without its top at {base.image_size} px "
+                             f"({type(err).__name__}: {first})") from None
         url = re.search(r"https?://\S+", str(err))
         if "URL fetch failure" not in str(err) or not url:
             raise

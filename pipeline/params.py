@@ -9,6 +9,7 @@ and the DVC dependencies honest (see tests/test_contract.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -18,6 +19,12 @@ from typing import Any, Iterable, Optional
 import yaml
 
 PARAMS_FILE = "params.yaml"  # DVC's default params file, read from the project root
+# Upper bounds that stop a typo from exhausting memory long after the stage started
+# (an image batch is batch x size x size x 3 floats, before any activations).
+MAX_IMAGE_SIZE = 1024
+MAX_IMAGE_BATCH = 1024
+MAX_FEATURE_BATCH = 65536  # train_head batches hold feature vectors, not images
+WEIGHTS_SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5")  # what keras' load_weights reads
 
 
 class ParamsError(ValueError):
@@ -43,9 +50,12 @@ class Ingest:
     csv_image_column: str  # relative path, or file name without extension
     csv_label_column: str
     csv_split_column: Optional[str]  # optional train / validation (val) / test column
+    max_unpacked_mb: float  # an archive source may unpack to at most this many megabytes...
+    max_expansion_ratio: float  # ...and to at most this many times its own size
 
     def check(self) -> list[str]:
-        return []
+        return _at_least("ingest.max_unpacked_mb", self.max_unpacked_mb, 1) + _at_least(
+            "ingest.max_expansion_ratio", self.max_expansion_ratio, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +87,10 @@ class Base:
     pooling: str  # avg | max
 
     def check(self) -> list[str]:
-        errors = _at_least("base.image_size", self.image_size, 32)
+        errors = _in_range("base.image_size", self.image_size, 32, MAX_IMAGE_SIZE)
+        if self.weights not in ("imagenet", "none") and not self.weights.endswith(WEIGHTS_SUFFIXES):
+            errors.append(f"base.weights must be imagenet, none or a Keras weights file "
+                          f"({' / '.join(WEIGHTS_SUFFIXES)}), got {self.weights!r}")
         return errors + _one_of("base.pooling", self.pooling, ("avg", "max"))
 
 
@@ -91,7 +104,7 @@ class Augment:
     contrast: float
 
     def check(self) -> list[str]:
-        errors = _at_least("augment.copies", self.copies, 0)
+        errors = _in_range("augment.copies", self.copies, 0, 100)
         errors += _one_of("augment.flip", self.flip,
                           ("none", "horizontal", "vertical", "horizontal_and_vertical"))
         for name in ("rotation", "zoom", "translation", "contrast"):
@@ -104,7 +117,7 @@ class Extract:
     batch_size: int
 
     def check(self) -> list[str]:
-        return _at_least("extract.batch_size", self.batch_size, 1)
+        return _in_range("extract.batch_size", self.batch_size, 1, MAX_IMAGE_BATCH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +131,8 @@ class TrainHead:
     label_smoothing: float  # share of each target spread over all classes (0: none)
 
     def check(self) -> list[str]:
-        return _training_checks("train_head", self) + _at_least(
-            "train_head.hidden_units", self.hidden_units, 0) + _between(
+        return _training_checks("train_head", self, MAX_FEATURE_BATCH) + _in_range(
+            "train_head.hidden_units", self.hidden_units, 0, 65536) + _between(
             "train_head.dropout", self.dropout, 0, 1)
 
 
@@ -136,7 +149,7 @@ class Finetune:
     label_smoothing: float
 
     def check(self) -> list[str]:
-        errors = _training_checks("finetune", self) + _at_least(
+        errors = _training_checks("finetune", self, MAX_IMAGE_BATCH) + _at_least(
             "finetune.unfreeze_layers", self.unfreeze_layers, 0)
         errors += _one_of("finetune.schedule", self.schedule, ("constant", "cosine"))
         errors += _at_least("finetune.warmup_epochs", self.warmup_epochs, 0)
@@ -161,7 +174,7 @@ class Evaluate:
     batch_size: int
 
     def check(self) -> list[str]:
-        return _at_least("evaluate.batch_size", self.batch_size, 1)
+        return _in_range("evaluate.batch_size", self.batch_size, 1, MAX_IMAGE_BATCH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +182,7 @@ class Export:
     representative_images: int  # training images that calibrate the int8 TFLite model
 
     def check(self) -> list[str]:
-        return _at_least("export.representative_images", self.representative_images, 1)
+        return _in_range("export.representative_images", self.representative_images, 1, 10_000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +198,7 @@ SECTIONS: dict[str, type] = {
     "class_weights": ClassWeights, "distribution": Distribution, "train_head": TrainHead, "finetune": Finetune,
     "evaluate": Evaluate, "export": Export,
 }
-TOP_LEVEL = {"seed": int}
+TOP_LEVEL = {"seed": int}  # in [0, 2**32): what numpy's and TensorFlow's seeds take
 
 
 def all_keys() -> list[str]:
@@ -221,7 +234,7 @@ def parse(raw: Any) -> dict[str, Any]:
         if key not in raw:
             errors.append(f"missing key {key!r}")
         else:
-            errors += _type_errors(key, raw[key], typ)
+            errors += _type_errors(key, raw[key], typ) or _in_range(key, raw[key], 0, 2**32 - 1)
             parsed[key] = raw[key]
     for name, cls in SECTIONS.items():
         section = raw.get(name)
@@ -295,6 +308,8 @@ def _type_errors(key: str, value: Any, typ: Any) -> list[str]:
         typ = next(a for a in args if a is not type(None))
     # bool is an int subclass in Python; `epochs: true` must not pass as 1
     if isinstance(value, typ) and not (isinstance(value, bool) and typ is not bool):
+        if typ is float and not math.isfinite(value):  # YAML's .inf and .nan pass every comparison check
+            return [f"{key} must be a finite number, got {value}"]
         return []
     shown = "null" if value is None else f"{value!r} ({type(value).__name__})"
     return [f"{key} must be {typ.__name__}{' or null' if optional else ''}, got {shown}"]
@@ -308,15 +323,19 @@ def _at_least(key: str, value: float, low: float) -> list[str]:
     return [] if value >= low else [f"{key} must be >= {low}, got {value}"]
 
 
+def _in_range(key: str, value: float, low: float, high: float) -> list[str]:
+    return [] if low <= value <= high else [f"{key} must be in [{low}, {high}], got {value}"]
+
+
 def _between(key: str, value: float, low: float, high: float, low_open: bool = False) -> list[str]:
     ok = (low < value if low_open else low <= value) and value < high
     bracket = "(" if low_open else "["
     return [] if ok else [f"{key} must be in {bracket}{low}, {high}), got {value}"]
 
 
-def _training_checks(section: str, p: Any) -> list[str]:
+def _training_checks(section: str, p: Any, max_batch: int) -> list[str]:
     errors = [] if p.learning_rate > 0 else [f"{section}.learning_rate must be > 0, got {p.learning_rate}"]
     errors += _at_least(f"{section}.epochs", p.epochs, 1)
-    errors += _at_least(f"{section}.batch_size", p.batch_size, 1)
+    errors += _in_range(f"{section}.batch_size", p.batch_size, 1, max_batch)
     errors += _between(f"{section}.label_smoothing", p.label_smoothing, 0, 1)
     return errors + _at_least(f"{section}.patience", p.patience, 0)

@@ -10,20 +10,23 @@ import contextlib
 import csv
 import errno
 import logging
+import lzma
 import os
+import shutil
 import tarfile
 import tempfile
 import unicodedata
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
 
 from tqdm import tqdm
 
-from pipeline import artifacts, images
+from pipeline import artifacts, images, params
 from pipeline.artifacts import StageError, keras_cache_dir
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test", "": ""}
@@ -64,7 +67,7 @@ def open_source(source: str, p: SimpleNamespace) -> Iterator[tuple[Path, list[di
             else:
                 folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ingest-")))
                 log.info("unpacking %s", path)
-                extract(path, folder)
+                extract(path, folder, p.max_unpacked_mb, p.max_expansion_ratio)
         if csv_path:
             base = folder if csv_path is not p.labels_csv else dataset_root(folder)
             csv_file = base / csv_path
@@ -106,23 +109,93 @@ def download(url: str) -> Path:
     return target
 
 
-def extract(archive: Path, dest: Path) -> None:
-    """Unpack a .zip or .tar(.gz|.bz2|.xz) archive; members escaping ``dest`` are refused."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            _refuse_unsafe(archive, zf.namelist())
-            zf.extractall(dest)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            _refuse_unsafe(archive, [m.name for m in members] + [m.linkname for m in members if m.linkname])
-            regular = [m for m in members if m.isfile() or m.isdir() or m.issym() or m.islnk()]
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: also strips odd permissions
-                tf.extractall(dest, members=regular, filter="data")
-            else:
-                tf.extractall(dest, members=regular)
-    else:
-        raise StageError(f"source {archive} is neither a folder, a .csv nor a .zip/.tar archive")
+def extract(archive: Path, dest: Path, max_mb: float, max_ratio: float) -> None:
+    """Unpack a .zip or .tar(.gz|.bz2|.xz) archive; members escaping ``dest`` are refused.
+
+    An archive bomb is stopped by two caps (``ingest.max_unpacked_mb`` and
+    ``ingest.max_expansion_ratio``): checked on the sizes the headers declare before anything is
+    written, and on the bytes actually written while unpacking, since headers can lie. The free
+    space of ``dest``'s disk is checked first too.
+    """
+    limit = Limit(archive, max_mb, max_ratio)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        if zipfile.is_zipfile(archive):
+            _unzip(archive, dest, limit)
+        elif tarfile.is_tarfile(archive):
+            _untar(archive, dest, limit)
+        else:
+            raise StageError(f"source {archive} is neither a folder, a .csv nor a readable .zip/.tar archive")
+    except StageError:
+        raise
+    # Damaged archives raise any of these, even from is_tarfile (a bad sparse map: ValueError)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, NotImplementedError, RuntimeError,
+            ValueError, OSError, zlib.error, lzma.LZMAError) as err:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise StageError(f"{archive}: the disk filled up while unpacking into {dest} "
+                             "(set TMPDIR to a folder on a larger disk)") from None
+        raise StageError(f"{archive}: damaged or unsupported archive ({type(err).__name__}: {err})") from None
+
+
+def _unzip(archive: Path, dest: Path, limit: Limit) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        _refuse_unsafe(archive, [i.filename for i in infos])
+        limit.check_declared(sum(i.file_size for i in infos), dest)
+        for info in infos:
+            target = dest / info.filename
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                while block := src.read(1 << 20):
+                    limit.add(len(block))
+                    out.write(block)
+
+
+def _untar(archive: Path, dest: Path, limit: Limit) -> None:
+    with tarfile.open(archive) as tf:
+        members = tf.getmembers()
+        _refuse_unsafe(archive, [m.name for m in members] + [m.linkname for m in members if m.linkname])
+        regular = [m for m in members if m.isfile() or m.isdir() or m.issym() or m.islnk()]
+        limit.check_declared(sum(m.size for m in regular if m.isfile()), dest)
+
+        def counted(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+            # tarfile writes exactly member.size bytes (the real size for sparse files)
+            member = tarfile.data_filter(member, path)  # also strips odd permissions
+            if member is not None and member.isfile():
+                limit.add(member.size)
+            return member
+
+        tf.extractall(dest, members=regular, filter=counted)
+
+
+class Limit:
+    """Byte budget for unpacking one archive (see ``extract``)."""
+
+    def __init__(self, archive: Path, max_mb: float, max_ratio: float):
+        self.archive, self.written = archive, 0
+        size = archive.stat().st_size
+        self.cap = min(max_mb * 1e6, max_ratio * max(size, 1))
+        self.why = (f"ingest.max_unpacked_mb={max_mb:g}" if max_mb * 1e6 <= max_ratio * max(size, 1)
+                    else f"ingest.max_expansion_ratio={max_ratio:g} x {size:,} bytes")
+
+    def check_declared(self, total: int, dest: Path) -> None:
+        if total > self.cap:
+            raise StageError(f"{self.archive}: its members declare {total:,} bytes unpacked, over the "
+                             f"{self.cap:,.0f}-byte cap ({self.why}); raise it if the archive is trusted")
+        free = shutil.disk_usage(dest).free
+        if total > free:
+            raise StageError(f"{self.archive}: unpacking needs {total:,} bytes but {dest}'s disk has "
+                             f"{free:,} free (set TMPDIR to a folder on a larger disk)")
+
+    def add(self, count: int) -> None:
+        self.written += count
+        if self.written > self.cap:
+            raise StageError(f"{self.archive}: unpacking stopped after {self.written:,} bytes, over the "
+                             f"{self.cap:,.0f}-byte cap ({self.why}); its headers understate the sizes, "
+                             "so the archive is damaged or hostile")
 
 
 def dataset_root(folder: Path) -> Path:
@@ -307,9 +380,11 @@ def _refuse_unsafe(archive: Path, names: list[str]) -> None:
 
 
 def fetch(url: str, dest: Path, folders: list[str]) -> None:
-    """Download the archive at ``url`` and move ``folders`` of its dataset root into ``dest``."""
+    """Download the archive at ``url`` and move ``folders`` of its dataset root into ``dest``
+    (unpacked within the ``ingest`` caps of params.yaml)."""
+    p = params.load(["ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]).ingest
     with tempfile.TemporaryDirectory(prefix="fetch-") as tmp:
-        extract(download(url), Path(tmp))
+        extract(download(url), Path(tmp), p.max_unpacked_mb, p.max_expansion_ratio)
         root = dataset_root(Path(tmp))
         dest.mkdir(parents=True)
         for name in folders:

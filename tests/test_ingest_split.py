@@ -12,19 +12,24 @@ import sys
 import tarfile
 import threading
 import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from conftest import ROOT
+from project import default_params
 from pipeline import ingest, sources, split
 from pipeline.artifacts import StageError
 
 
 def ingest_params(**overrides) -> SimpleNamespace:
-    values = dict(labels_csv=None, image_dir=None, csv_image_column="image",
-                  csv_label_column="label", csv_split_column=None)
-    return SimpleNamespace(**{**values, **overrides})
+    return SimpleNamespace(**{**default_params()["ingest"], **overrides})
+
+
+def extract(archive, dest, **overrides) -> None:
+    p = ingest_params(**overrides)
+    sources.extract(Path(archive), dest, p.max_unpacked_mb, p.max_expansion_ratio)
 
 
 def split_params(**overrides) -> SimpleNamespace:
@@ -73,15 +78,98 @@ def test_unsafe_archive_members_are_refused(tmp_path, member):
     with zipfile.ZipFile(zpath, "w") as zf:
         zf.writestr(member, b"x")
     with pytest.raises(StageError, match="unsafe archive member"):
-        sources.extract(zpath, tmp_path / "out")
+        extract(zpath, tmp_path / "out")
     tpath = tmp_path / "bad.tar"
     with tarfile.open(tpath, "w") as tf:
         info = tarfile.TarInfo(member)
         info.size = 1
         tf.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(StageError, match="unsafe archive member"):
-        sources.extract(tpath, tmp_path / "out2")
+        extract(tpath, tmp_path / "out2")
     assert not (tmp_path / "evil.png").exists()
+
+
+def zeros_zip(path: Path, megabytes: int) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("shapes/circle/zeros.png", bytes(megabytes * 10**6))
+    return path
+
+
+def test_zip_bomb_is_refused_before_anything_is_written(tmp_path):
+    bomb = zeros_zip(tmp_path / "bomb.zip", 30)  # ~30 KB that unpacks to 30 MB
+    (tmp_path / "out").mkdir()
+    with pytest.raises(StageError, match=r"declare 30,000,000 bytes unpacked, over the [\d,]+-byte cap "
+                                         r"\(ingest.max_expansion_ratio=100 x [\d,]+ bytes\)"):
+        extract(bomb, tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())
+    extract(bomb, tmp_path / "out", max_expansion_ratio=2000)  # trusted: the cap can be raised
+
+
+def test_total_cap_applies_to_archives_that_do_not_compress(tmp_path):
+    archive = tmp_path / "big.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("shapes/circle/noise.png")
+        info.size = 3 * 10**6
+        tf.addfile(info, io.BytesIO(os.urandom(info.size)))
+    with pytest.raises(StageError, match=r"over the 2,000,000-byte cap \(ingest.max_unpacked_mb=2\)"):
+        extract(archive, tmp_path / "out", max_unpacked_mb=2)
+
+
+def test_zip_whose_headers_understate_the_size_is_refused(tmp_path):
+    """Sizes patched down in both the local and the central header: the data inflates to 30 MB."""
+    data = bytearray(zeros_zip(tmp_path / "honest.zip", 30).read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = data.index(signature) + offset
+        data[at:at + 4] = (1000).to_bytes(4, "little")
+    liar = tmp_path / "liar.zip"
+    liar.write_bytes(bytes(data))
+    with pytest.raises(StageError, match=r"liar.zip: damaged or unsupported archive \(BadZipFile: Bad CRC-32"):
+        extract(liar, tmp_path / "out")
+    assert sum(f.stat().st_size for f in (tmp_path / "out").rglob("*") if f.is_file()) <= 1000
+
+
+def test_sparse_tar_member_declaring_10_gb_is_refused(tmp_path):
+    """A 10 KB tar whose (PAX sparse) header makes tarfile write a 10 GB file."""
+    data = b"1\n0\n1\n".ljust(512, b"\0") + b"x"  # sparse map: one 1-byte region at offset 0
+    archive = tmp_path / "sparse.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("shapes/circle/big.png")
+        info.size = len(data)
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                            "GNU.sparse.name": info.name, "GNU.sparse.realsize": str(10**10)}
+        tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(StageError, match="declare 10,000,000,000 bytes unpacked"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "shapes").exists()
+
+
+def test_bytes_written_are_capped_even_when_headers_agree(tmp_path):
+    limit = sources.Limit(zeros_zip(tmp_path / "a.zip", 1), max_mb=1, max_ratio=10**6)
+    limit.add(999_999)
+    with pytest.raises(StageError, match="unpacking stopped after 1,000,001 bytes"):
+        limit.add(2)
+
+
+def test_free_space_is_checked_before_unpacking(tmp_path, monkeypatch):
+    archive = zeros_zip(tmp_path / "a.zip", 1)
+    monkeypatch.setattr(sources.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    with pytest.raises(StageError, match=r"needs 1,000,000 bytes but .* has 1,000 free \(set TMPDIR"):
+        extract(archive, tmp_path / "out", max_expansion_ratio=10**6)
+
+
+def test_damaged_archives_are_named(tmp_path):
+    half = zeros_zip(tmp_path / "half.zip", 1).read_bytes()
+    (tmp_path / "half.zip").write_bytes(half[:len(half) // 2])
+    with pytest.raises(StageError, match="half.zip is neither a folder, a .csv nor a readable .zip/.tar"):
+        extract(tmp_path / "half.zip", tmp_path / "out")
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("a.png")
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "9"}
+        tf.addfile(info)  # sparse, without its map: tarfile raises ValueError
+    (tmp_path / "bad.tar").write_bytes(tar.getvalue())
+    with pytest.raises(StageError, match=r"bad.tar: damaged or unsupported archive \(ValueError"):
+        extract(tmp_path / "bad.tar", tmp_path / "out")
 
 
 def test_missing_source_is_named(tmp_path):
@@ -211,7 +299,7 @@ def test_tar_link_pointing_outside_is_refused(tmp_path):
         info.type, info.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
         tf.addfile(info)
     with pytest.raises(StageError, match="unsafe archive member '../../../etc/passwd'"):
-        sources.extract(tpath, tmp_path / "out")
+        extract(tpath, tmp_path / "out")
 
 
 def test_scan_reports_file_system_oddities(shapes_dir, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """Backbones, preprocessing, head and the fine-tuning freeze rules, on tiny random models."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -51,6 +52,22 @@ def test_unknown_backbone_lists_valid_names():
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(StageError, match="no such file"):
         models.build_extractor(SimpleNamespace(**{**vars(BASE), "weights": str(tmp_path / "w.h5")}))
+
+
+@pytest.mark.parametrize("name, content", [
+    ("notes.weights.h5", b"these are not weights\n"),
+    ("other.weights.h5", None),  # a real weights file of another model
+    ("empty.keras", b""),
+])
+def test_unreadable_weights_file_is_named(tmp_path, name, content):
+    path = tmp_path / name
+    if content is None:
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save_weights(path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(StageError, match=f"base.weights '{re.escape(str(path))}' is not a readable Keras "
+                                         "weights file for MobileNetV2 without its top at 32 px"):
+        models.build_extractor(SimpleNamespace(**{**vars(BASE), "weights": str(path)}))
 
 
 def test_offline_imagenet_download_says_which_cache_file(tmp_path):

@@ -37,19 +37,39 @@ def test_default_params_are_valid():
     (lambda r: r["split"].update(strategy="random"), "split.strategy must be one of auto"),
     (lambda r: r["finetune"].update(learning_rate=0), "finetune.learning_rate must be > 0"),
     (lambda r: r["finetune"].pop("epochs"), "missing key 'finetune.epochs'"),
-    (lambda r: r["base"].update(image_size=16), "base.image_size must be >= 32"),
+    (lambda r: r["base"].update(image_size=16), "base.image_size must be in [32, 1024], got 16"),
     (lambda r: r["finetune"].update(online_augmentation="yes"), "finetune.online_augmentation must be bool"),
     (lambda r: r["finetune"].update(schedule="linear"), "finetune.schedule must be one of constant, cosine"),
     (lambda r: r["finetune"].update(warmup_epochs=10), "finetune.warmup_epochs must be < finetune.epochs"),
     (lambda r: r["train_head"].update(label_smoothing=1.0), "train_head.label_smoothing must be in [0, 1)"),
     (lambda r: r["class_weights"].update(mode="on"), "class_weights.mode must be one of auto, balanced, none"),
     (lambda r: r["class_weights"].update(auto_ratio=0.5), "class_weights.auto_ratio must be >= 1"),
-    (lambda r: r["export"].update(representative_images=0), "export.representative_images must be >= 1"),
+    (lambda r: r["export"].update(representative_images=0), "export.representative_images must be in [1, 10000]"),
     (lambda r: r.pop("seed"), "missing key 'seed'"),
+    (lambda r: r.update(seed=-1), "seed must be in [0, 4294967295], got -1"),
+    (lambda r: r.update(seed=2**32), "seed must be in [0, 4294967295], got 4294967296"),
+    (lambda r: r["finetune"].update(learning_rate=float("inf")), "finetune.learning_rate must be a finite number, got inf"),
+    (lambda r: r["train_head"].update(dropout=float("nan")), "train_head.dropout must be a finite number, got nan"),
+    (lambda r: r["split"].update(val_fraction=float("-inf")), "split.val_fraction must be a finite number"),
+    (lambda r: r["base"].update(image_size=100000), "base.image_size must be in [32, 1024], got 100000"),
+    (lambda r: r["extract"].update(batch_size=10**6), "extract.batch_size must be in [1, 1024]"),
+    (lambda r: r["finetune"].update(batch_size=4096), "finetune.batch_size must be in [1, 1024]"),
+    (lambda r: r["evaluate"].update(batch_size=4096), "evaluate.batch_size must be in [1, 1024]"),
+    (lambda r: r["train_head"].update(batch_size=10**6), "train_head.batch_size must be in [1, 65536]"),
+    (lambda r: r["augment"].update(copies=1000), "augment.copies must be in [0, 100]"),
+    (lambda r: r["base"].update(weights="weights.txt"), "base.weights must be imagenet, none or a Keras weights file"),
+    (lambda r: r["ingest"].update(max_expansion_ratio=0.5), "ingest.max_expansion_ratio must be >= 1"),
 ])
 def test_mistakes_are_named(edit, message):
     with pytest.raises(ParamsError, match=re.escape(message)):
         params.parse(broken(edit))
+
+
+def test_yaml_infinity_in_the_file_is_named(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text().replace("learning_rate: 1.0e-05", "learning_rate: .inf"))
+    with pytest.raises(ParamsError, match=re.escape("finetune.learning_rate must be a finite number, got inf")):
+        params.load(["finetune"], path)
 
 
 def test_int_is_accepted_for_float():
