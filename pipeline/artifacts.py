@@ -46,9 +46,17 @@ def run(main: Any) -> None:
     """Run a stage's ``main()``; a known error becomes a one-line message and exit 1, not a traceback."""
     try:
         main()
+    except FileNotFoundError as err:  # an input another stage makes, when a stage is run by hand
+        logging.getLogger("pipeline").error("%s", missing_input(err.filename or str(err)))
+        sys.exit(1)
     except (ParamsError, StageError) as err:
         logging.getLogger("pipeline").error("%s", err)
         sys.exit(1)
+
+
+def missing_input(path: Any) -> StageError:
+    return StageError(f"missing input {path}: `dvc repro` builds each stage's inputs first "
+                      "(or `dvc pull` fetches them)")
 
 
 def keras_cache_dir() -> Path:
@@ -76,12 +84,23 @@ def atomic_file(final: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Write strict JSON: a NaN or infinity (which json.dumps would write as bare NaN, invalid
+    for DVC and most readers) stops the stage instead."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError as err:
+        raise StageError(f"{path}: refusing to write a non-finite number ({err}); an earlier step "
+                         "produced NaN or infinity") from None
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise StageError(f"{path} is not valid JSON ({err}); rebuild it with `dvc repro --force` of the "
+                         "stage that writes it") from None
 
 
 @contextlib.contextmanager

@@ -51,7 +51,8 @@ def main() -> None:
     start_weights = model.get_weights()
     log.info("before fine-tuning: val accuracy %.4f, val loss %.4f", start_accuracy, start_loss)
 
-    with training.training_log(distribution.output_path(args.live, strategy), hp.patience, n_train, "Fine-tuning") as (live, callbacks):
+    with training.training_log(distribution.output_path(args.live, strategy), hp.patience, n_train, "Fine-tuning",
+                               "finetune.learning_rate", hp.learning_rate) as (live, callbacks):
         history = model.fit(train, validation_data=val, epochs=hp.epochs, shuffle=False,  # shuffled by tf.data
                             class_weight=weights, callbacks=callbacks, verbose=2)
         if min(history.history["val_loss"]) >= start_loss:

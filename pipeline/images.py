@@ -64,7 +64,10 @@ def inspect_image(path: Path) -> tuple[int, int]:
     """Fully decode ``path`` (so truncated files fail here, not in training); return (width, height)."""
     with warnings.catch_warnings():  # Pillow warns of large images at open; the limit below decides
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(path)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as err:  # past twice Pillow's limit: refused at open
+            raise ImageTooLarge(f"{err}; the limit is {MAX_DECODE_PIXELS:,} decoded pixels") from None
     with im:
         width, height = im.size
         im.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # decodes every byte, at low cost

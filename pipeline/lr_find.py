@@ -83,11 +83,14 @@ def range_test(model, batches, loss_fn, class_weights: np.ndarray, min_lr: float
         optimizer.learning_rate.assign(rate)
         average = SMOOTHING * average + (1 - SMOOTHING) * float(step(x, y))
         smoothed = average / (1 - SMOOTHING ** (i + 1))
+        if not math.isfinite(smoothed):  # kept out of the curve: JSON has no NaN or infinity
+            log.info("loss not finite at learning rate %.2e: stopping", rate)
+            break
         rates.append(rate), losses.append(smoothed)
         best = min(best, smoothed)
         if i % 10 == 0:
             log.info("step %d/%d: learning rate %.2e, loss %.4f", i + 1, steps, rate, smoothed)
-        if not math.isfinite(smoothed) or smoothed > DIVERGED * best:
+        if smoothed > DIVERGED * best:
             log.info("loss diverged at learning rate %.2e: stopping", rate)
             break
     return np.array(rates), np.array(losses)

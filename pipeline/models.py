@@ -223,4 +223,10 @@ def save(model: keras.Model, path: Path) -> None:
 
 def load(path: Path) -> keras.Model:
     """Load a saved model in safe mode: no Lambda layers, nothing unpickled."""
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    if not Path(path).is_file():
+        raise artifacts.missing_input(path)
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as err:  # zipfile, h5py and Keras each raise their own types for a bad file
+        raise StageError(f"{path} is not a readable Keras model ({type(err).__name__}: "
+                         f"{(str(err).strip().splitlines() or [''])[0][:300]})") from None

@@ -19,6 +19,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from pipeline import artifacts
+
 SHARD_SIZE = 1024
 JPEG_QUALITY = 95
 # Fixed input-pipeline parallelism instead of tf.data's autotuner. On a 2-core CPU the
@@ -73,7 +75,10 @@ def files(directory: Path | str, name: str) -> list[str]:
 
 def meta(directory: Path | str) -> dict:
     """The ``meta.json`` the augment stage writes beside the shards: image_size, counts, labels."""
-    with tf.io.gfile.GFile(_join(directory, "meta.json")) as f:
+    path = _join(directory, "meta.json")
+    if not tf.io.gfile.exists(path):
+        raise artifacts.missing_input(path)
+    with tf.io.gfile.GFile(path) as f:
         return json.load(f)
 
 

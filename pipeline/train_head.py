@@ -36,7 +36,8 @@ def main() -> None:
         training.compile_classifier(head, hp.learning_rate, hp.label_smoothing)
     batch = distribution.global_batch(hp.batch_size, strategy)
     live_dir = distribution.output_path(args.live, strategy)
-    with training.training_log(live_dir, hp.patience, len(x), "Head on cached features") as (live, callbacks):
+    with training.training_log(live_dir, hp.patience, len(x), "Head on cached features",
+                               "train_head.learning_rate", hp.learning_rate) as (live, callbacks):
         head.fit(x, y, batch_size=batch, epochs=hp.epochs, validation_data=val,
                  class_weight=weights, callbacks=callbacks, verbose=2)
         val_loss, val_accuracy = head.evaluate(*val, batch_size=batch, verbose=0)

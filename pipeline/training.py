@@ -111,17 +111,38 @@ class TrainingSpeed(keras.callbacks.Callback):
                                            epoch + 1, self.images, seconds, self.images / seconds)
 
 
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stop the stage (an error, so nothing is saved) once the loss is NaN or infinite: the
+    weights are ruined, and every later epoch and metric would be NaN too."""
+
+    def __init__(self, rate_key: str, rate: float):
+        super().__init__()
+        self.rate_key, self.rate = rate_key, rate
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "val_loss"):
+            self._check((logs or {}).get(key), f"in epoch {epoch + 1} ({key})")
+
+    def _check(self, value, where: str) -> None:
+        if value is not None and not np.isfinite(float(value)):
+            raise artifacts.StageError(
+                f"training diverged: the loss became {float(value)} {where}. Lower {self.rate_key} "
+                f"(now {self.rate:g}); nothing was written")
+
+
 @contextlib.contextmanager
-def training_log(directory: Path, patience: int, images_per_epoch: int,
-                 title: str) -> Iterator[tuple[Live, list]]:
+def training_log(directory: Path, patience: int, images_per_epoch: int, title: str,
+                 rate_key: str, rate: float) -> Iterator[tuple[Live, list]]:
     """Yield ``(live, callbacks)`` for ``fit``: DVCLive metrics and curves, early stopping on
-    validation loss that restores the best epoch, and a speed log. The curves are also
-    drawn to ``curves.png``. The log lands in ``directory`` atomically."""
+    validation loss that restores the best epoch, a stop on a non-finite loss that names
+    ``rate_key``, and a speed log. The curves are also drawn to ``curves.png``. The log lands
+    in ``directory`` atomically."""
     with artifacts.atomic_dir(directory) as tmp:
         live = Live(str(tmp), dvcyaml=None, save_dvc_exp=False)  # dvc.yaml declares the outputs
         stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
         history = keras.callbacks.History()
-        yield live, [stop, history, DVCLiveCallback(live=live), TrainingSpeed(images_per_epoch)]
+        yield live, [StopOnNonFinite(rate_key, rate), stop, history, DVCLiveCallback(live=live),
+                     TrainingSpeed(images_per_epoch)]
         live.make_summary()
         plots.training_curves(history.history, tmp / "curves.png", title)
 

@@ -182,6 +182,21 @@ def test_invalid_param_stops_the_stage_naming_the_key(project):
     project.set_param("finetune.epochs", 1)
 
 
+def test_diverging_training_stops_the_stage_and_writes_nothing(project):
+    rate = project.params()["train_head"]["learning_rate"]
+    project.set_param("train_head.learning_rate", 1e38)  # finite, but Adam's first steps overflow
+    out = project.run("dvc", "repro", "train_head", check=False)
+    project.set_param("train_head.learning_rate", rate)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0 and "Traceback" not in log
+    assert "training diverged: the loss became nan in epoch 1 (loss). Lower train_head.learning_rate " \
+           "(now 1e+38); nothing was written" in log
+    assert not (project.path / "models" / "head.keras").exists()  # DVC removed it before the run
+    assert [p.name for d in ("reports", "models") for p in (project.path / d).glob(".*tmp-*")] == []
+    assert project.repro() == []  # the last good head and its log come back from DVC's run cache
+    assert project.changed_stages() == set()
+
+
 def test_same_seed_same_bytes_in_another_directory(first_run, dataset, tmp_path):
     _, expected = first_run
     again = tiny_project(tmp_path / "again", dataset)

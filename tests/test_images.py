@@ -89,6 +89,9 @@ def test_images_that_would_decode_too_large_are_refused_before_decoding(tmp_path
     png_header_only(tmp_path / "bomb.png", 13000, 13000)  # 169 megapixels: below Pillow's own bomb limit
     with pytest.raises(images.ImageTooLarge, match="13000x13000 pixels; the limit is 40,000,000"):
         images.inspect_image(tmp_path / "bomb.png")
+    png_header_only(tmp_path / "huge.png", 60000, 60000)  # past twice Pillow's limit: Pillow refuses at open
+    with pytest.raises(images.ImageTooLarge, match="3600000000 pixels.*the limit is 40,000,000"):
+        images.inspect_image(tmp_path / "huge.png")
     Image.new("RGB", (9000, 7000), (30, 30, 200)).save(tmp_path / "big.jpg", quality=50)
     assert images.inspect_image(tmp_path / "big.jpg") == (9000, 7000)  # a JPEG decodes at 1/8 scale
 
