@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.artifacts import StageError
+
 CHUNK = 256  # images decoded at a time: bounds memory for big folders
 
 
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = inference.read_labels(find_labels(args.model, args.labels, inference.LABELS_FILE))
     try:
         classifier = inference.load(args.model)
-    except ValueError as err:
+    except (ValueError, StageError) as err:  # StageError: a .keras file that does not load
         parser.error(str(err))
     results = []
     for start in range(0, len(files), CHUNK):

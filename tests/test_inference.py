@@ -102,6 +102,11 @@ def test_predict_fails_only_when_nothing_could_be_classified(exported, tmp_path,
     with pytest.raises(SystemExit):  # argparse: nothing matched
         predict.main([str(exported / "model.keras"), str(tmp_path / "*.none")])
     assert "no image files to classify" in capsys.readouterr().err
+    (tmp_path / "model.keras").write_bytes(b"not a model")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "model.keras"), str(exported / "labels.txt")])
+    assert f"{tmp_path / 'model.keras'} is not a readable Keras model" in capsys.readouterr().err
 
 
 def test_a_failed_conversion_names_the_file_and_the_reason(exported, tmp_path, monkeypatch):
