@@ -169,7 +169,7 @@ def test_mirrored_strategy_on_two_logical_cpus_through_dvc(project):
     assert log.count("distribution: MirroredStrategy, 2 replica(s) in sync") == 2, log[-3000:]
     assert 0 <= project.metrics()["finetune"]["accuracy"] <= 1
     project.set_param("distribution.strategy", "single")
-    project.repro()  # the single-device results come back from DVC's run cache
+    project.repro()  # trains again on one device: no run cache for stages with `cache: false` outputs
     assert project.changed_stages() == set()
 
 
@@ -193,7 +193,8 @@ def test_diverging_training_stops_the_stage_and_writes_nothing(project):
            "(now 1e+38); nothing was written" in log
     assert not (project.path / "models" / "head.keras").exists()  # DVC removed it before the run
     assert [p.name for d in ("reports", "models") for p in (project.path / d).glob(".*tmp-*")] == []
-    assert project.repro() == []  # the last good head and its log come back from DVC's run cache
+    # DVC's run cache cannot restore a stage with `cache: false` outputs (its DVCLive log): it reruns
+    assert project.repro()[0] == "train_head"
     assert project.changed_stages() == set()
 
 
