@@ -6,7 +6,9 @@ a Lambda, so saved files load in Keras' safe mode).
 """
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -219,6 +221,28 @@ def save(model: keras.Model, path: Path) -> None:
     and training loss (a fresh functional model over the same layers is never compiled)."""
     with artifacts.atomic_file(path) as tmp:
         keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
+        _fix_timestamps(tmp)
+
+
+# What `_fix_timestamps` writes for the save time: the reproducible-builds convention, as DVC
+# compares files by content and git already dates every version.
+FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def _fix_timestamps(path: Path) -> None:
+    """Rewrite a ``.keras`` zip without its save time (``metadata.json``'s ``date_saved`` and the
+    members' zip dates), so the same weights give the same bytes and DVC sees no change."""
+    with zipfile.ZipFile(path) as zf:
+        members = [(info, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(path, "w") as zf:
+        for info, data in members:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta["date_saved"] = "{:04d}-{:02d}-{:02d}@{:02d}:{:02d}:{:02d}".format(*FIXED_DATE_TIME)
+                data = json.dumps(meta).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_DATE_TIME)
+            fixed.external_attr = info.external_attr
+            zf.writestr(fixed, data, compress_type=info.compress_type)
 
 
 def load(path: Path) -> keras.Model:

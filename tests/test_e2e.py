@@ -17,7 +17,8 @@ from project import BIN, Project
 from shapes import make_dataset
 from tiny_run import tiny_project
 
-ARTIFACTS = ("data/split", "data/augmented", "data/features", "reports/metrics.json", "reports/ingest.json")
+ARTIFACTS = ("data/split", "data/augmented", "data/features", "models/extractor.keras", "models/head.keras",
+             "models/model.keras", "reports/metrics.json", "reports/ingest.json")
 
 def digests(root: Path) -> dict[str, str]:
     """sha256 of every file under the reproducible artifacts, by relative path."""
