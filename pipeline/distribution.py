@@ -34,6 +34,7 @@ STRATEGIES = ("single", "auto", "mirrored", "multi_worker")
 # cannot reduce (keras-team/keras#20585, tensorflow/tensorflow#72388): fit fails on the
 # first step. tests/test_distribution.py runs two real workers and fails once that is fixed.
 MULTI_WORKER_FIT_WORKS = False
+PATCHED_KERAS = "3.15.1"  # the Keras whose private trainer method _build_from_one_replica replaces
 
 
 def strategy(name: str) -> tf.distribute.Strategy:
@@ -97,8 +98,19 @@ def _build_from_one_replica() -> None:
     on two replicas of 16 ("Inputs to operation AddN must have the same size and shape",
     keras-team/keras#19246). Only the batch's shapes and dtypes matter there, so build from
     the first replica's part instead. Keras is pinned; tests/test_distribution.py and the
-    e2e mirrored run exercise this."""
+    e2e mirrored run exercise this. The patch replaces a private method, so it is applied only
+    to the Keras version it was written against."""
+    import inspect
+
+    import keras
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    original = getattr(TensorFlowTrainer, "_maybe_symbolic_build", None)
+    if keras.__version__ != PATCHED_KERAS or original is None or \
+            list(inspect.signature(original).parameters) != ["self", "iterator", "data_batch"]:
+        raise StageError(f"distribution.strategy with 2+ replicas needs a patch written for Keras {PATCHED_KERAS} "
+                         f"(pipeline/distribution.py, keras-team/keras#19246); this is Keras {keras.__version__}. "
+                         "Check whether that Keras fixes the bug, then update or drop the patch and PATCHED_KERAS")
 
     def build(self, iterator=None, data_batch=None):
         if self._distribute_strategy is None:

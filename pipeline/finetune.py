@@ -13,12 +13,30 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 from pipeline import artifacts, distribution, models, params, shards, training
 
 PARAMS = ["finetune", "class_weights", "distribution", "augment.flip", "augment.rotation", "augment.zoom",
           "augment.translation", "augment.contrast", "seed"]
 log = logging.getLogger("pipeline.finetune")
+
+
+def unfrozen_model(extractor: Path, head: Path, unfreeze_layers: int):
+    """Preprocessing, backbone and trained head as one model, the backbone's top layers unfrozen
+    (BatchNorm excluded). Call it in the distribution strategy's scope."""
+    model = models.assemble(models.load(extractor), models.load(head))
+    backbone = models.backbone_of(model)
+    n_trainable = models.unfreeze_top(backbone, unfreeze_layers)
+    log.info("%s: top %d of %d layers unfrozen (%d with weights, BatchNorm excluded)", backbone.name,
+             min(unfreeze_layers, len(backbone.layers)), len(backbone.layers), n_trainable)
+    return model
+
+
+def training_batches(augmented: Path, p, batch: int):
+    """The shuffled training batches, through the augment.* transforms if finetune.online_augmentation."""
+    transform = models.online_augmentation(p.augment, p.seed) if p.finetune.online_augmentation else None
+    return shards.dataset(augmented, "train", batch, shuffle_seed=p.seed, transform=transform)
 
 
 def main() -> None:
@@ -28,11 +46,7 @@ def main() -> None:
     strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
     models.set_seed(p.seed)
     with strategy.scope():  # the variables live on every replica
-        model = models.assemble(models.load(args.extractor), models.load(args.head))
-        backbone = models.backbone_of(model)
-        n_trainable = models.unfreeze_top(backbone, hp.unfreeze_layers)
-    log.info("%s: top %d of %d layers unfrozen (%d with weights, BatchNorm excluded)", backbone.name,
-             min(hp.unfreeze_layers, len(backbone.layers)), len(backbone.layers), n_trainable)
+        model = unfrozen_model(args.extractor, args.head, hp.unfreeze_layers)
     meta = shards.meta(args.augmented)
     n_train = meta["counts"]["train"]
     batch = distribution.global_batch(hp.batch_size, strategy)
@@ -44,8 +58,7 @@ def main() -> None:
     with strategy.scope():
         training.compile_classifier(model, rate, hp.label_smoothing)
 
-    transform = models.online_augmentation(p.augment, p.seed) if hp.online_augmentation else None
-    train = shards.dataset(args.augmented, "train", batch, shuffle_seed=p.seed, transform=transform)
+    train = training_batches(args.augmented, p, batch)
     val = shards.dataset(args.augmented, "val", batch)
     start_loss, start_accuracy = model.evaluate(val, verbose=0)
     start_weights = model.get_weights()

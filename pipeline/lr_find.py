@@ -5,8 +5,8 @@ cached features) or of fine-tuning (on the training images, with the
 unfrozen layers, class weights and label smoothing the params give) whose
 learning rate grows exponentially from ``--min-lr`` to ``--max-lr``, one step
 at a time. The smoothed training loss falls while the rate is useful and
-explodes once it is too high; the suggestion is the rate at the lowest loss
-the rate at which the loss starts to climb, divided by 10 (see ``suggest``). Writes a plot of
+explodes once it is too high; the suggestion is a tenth of the rate at which
+the loss starts to climb past its lowest (see ``suggest``). Writes a plot of
 loss against rate and the numbers as JSON beside the stage's DVCLive folder,
 and prints the ``dvc exp run`` line that tries the suggestion. Inputs come from
 the stage's command in dvc.yaml, params from params.yaml, so it sees exactly
@@ -110,11 +110,11 @@ def setup(stage: str, paths: dict[str, Path], p) -> tuple:
         batches = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=p.seed).repeat().batch(hp.batch_size)
         return (models.build_head(x, len(labels), hp.hidden_units, hp.dropout), batches, labels,
                 np.bincount(y, minlength=len(labels)))
-    model = models.assemble(models.load(paths["extractor"]), models.load(paths["head"]))
-    models.unfreeze_top(models.backbone_of(model), hp.unfreeze_layers)
+    from pipeline import finetune  # the stage's own set-up, so the test sees what it would
+
+    model = finetune.unfrozen_model(paths["extractor"], paths["head"], hp.unfreeze_layers)
     meta = shards.meta(paths["augmented"])
-    transform = models.online_augmentation(p.augment, p.seed) if hp.online_augmentation else None
-    batches = shards.dataset(paths["augmented"], "train", hp.batch_size, shuffle_seed=p.seed, transform=transform)
+    batches = finetune.training_batches(paths["augmented"], p, hp.batch_size)
     return model, batches.repeat(), meta["labels"], meta["class_counts"]["train"]
 
 

@@ -51,7 +51,7 @@ log = logging.getLogger("pipeline.sources")
 def open_source(source: str, p: SimpleNamespace) -> Iterator[tuple[Path, list[dict], list[dict]]]:
     """Yield ``(root, candidates, skipped)`` for ``source`` read with the ``ingest.*`` params ``p``."""
     with contextlib.ExitStack() as stack:
-        csv_path = p.labels_csv
+        csv_path, csv_is_source = p.labels_csv, False
         if source.startswith("keras:"):
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ingest-")))
             write_keras_dataset(source[len("keras:"):], folder)
@@ -61,7 +61,7 @@ def open_source(source: str, p: SimpleNamespace) -> Iterator[tuple[Path, list[di
                 raise StageError(f"source {source!r} does not exist (resolved to {path.resolve()}). Fetch the "
                                  f"tracked data with `dvc pull`, or put images there and `dvc add {source}`")
             if path.suffix.lower() == ".csv":  # a labels CSV beside (or above) its images
-                folder, csv_path = path.parent, path.name
+                folder, csv_path, csv_is_source = path.parent, path.name, True
             elif path.is_dir():
                 folder = path
             else:
@@ -69,7 +69,7 @@ def open_source(source: str, p: SimpleNamespace) -> Iterator[tuple[Path, list[di
                 log.info("unpacking %s", path)
                 extract(path, folder, p.max_unpacked_mb, p.max_expansion_ratio)
         if csv_path:
-            base = folder if csv_path is not p.labels_csv else dataset_root(folder)
+            base = folder if csv_is_source else dataset_root(folder)
             csv_file = base / csv_path
             if not csv_file.is_file():
                 raise StageError(f"ingest.labels_csv {csv_path!r} not found in {base}")

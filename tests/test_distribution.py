@@ -100,6 +100,14 @@ def test_multi_worker_stops_with_the_upstream_reason_until_keras_fit_supports_it
         distribution.strategy("multi_worker")
 
 
+def test_the_keras_patch_refuses_a_keras_it_was_not_written_for(monkeypatch):
+    import keras
+
+    monkeypatch.setattr(keras, "__version__", "3.99.0")
+    with pytest.raises(StageError, match=r"patch written for Keras 3.15.1 .* this is Keras 3.99.0"):
+        distribution._build_from_one_replica()
+
+
 def test_the_chief_is_the_chief_task_or_else_worker_zero():
     workers = {"worker": ["a:1", "b:1"]}
     assert distribution.is_chief_task("worker", 0, workers)
