@@ -168,7 +168,13 @@ def _untar(archive: Path, dest: Path, limit: Limit) -> None:
                 limit.add(member.size)
             return member
 
-        tf.extractall(dest, members=regular, filter=counted)
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(dest, members=regular, filter=counted)
+        else:  # Python < 3.11.4 has no extraction filters; names and link targets were checked above
+            for member in regular:
+                if member.isfile():
+                    limit.add(member.size)
+            tf.extractall(dest, members=regular)
 
 
 class Limit:
