@@ -4,7 +4,7 @@
   auto          MirroredStrategy over every local GPU when there are two or more, else single
   mirrored      MirroredStrategy over every local GPU, or over the logical CPUs if there is none
   multi_worker  MultiWorkerMirroredStrategy: every machine runs the same stage command with its
-                own TF_CONFIG (README, "Beyond one machine"); worker 0 (or the chief) writes
+                own TF_CONFIG (docs/scaling.md); worker 0 (or the chief) writes
                 the outputs, the others write to a temporary folder that is thrown away.
                 Blocked for now: Keras 3's Model.fit fails under this strategy
                 (keras-team/keras#20585, open; tests/test_distribution.py notices the fix)
@@ -43,7 +43,7 @@ def strategy(name: str) -> tf.distribute.Strategy:
     if name == "multi_worker":  # first: collective ops must be configured before the runtime starts
         if "TF_CONFIG" not in os.environ:
             raise StageError("distribution.strategy multi_worker needs the TF_CONFIG environment variable "
-                             "(the cluster's workers and this one's index; README, 'Beyond one machine')")
+                             "(the cluster's workers and this one's index; docs/scaling.md)")
         try:
             json.loads(os.environ["TF_CONFIG"])
         except ValueError as err:

@@ -126,7 +126,7 @@ def free_port() -> int:
 @pytest.mark.xfail(strict=True, reason="keras-team/keras#20585: Keras 3's fit fails under "
                    "MultiWorkerMirroredStrategy. When this passes, set distribution.MULTI_WORKER_FIT_WORKS")
 def test_two_workers_train_with_keras_fit():
-    """Two real workers on this machine, as the README's TF_CONFIG example sets them up."""
+    """Two real workers on this machine, as docs/scaling.md's TF_CONFIG example sets them up."""
     script = TRAIN.replace("distribution.strategy(sys.argv[1])", "__import__('tensorflow').distribute."
                            "MultiWorkerMirroredStrategy()")
     cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
