@@ -9,6 +9,7 @@ and the DVC dependencies honest (see tests/test_contract.py).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
@@ -42,155 +43,139 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               list("-+0123456789"))
 
 
+def param(doc: str, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+          high_open: bool = False, choices: tuple[str, ...] | None = None) -> Any:
+    """A params.yaml key's one declaration: its type is the field's annotation, its value lives in
+    params.yaml, and validation, the docs' table (``python -m pipeline.params``) and the checks of
+    ``tests/test_params.py`` all read this."""
+    return dataclasses.field(metadata={"doc": doc, "low": low, "high": high, "low_open": low_open,
+                                       "high_open": high_open, "choices": choices})
+
+
 @dataclasses.dataclass(frozen=True)
 class Ingest:
     """How to read the source (its path is in dvc.yaml: a DVC-tracked folder or archive)."""
-    labels_csv: Optional[str]  # CSV inside the source giving each image's label
-    image_dir: Optional[str]  # folder the CSV's image paths are relative to (default: the CSV's)
-    csv_image_column: str  # relative path, or file name without extension
-    csv_label_column: str
-    csv_split_column: Optional[str]  # optional train / validation (val) / test column
-    max_unpacked_mb: float  # an archive source may unpack to at most this many megabytes...
-    max_expansion_ratio: float  # ...and to at most this many times its own size
-
-    def check(self) -> list[str]:
-        return _at_least("ingest.max_unpacked_mb", self.max_unpacked_mb, 1) + _at_least(
-            "ingest.max_expansion_ratio", self.max_expansion_ratio, 1)
+    labels_csv: Optional[str] = param("path of a labels CSV inside `data/images` (folder or archive); "
+                                      "`null` to use class folders")
+    image_dir: Optional[str] = param("folder the CSV's image paths are relative to, relative to the CSV; "
+                                     "`null` for the CSV's own folder")
+    csv_image_column: str = param("CSV column holding the image path, or the file name without extension")
+    csv_label_column: str = param("CSV column holding the label")
+    csv_split_column: Optional[str] = param("optional CSV column holding `train` / `validation` / `test`; "
+                                            "`null` for none")
+    max_unpacked_mb: float = param("an archive source may unpack to at most this many megabytes (checked on "
+                                   "its headers, then on the bytes written)", low=1)
+    max_expansion_ratio: float = param("...and to at most this many times its own size: photos barely "
+                                       "compress, so more is an archive bomb", low=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    strategy: str  # auto | predefined | stratified
-    val_fraction: float
-    test_fraction: float
-    drop_labels: list[str]  # e.g. ["not sure"]
-    merge_labels: dict[str, str]  # {old label: new label}
-    min_images_per_class: int  # fewer (after dropping and merging) makes a small class
-    small_classes: str  # drop (with a warning) | merge (into "other") | fail
+    strategy: str = param("`auto`: the source's own train / validation / test folders if present, else "
+                          "stratified", choices=("auto", "predefined", "stratified"))
+    val_fraction: float = param("share of all images for validation when the split is made here",
+                                low=0, high=1, low_open=True, high_open=True)
+    test_fraction: float = param("share of all images for test when the split is made here; the two "
+                                 "fractions sum to < 1", low=0, high=1, low_open=True, high_open=True)
+    drop_labels: list[str] = param('list of labels to leave out, e.g. `["not sure"]`')
+    merge_labels: dict[str, str] = param('mapping of labels to rename or merge, e.g. `{"t-shirt": "shirt"}`')
+    min_images_per_class: int = param("classes with fewer images (after dropping and merging) are small", low=1)
+    small_classes: str = param("small classes are dropped (with a warning), merged into `other`, or fail "
+                               "the stage (an error naming them)", choices=("drop", "merge", "fail"))
 
     def check(self) -> list[str]:
-        errors = _one_of("split.strategy", self.strategy, ("auto", "predefined", "stratified"))
-        errors += _between("split.val_fraction", self.val_fraction, 0, 1, low_open=True)
-        errors += _between("split.test_fraction", self.test_fraction, 0, 1, low_open=True)
         if self.val_fraction + self.test_fraction >= 1:
-            errors.append("split.val_fraction + split.test_fraction must be < 1 "
-                          f"(got {self.val_fraction + self.test_fraction:g})")
-        errors += _at_least("split.min_images_per_class", self.min_images_per_class, 1)
-        return errors + _one_of("split.small_classes", self.small_classes, ("drop", "merge", "fail"))
+            return ["split.val_fraction + split.test_fraction must be < 1 "
+                    f"(got {self.val_fraction + self.test_fraction:g})"]
+        return []
 
 
 @dataclasses.dataclass(frozen=True)
 class Base:
-    backbone: str  # any keras.applications model name, e.g. MobileNetV2
-    weights: str  # imagenet | none | path to a weights file
-    image_size: int
-    pooling: str  # avg | max
+    backbone: str = param("`keras.applications` model name, e.g. `MobileNetV2`")
+    weights: str = param("`imagenet`, `none` (random initialisation), or a path to a Keras weights file "
+                         "(`.keras`, `.weights.h5`, `.h5`) for this backbone without its top")
+    image_size: int = param("input size in pixels (square)", low=32, high=MAX_IMAGE_SIZE)
+    pooling: str = param("how the backbone's last feature map becomes one vector", choices=("avg", "max"))
 
     def check(self) -> list[str]:
-        errors = _in_range("base.image_size", self.image_size, 32, MAX_IMAGE_SIZE)
         if self.weights not in ("imagenet", "none") and not self.weights.endswith(WEIGHTS_SUFFIXES):
-            errors.append(f"base.weights must be imagenet, none or a Keras weights file "
-                          f"({' / '.join(WEIGHTS_SUFFIXES)}), got {self.weights!r}")
-        return errors + _one_of("base.pooling", self.pooling, ("avg", "max"))
+            return [f"base.weights must be imagenet, none or a Keras weights file "
+                    f"({' / '.join(WEIGHTS_SUFFIXES)}), got {self.weights!r}"]
+        return []
 
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    copies: int  # augmented variants per training image, besides the original
-    flip: str  # none | horizontal | vertical | horizontal_and_vertical
-    rotation: float  # fraction of a full turn, as keras.layers.RandomRotation
-    zoom: float
-    translation: float
-    contrast: float
-
-    def check(self) -> list[str]:
-        errors = _in_range("augment.copies", self.copies, 0, 100)
-        errors += _one_of("augment.flip", self.flip,
-                          ("none", "horizontal", "vertical", "horizontal_and_vertical"))
-        for name in ("rotation", "zoom", "translation", "contrast"):
-            errors += _between(f"augment.{name}", getattr(self, name), 0, 1)
-        return errors
+    copies: int = param("augmented variants written per training image, besides the original (0 for none)",
+                        low=0, high=100)
+    flip: str = param("random flips", choices=("none", "horizontal", "vertical", "horizontal_and_vertical"))
+    rotation: float = param("maximum rotation as a fraction of a full turn (0.05 = 18 degrees)",
+                            low=0, high=1, high_open=True)
+    zoom: float = param("maximum zoom in or out, as a fraction of the size", low=0, high=1, high_open=True)
+    translation: float = param("maximum shift, as a fraction of the size", low=0, high=1, high_open=True)
+    contrast: float = param("maximum contrast change factor", low=0, high=1, high_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class Extract:
-    batch_size: int
-
-    def check(self) -> list[str]:
-        return _in_range("extract.batch_size", self.batch_size, 1, MAX_IMAGE_BATCH)
+    batch_size: int = param("images per batch through the backbone (bounds memory)", low=1, high=MAX_IMAGE_BATCH)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainHead:
-    hidden_units: int  # 0: a linear classifier on the features
-    dropout: float
-    learning_rate: float
-    epochs: int
-    batch_size: int
-    patience: int  # early stopping on validation loss
-    label_smoothing: float  # share of each target spread over all classes (0: none)
-
-    def check(self) -> list[str]:
-        return _training_checks("train_head", self, MAX_FEATURE_BATCH) + _in_range(
-            "train_head.hidden_units", self.hidden_units, 0, 65536) + _between(
-            "train_head.dropout", self.dropout, 0, 1)
+    hidden_units: int = param("units of a hidden ReLU layer in the head; 0 for a linear classifier",
+                              low=0, high=65536)
+    dropout: float = param("dropout rate before (and after) the hidden layer", low=0, high=1, high_open=True)
+    learning_rate: float = param("Adam learning rate for the head", low=0, low_open=True)
+    epochs: int = param("maximum epochs over the cached features", low=1)
+    batch_size: int = param("feature vectors per batch, per device", low=1, high=MAX_FEATURE_BATCH)
+    patience: int = param("epochs without a lower validation loss before stopping (best epoch kept)", low=0)
+    label_smoothing: float = param("share of each target spread over all classes", low=0, high=1, high_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class Finetune:
-    unfreeze_layers: int  # how many of the backbone's top layers to train
-    learning_rate: float
-    epochs: int
-    batch_size: int
-    patience: int
-    online_augmentation: bool  # apply the augment.* transforms on the fly
-    schedule: str  # constant | cosine (decay to zero over finetune.epochs)
-    warmup_epochs: float  # linear warm-up from 0 to learning_rate over this many epochs
-    label_smoothing: float
+    unfreeze_layers: int = param("how many of the backbone's top layers to train; BatchNorm layers among "
+                                 "them stay frozen", low=0)
+    learning_rate: float = param("Adam learning rate for fine-tuning; keep it low (about 1e-5)", low=0, low_open=True)
+    epochs: int = param("maximum epochs over the training images", low=1)
+    batch_size: int = param("images per batch, per device", low=1, high=MAX_IMAGE_BATCH)
+    patience: int = param("epochs without a lower validation loss before stopping (best epoch kept)", low=0)
+    online_augmentation: bool = param("also apply the `augment.*` transforms on the fly while fine-tuning")
+    schedule: str = param("`cosine` decays to 0 over `finetune.epochs`", choices=("constant", "cosine"))
+    warmup_epochs: float = param("linear warm-up from 0 to `finetune.learning_rate` over this many epochs "
+                                 "(0: none; may be fractional), less than `finetune.epochs`", low=0)
+    label_smoothing: float = param("share of each target spread over all classes", low=0, high=1, high_open=True)
 
     def check(self) -> list[str]:
-        errors = _training_checks("finetune", self, MAX_IMAGE_BATCH) + _at_least(
-            "finetune.unfreeze_layers", self.unfreeze_layers, 0)
-        errors += _one_of("finetune.schedule", self.schedule, ("constant", "cosine"))
-        errors += _at_least("finetune.warmup_epochs", self.warmup_epochs, 0)
         if self.warmup_epochs >= self.epochs:
-            errors.append(f"finetune.warmup_epochs must be < finetune.epochs ({self.epochs}), "
-                          f"got {self.warmup_epochs}")
-        return errors
+            return [f"finetune.warmup_epochs must be < finetune.epochs ({self.epochs}), got {self.warmup_epochs}"]
+        return []
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassWeights:
-    mode: str  # auto | balanced | none
-    auto_ratio: float  # auto: balanced once the largest class has this many times the smallest's images
-
-    def check(self) -> list[str]:
-        return _one_of("class_weights.mode", self.mode, ("auto", "balanced", "none")) + _at_least(
-            "class_weights.auto_ratio", self.auto_ratio, 1)
+    mode: str = param("`auto`: balanced once the classes differ by `auto_ratio`; for the head and fine-tuning",
+                      choices=("auto", "balanced", "none"))
+    auto_ratio: float = param("largest / smallest training class at which `auto` weights the classes", low=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class Evaluate:
-    batch_size: int
-
-    def check(self) -> list[str]:
-        return _in_range("evaluate.batch_size", self.batch_size, 1, MAX_IMAGE_BATCH)
+    batch_size: int = param("batch size for scoring the test split (evaluate and export)", low=1, high=MAX_IMAGE_BATCH)
 
 
 @dataclasses.dataclass(frozen=True)
 class Export:
-    representative_images: int  # training images that calibrate the int8 TFLite model
-
-    def check(self) -> list[str]:
-        return _in_range("export.representative_images", self.representative_images, 1, 10_000)
+    representative_images: int = param("training images (seeded sample) that calibrate the int8 TFLite model",
+                                       low=1, high=10_000)
 
 
 @dataclasses.dataclass(frozen=True)
 class Distribution:
-    strategy: str  # single | auto | mirrored | multi_worker (pipeline/distribution.py)
-
-    def check(self) -> list[str]:
-        return _one_of("distribution.strategy", self.strategy, ("single", "auto", "mirrored", "multi_worker"))
+    strategy: str = param("where `train_head` and `finetune` run ([Beyond one machine](scaling.md))",
+                          choices=("single", "auto", "mirrored", "multi_worker"))
 
 
 SECTIONS: dict[str, type] = {
@@ -198,7 +183,8 @@ SECTIONS: dict[str, type] = {
     "class_weights": ClassWeights, "distribution": Distribution, "train_head": TrainHead, "finetune": Finetune,
     "evaluate": Evaluate, "export": Export,
 }
-TOP_LEVEL = {"seed": int}  # in [0, 2**32): what numpy's and TensorFlow's seeds take
+TOP_LEVEL = {"seed": (int, param("the one seed for every random step: split, augmentation, weight init, "
+                                  "shuffling, dropout", low=0, high=2**32 - 1))}  # what numpy and TF take
 
 
 def all_keys() -> list[str]:
@@ -230,11 +216,11 @@ def parse(raw: Any) -> dict[str, Any]:
     allowed = set(TOP_LEVEL) | set(SECTIONS)
     for key in sorted(set(raw) - allowed, key=str):
         errors.append(f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
-    for key, typ in TOP_LEVEL.items():
+    for key, (typ, declared) in TOP_LEVEL.items():
         if key not in raw:
             errors.append(f"missing key {key!r}")
         else:
-            errors += _type_errors(key, raw[key], typ) or _in_range(key, raw[key], 0, 2**32 - 1)
+            errors += _type_errors(key, raw[key], typ) or _value_errors(key, raw[key], declared.metadata)
             parsed[key] = raw[key]
     for name, cls in SECTIONS.items():
         section = raw.get(name)
@@ -246,7 +232,8 @@ def parse(raw: Any) -> dict[str, Any]:
         errors += section_errors
         if not section_errors:
             parsed[name] = cls(**values)
-            errors += parsed[name].check()
+            if hasattr(cls, "check"):  # rules across keys, which one key's declaration cannot state
+                errors += parsed[name].check()
     if errors:
         raise ParamsError(f"invalid {PARAMS_FILE}:\n  - " + "\n  - ".join(errors))
     return parsed
@@ -276,7 +263,8 @@ def load(keys: Iterable[str], path: str | Path = PARAMS_FILE) -> types.SimpleNam
 
 def _parse_section(name: str, cls: type, section: dict) -> tuple[list[str], dict]:
     hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
+    declared = {f.name: f.metadata for f in dataclasses.fields(cls)}
+    fields = list(declared)
     errors = [f"unknown key '{name}.{k}' (allowed: {', '.join(fields)})"
               for k in section if k not in fields]
     values = {}
@@ -288,7 +276,7 @@ def _parse_section(name: str, cls: type, section: dict) -> tuple[list[str], dict
         value = section[field_name]
         if hints[field_name] is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # YAML writes 1 for 1.0
-        errors += _type_errors(key, value, hints[field_name])
+        errors += _type_errors(key, value, hints[field_name]) or _value_errors(key, value, declared[field_name])
         values[field_name] = value
     return errors, values
 
@@ -315,27 +303,68 @@ def _type_errors(key: str, value: Any, typ: Any) -> list[str]:
     return [f"{key} must be {typ.__name__}{' or null' if optional else ''}, got {shown}"]
 
 
-def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> list[str]:
-    return [] if value in allowed else [f"{key} must be one of {', '.join(allowed)}; got {value!r}"]
+def _value_errors(key: str, value: Any, meta: dict) -> list[str]:
+    """The declared choices and bounds (see ``param``) that ``value`` breaks."""
+    if meta["choices"] and value not in meta["choices"]:
+        return [f"{key} must be one of {', '.join(meta['choices'])}; got {value!r}"]
+    low, high = meta["low"], meta["high"]
+    if low is None or value is None:
+        return []
+    ok = (low < value if meta["low_open"] else low <= value) and (
+        high is None or (value < high if meta["high_open"] else value <= high))
+    return [] if ok else [f"{key} must be {allowed(meta)}, got {value}"]
 
 
-def _at_least(key: str, value: float, low: float) -> list[str]:
-    return [] if value >= low else [f"{key} must be >= {low}, got {value}"]
+def allowed(meta: dict) -> str:
+    """The declared choices or bounds as words: ``one of a, b``, ``>= 1``, ``in (0, 1)``."""
+    if meta["choices"]:
+        return "one of " + ", ".join(meta["choices"])
+    low, high = meta["low"], meta["high"]
+    if low is None:
+        return ""
+    if high is None:
+        return f"{'>' if meta['low_open'] else '>='} {low}"
+    return f"in {'(' if meta['low_open'] else '['}{low}, {high}{')' if meta['high_open'] else ']'}"
 
 
-def _in_range(key: str, value: float, low: float, high: float) -> list[str]:
-    return [] if low <= value <= high else [f"{key} must be in [{low}, {high}], got {value}"]
+def declarations() -> list[tuple[str, Any, dict]]:
+    """``(dotted key, type, metadata)`` for every params.yaml key, in declaration order."""
+    out = [(key, typ, field.metadata) for key, (typ, field) in TOP_LEVEL.items()]
+    for name, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        out += [(f"{name}.{f.name}", hints[f.name], f.metadata) for f in dataclasses.fields(cls)]
+    return out
 
 
-def _between(key: str, value: float, low: float, high: float, low_open: bool = False) -> list[str]:
-    ok = (low < value if low_open else low <= value) and value < high
-    bracket = "(" if low_open else "["
-    return [] if ok else [f"{key} must be in {bracket}{low}, {high}), got {value}"]
+def markdown_table() -> str:
+    """The docs' table of every key, from the declarations (the values themselves are params.yaml's)."""
+    rows = ["| key | type | meaning | allowed |", "|---|---|---|---|"]
+    for key, typ, meta in declarations():
+        rows.append(f"| `{key}` | {_type_name(typ)} | {meta['doc']} | {allowed(meta)} |")
+    return "\n".join(rows) + "\n"
 
 
-def _training_checks(section: str, p: Any, max_batch: int) -> list[str]:
-    errors = [] if p.learning_rate > 0 else [f"{section}.learning_rate must be > 0, got {p.learning_rate}"]
-    errors += _at_least(f"{section}.epochs", p.epochs, 1)
-    errors += _in_range(f"{section}.batch_size", p.batch_size, 1, max_batch)
-    errors += _between(f"{section}.label_smoothing", p.label_smoothing, 0, 1)
-    return errors + _at_least(f"{section}.patience", p.patience, 0)
+def _type_name(typ: Any) -> str:
+    if type(None) in typing.get_args(typ):  # Optional[X]
+        return _type_name(next(a for a in typing.get_args(typ) if a is not type(None))) + " or null"
+    return typ.__name__ if typing.get_origin(typ) is None else str(typ)
+
+
+TABLE_START, TABLE_END = "<!-- table: python -m pipeline.params docs/parameters.md -->", "<!-- end of table -->"
+
+
+def write_table(doc: Path) -> None:
+    """Replace the table between the markers in ``doc`` with ``markdown_table()``."""
+    text = doc.read_text()
+    before, _, rest = text.partition(TABLE_START + "\n")
+    _, _, after = rest.partition(TABLE_END)
+    doc.write_text(before + TABLE_START + "\n" + markdown_table() + TABLE_END + after)
+
+
+if __name__ == "__main__":  # python -m pipeline.params [DOC]: print the table, or rewrite it in DOC
+    import sys
+
+    if len(sys.argv) > 1:
+        write_table(Path(sys.argv[1]))
+    else:
+        print(markdown_table(), end="")
