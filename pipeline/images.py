@@ -51,7 +51,7 @@ def thumbnail(path: Path, size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-# Pixels one image may decode to (at JPEG's reduced draft scale): about 120 MB as RGB. Pillow's own
+# Pixels one image may decode to (at JPEG's reduced draft scale), 3 bytes each as RGB. Pillow's own
 # bomb limit is far higher, and a PNG, which has no reduced decode, costs its full size in memory.
 MAX_DECODE_PIXELS = 40_000_000
 

@@ -163,9 +163,8 @@ class RandomAffine(keras.layers.Layer):
     The same ranges as keras.layers.RandomRotation (a fraction of a full turn),
     RandomZoom (1 +/- zoom, aspect kept) and RandomTranslation (a fraction of
     the size), reflect-filled, but one bilinear resampling instead of three:
-    less blur, and a third of the cost, which on a CPU shares the cores with
-    fine-tuning (the three layers took 35 ms per batch of 32 at 160 px, one
-    warp 11 ms).
+    less blur, and about a third of the cost, which on a CPU shares the cores
+    with fine-tuning (measured in bench/README.md).
     """
 
     def __init__(self, rotation: float, zoom: float, translation: float, seed: int | None = None, **kwargs):

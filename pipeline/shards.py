@@ -23,11 +23,10 @@ from pipeline import artifacts
 
 SHARD_SIZE = 1024
 JPEG_QUALITY = 95
-# Fixed input-pipeline parallelism instead of tf.data's autotuner. On a 2-core CPU the
-# autotuner's threads fought the training step for the cores: fine-tune epochs swung
-# between about 280 and 150 images/s on the same shards, and held at about 280 with
-# autotuning off (bench/README.md). Decoding is cheap (about 10,000 images/s), so
-# one reader per core and two batches in flight keep the model fed.
+# Fixed input-pipeline parallelism instead of tf.data's autotuner: on a small CPU the
+# autotuner's threads fight the training step for the cores and epoch speed swings
+# (measured in bench/README.md). Decoding is cheap next to training, so one reader per
+# core and two batches in flight keep the model fed.
 PARALLEL_CALLS = os.cpu_count() or 1
 PREFETCH_BATCHES = 2
 # Shards read at once, interleaved record by record. Reading waits on storage rather than

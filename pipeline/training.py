@@ -19,9 +19,8 @@ from pipeline import artifacts, plots
 
 log = logging.getLogger("pipeline.training")
 
-# Training steps per compiled call, to spread Keras' per-step Python overhead (a 2-core
-# CPU has none to spare). Its first measurement (fit 150 -> 288 images/s) was confounded
-# by tf.data autotuning, since turned off (shards.PARALLEL_CALLS); the maths is unchanged.
+# Training steps per compiled call, to spread Keras' per-step Python overhead, which a
+# small CPU has no core to spare for (bench/README.md).
 STEPS_PER_EXECUTION = 8
 
 
