@@ -220,17 +220,18 @@ def save(model: keras.Model, path: Path) -> None:
     and training loss (a fresh functional model over the same layers is never compiled)."""
     with artifacts.atomic_file(path) as tmp:
         keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
-        _fix_timestamps(tmp)
+        _make_reproducible(tmp)
 
 
-# What `_fix_timestamps` writes for the save time: the reproducible-builds convention, as DVC
+# What `_make_reproducible` writes for the save time: the reproducible-builds convention, as DVC
 # compares files by content and git already dates every version.
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-def _fix_timestamps(path: Path) -> None:
-    """Rewrite a ``.keras`` zip without its save time (``metadata.json``'s ``date_saved`` and the
-    members' zip dates), so the same weights give the same bytes and DVC sees no change."""
+def _make_reproducible(path: Path) -> None:
+    """Rewrite a ``.keras`` zip so the same model gives the same bytes, and DVC sees no change:
+    without its save time (``metadata.json``'s ``date_saved``, the members' zip dates), and with
+    ``config.json``'s ``shared_object_id`` values (Python object addresses) numbered in order."""
     with zipfile.ZipFile(path) as zf:
         members = [(info, zf.read(info)) for info in zf.infolist()]
     with zipfile.ZipFile(path, "w") as zf:
@@ -239,9 +240,22 @@ def _fix_timestamps(path: Path) -> None:
                 meta = json.loads(data)
                 meta["date_saved"] = "{:04d}-{:02d}-{:02d}@{:02d}:{:02d}:{:02d}".format(*FIXED_DATE_TIME)
                 data = json.dumps(meta).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_number_shared_objects(json.loads(data), {})).encode()
             fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_DATE_TIME)
             fixed.external_attr = info.external_attr
             zf.writestr(fixed, data, compress_type=info.compress_type)
+
+
+def _number_shared_objects(node, numbers: dict):
+    """The config with each distinct ``shared_object_id`` replaced by 0, 1, 2... in order of first
+    appearance: the same sharing, without the memory addresses."""
+    if isinstance(node, dict):
+        return {k: numbers.setdefault(v, len(numbers)) if k == "shared_object_id"
+                else _number_shared_objects(v, numbers) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_number_shared_objects(v, numbers) for v in node]
+    return node
 
 
 def load(path: Path) -> keras.Model:
