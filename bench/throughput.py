@@ -32,7 +32,7 @@ def raw_rates(env: dict, params: dict) -> tuple[float, float]:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline import models
+    from pipeline.lib import models
 
     models.set_seed(params["seed"])
     extractor = models.build_extractor(SimpleNamespace(**params["base"]))

@@ -31,7 +31,7 @@ from typing import Callable
 
 import yaml
 
-from pipeline import params
+from pipeline.lib import params
 
 # Stage -> the stages whose outputs it reads. A new stage, or a changed dependency,
 # must be added here on purpose: that is the point of the check.
@@ -68,34 +68,42 @@ def stages(root: Path) -> dict[str, dict]:
 
 
 def module_of(stage: dict) -> str:
-    """``pipeline.<module>`` that a stage's cmd runs."""
-    match = re.match(r"python -m pipeline\.(\w+)\b", stage["cmd"])
+    """The module a stage's cmd runs, as ``stages.<name>`` (``python -m pipeline.stages.<name>``)."""
+    match = re.match(r"python -m pipeline\.(stages\.\w+)\b", stage["cmd"])
     if not match:
-        raise Failed(f"unexpected cmd {stage['cmd']!r} (stages run `python -m pipeline.<stage>`)")
+        raise Failed(f"unexpected cmd {stage['cmd']!r} (stages run `python -m pipeline.stages.<stage>`)")
     return match.group(1)
+
+
+def source_file(module: str) -> str:
+    """``stages.ingest`` -> ``pipeline/stages/ingest.py``, as dvc.yaml lists code deps."""
+    return f"pipeline/{module.replace('.', '/')}.py"
 
 
 def declared_params(root: Path, module: str) -> list[str]:
     """The module's ``PARAMS`` list: the params keys (or sections) it loads."""
-    tree = ast.parse((root / "pipeline" / f"{module}.py").read_text())
+    tree = ast.parse((root / source_file(module)).read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PARAMS":
             return ast.literal_eval(node.value)
-    raise Failed(f"pipeline/{module}.py has no PARAMS list")
+    raise Failed(f"{source_file(module)} has no PARAMS list")
 
 
 def pipeline_imports(root: Path, module: str, seen: set[str] | None = None) -> set[str]:
-    """pipeline modules that ``module`` imports, directly or through other pipeline modules."""
+    """pipeline modules (``lib.params``, ``stages.finetune``, ...) that ``module`` imports, directly
+    or through other pipeline modules."""
     seen = set() if seen is None else seen
     seen.add(module)
-    for node in ast.walk(ast.parse((root / "pipeline" / f"{module}.py").read_text())):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
-            names = [node.module.split(".")[1]]
+    for node in ast.walk(ast.parse((root / source_file(module)).read_text())):
+        if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("pipeline"):
+            continue
+        package = node.module.removeprefix("pipeline").lstrip(".")  # "", "lib", "lib.params"
+        if package.count(".") == 1:  # from pipeline.lib.artifacts import StageError
+            names = [package]
+        else:  # from pipeline.lib import params, shards
+            names = [f"{package}.{a.name}".lstrip(".") for a in node.names]
         for name in names:
-            if name not in seen:
+            if name not in seen and (root / source_file(name)).is_file():
                 pipeline_imports(root, name, seen)
     return seen
 
@@ -147,7 +155,7 @@ def check_contract(root: Path) -> str:
         if listed - reads:
             problems.append(f"{name}: dvc.yaml lists {', '.join(sorted(listed - reads))} under params "
                             "but the code does not read it (a change would rerun the stage for nothing)")
-        code = {f"pipeline/{m}.py" for m in pipeline_imports(root, module)}
+        code = {source_file(m) for m in pipeline_imports(root, module)}
         deps = {d for d in entries(stage, "deps") if d.startswith("pipeline/")}
         if code != deps:
             missing, extra = sorted(code - deps), sorted(deps - code)
@@ -221,7 +229,7 @@ def check_backbone(root: Path) -> str:
         p = params.load(["base"], root / params.PARAMS_FILE).base
     except params.ParamsError:  # reported once, by the params check
         raise Skipped(f"not run: {params.PARAMS_FILE} is invalid (see the params check)") from None
-    from pipeline import models  # imports TensorFlow: only this check pays for it
+    from pipeline.lib import models  # imports TensorFlow: only this check pays for it
 
     names = models.backbones()
     if p.backbone not in names:

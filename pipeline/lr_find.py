@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline import artifacts, params
+from pipeline.lib import artifacts, params
 
 STAGES = {"head": "train_head", "finetune": "finetune"}
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected
@@ -100,7 +100,7 @@ def setup(stage: str, paths: dict[str, Path], p) -> tuple:
     """(model, endless batches, class names, training images per class), as the stage builds them."""
     import tensorflow as tf
 
-    from pipeline import models, shards
+    from pipeline.lib import models, shards
 
     models.set_seed(p.seed)
     hp = getattr(p, stage)
@@ -110,7 +110,7 @@ def setup(stage: str, paths: dict[str, Path], p) -> tuple:
         batches = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=p.seed).repeat().batch(hp.batch_size)
         return (models.build_head(x, len(labels), hp.hidden_units, hp.dropout), batches, labels,
                 np.bincount(y, minlength=len(labels)))
-    from pipeline import finetune  # the stage's own set-up, so the test sees what it would
+    from pipeline.stages import finetune  # the stage's own set-up, so the test sees what it would
 
     model = finetune.unfrozen_model(paths["extractor"], paths["head"], hp.unfreeze_layers)
     meta = shards.meta(paths["augmented"])
@@ -135,7 +135,7 @@ def main() -> None:
     paths = stage_paths(stage)
     out = args.out or paths["live"].parent
 
-    from pipeline import plots, training  # TensorFlow: after the arguments are checked
+    from pipeline.lib import plots, training  # TensorFlow: after the arguments are checked
 
     p = params.load([stage, "class_weights", "augment", "seed"])
     hp = getattr(p, stage)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.artifacts import StageError
+from pipeline.lib.artifacts import StageError
 
 CHUNK = 256  # images decoded at a time: bounds memory for big folders
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         parser.error("no image files to classify")
 
-    from pipeline import inference  # TensorFlow: imported only once the arguments are known good
+    from pipeline.lib import inference  # TensorFlow: imported only once the arguments are known good
 
     labels = inference.read_labels(find_labels(args.model, args.labels, inference.LABELS_FILE))
     try:

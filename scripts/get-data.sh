@@ -31,7 +31,7 @@ if [ -d "$shared/datasets/clothing-dataset-small" ]; then
   for split in train validation test; do cp -r "$shared/datasets/clothing-dataset-small/$split" "$tmp/"; done
   chmod -R u+w "$tmp"
 else
-  python -m pipeline.sources "$url" "$tmp" train validation test
+  python -m pipeline.lib.sources "$url" "$tmp" train validation test
 fi
 mv "$tmp" data/images
 dvc commit -f -q data/images.dvc

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import artifacts
+from pipeline.lib import artifacts
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):

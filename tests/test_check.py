@@ -68,8 +68,8 @@ def test_a_param_declared_but_not_read_fails(proj):
 
 
 def test_a_missing_code_dependency_fails(proj):
-    edit_yaml(proj / "dvc.yaml", lambda d: d["stages"]["finetune"]["deps"].remove("pipeline/shards.py"))
-    assert "finetune: code deps in dvc.yaml differ from the imports; add pipeline/shards.py" in failure(
+    edit_yaml(proj / "dvc.yaml", lambda d: d["stages"]["finetune"]["deps"].remove("pipeline/lib/shards.py"))
+    assert "finetune: code deps in dvc.yaml differ from the imports; add pipeline/lib/shards.py" in failure(
         "contract", proj)
 
 
@@ -81,7 +81,7 @@ def test_a_changed_graph_fails_naming_the_stage(proj):
 
 def test_a_new_stage_fails_the_graph_check(proj):
     edit_yaml(proj / "dvc.yaml", lambda d: d["stages"].update(
-        report={"cmd": "python -m pipeline.summary", "deps": ["reports/summary.md"]}))
+        report={"cmd": "python -m pipeline.stages.summary", "deps": ["reports/summary.md"]}))
     assert "report: a stage the graph does not expect" in failure("dag", proj)
 
 

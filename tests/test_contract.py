@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from pipeline import check, params
+from pipeline.lib import params
+from pipeline import check
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 EXPECTED_STAGES = ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate",
@@ -35,7 +36,7 @@ def test_every_param_is_used_by_some_stage():
 @pytest.mark.parametrize("name", EXPECTED_STAGES)
 def test_stage_code_deps_match_imports(name):
     stage = DVC[name]
-    code = {f"pipeline/{m}.py" for m in check.pipeline_imports(ROOT, check.module_of(stage))}
+    code = {check.source_file(m) for m in check.pipeline_imports(ROOT, check.module_of(stage))}
     assert code == {d for d in stage["deps"] if d.startswith("pipeline/")}
 
 
@@ -53,7 +54,7 @@ def test_cmd_paths_are_the_declared_deps_and_outs(name):
 
 
 def test_no_stage_code_hardcodes_project_paths():
-    for path in (ROOT / "pipeline").glob("*.py"):
+    for path in (ROOT / "pipeline").rglob("*.py"):
         text = path.read_text()
         for folder in ("data/", "models/", "reports/"):
             assert f'"{folder}' not in text and f"'{folder}" not in text, f"{path.name} hardcodes {folder}"

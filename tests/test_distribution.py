@@ -14,15 +14,15 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from pipeline import distribution, training
-from pipeline.artifacts import StageError
+from pipeline.lib import distribution, training
+from pipeline.lib.artifacts import StageError
 
 # Trains a small classifier the way the stages do (strategy first, model and compile in its
 # scope, per-replica batch scaled), then prints what happened as JSON.
 TRAIN = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from pipeline import distribution, training
+    from pipeline.lib import distribution, training
     strategy = distribution.strategy(sys.argv[1])
     import keras
     keras.utils.set_random_seed(0)  # the same initial weights every run: the loss test is not left to chance

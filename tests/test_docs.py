@@ -39,11 +39,11 @@ def test_readme_is_a_short_front_door_linking_every_doc():
 
 
 def test_the_parameters_table_is_generated_from_the_declarations():
-    from pipeline import params
+    from pipeline.lib import params
 
     text = (ROOT / "docs" / "parameters.md").read_text()
     table = text.split(params.TABLE_START + "\n", 1)[1].split(params.TABLE_END, 1)[0]
-    assert table == params.markdown_table(), "run `python -m pipeline.params docs/parameters.md`"
+    assert table == params.markdown_table(), "run `python -m pipeline.lib.params docs/parameters.md`"
     keys = re.findall(r"^\| `([\w.]+)` \|", table, re.M)
     assert keys == params.all_keys()  # every key, once, in declaration order
     assert all(meta["doc"] for _, _, meta in params.declarations())

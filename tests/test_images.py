@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import images
+from pipeline.lib import images
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "I;16", "LA"])
@@ -62,7 +62,7 @@ def test_huge_jpeg_is_decoded_at_reduced_scale(tmp_path):
     from conftest import ROOT
 
     Image.new("RGB", (9000, 7000), (30, 30, 200)).save(tmp_path / "huge.jpg", quality=50)
-    code = ("import resource, sys; from pipeline import images; "
+    code = ("import resource, sys; from pipeline.lib import images; "
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
             "out = images.load_image(sys.argv[1], 160); w, h = images.inspect_image(sys.argv[1]); "
             "print(out.shape, w, h, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")

@@ -7,7 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import export, images, inference, models, predict
+from pipeline.lib import images, inference, models
+from pipeline.stages import export
+from pipeline import predict
 
 SIZE = 32
 LABELS = ["circle", "square", "triangle"]
@@ -112,7 +114,7 @@ def test_predict_fails_only_when_nothing_could_be_classified(exported, tmp_path,
 def test_a_failed_conversion_names_the_file_and_the_reason(exported, tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from pipeline.artifacts import StageError
+    from pipeline.lib.artifacts import StageError
 
     class Refuses:
         target_spec = type("Spec", (), {})()

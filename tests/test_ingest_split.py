@@ -19,8 +19,9 @@ import pytest
 
 from conftest import ROOT
 from project import default_params
-from pipeline import ingest, sources, split
-from pipeline.artifacts import StageError
+from pipeline.lib import sources
+from pipeline.stages import ingest, split
+from pipeline.lib.artifacts import StageError
 
 
 def ingest_params(**overrides) -> SimpleNamespace:
@@ -358,7 +359,7 @@ def test_ingest_on_odd_files_prints_no_traceback(shapes_dir, tmp_path):
     (shapes_dir / "circle" / "loop.png").symlink_to(shapes_dir / "circle" / "loop.png")
     os.close(os.open(bytes(shapes_dir) + b"/square/\xff.png", os.O_CREAT | os.O_WRONLY))
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    out = subprocess.run([sys.executable, "-m", "pipeline.ingest", "--source", str(shapes_dir), "--out",
+    out = subprocess.run([sys.executable, "-m", "pipeline.stages.ingest", "--source", str(shapes_dir), "--out",
                           str(tmp_path / "raw"), "--report", str(tmp_path / "ingest.json")],
                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pipeline import quiet
+from pipeline.lib import quiet
 
 NOISE_MARKERS = ("absl::InitializeLog", "oneDNN custom operations", "NodeDef mentions attribute",
                  "cpu_feature_guard", "rebuild TensorFlow")
@@ -41,14 +41,14 @@ def run(cwd, *args):
 
 
 def test_a_stage_log_holds_its_progress_and_no_tensorflow_noise(tiny_head_project):
-    out = run(tiny_head_project, "-m", "pipeline.train_head", *TRAIN_HEAD)
+    out = run(tiny_head_project, "-m", "pipeline.stages.train_head", *TRAIN_HEAD)
     assert out.returncode == 0, out.stderr
     assert "INFO epoch 2: trained on 120 images" in out.stderr and "INFO best epoch: val accuracy" in out.stderr
     assert [m for m in NOISE_MARKERS if m in out.stderr] == [], out.stderr
     # The control: the same stage started without `-m` (so without the filter) does print the noise
     # on this TensorFlow build, so the assertion above can fail.
     code = f"import runpy, sys; sys.argv = ['train_head', *{TRAIN_HEAD!r}]; " \
-           "runpy.run_module('pipeline.train_head', run_name='__main__')"
+           "runpy.run_module('pipeline.stages.train_head', run_name='__main__')"
     control = run(tiny_head_project, "-c", code)
     assert control.returncode == 0, control.stderr
     assert "NodeDef mentions attribute use_unbounded_threadpool" in control.stderr

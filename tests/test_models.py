@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from pipeline import models
-from pipeline.artifacts import StageError
+from pipeline.lib import models
+from pipeline.lib.artifacts import StageError
 
 BASE = SimpleNamespace(backbone="MobileNetV2", weights="none", image_size=32, pooling="avg")
 
@@ -74,7 +74,7 @@ def test_unreadable_weights_file_is_named(tmp_path, name, content):
 
 def test_offline_imagenet_download_says_which_cache_file(tmp_path):
     # A fresh interpreter with an empty KERAS_HOME: Keras reads the variable at import time.
-    code = ("from types import SimpleNamespace as S; from pipeline import models\n"
+    code = ("from types import SimpleNamespace as S; from pipeline.lib import models\n"
             "try:\n models.build_extractor(S(backbone='MobileNetV2', weights='imagenet', image_size=96,"
             " pooling='avg'))\nexcept models.StageError as e: print('ERROR', e)\nelse: print('DOWNLOADED')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -152,7 +152,7 @@ def test_the_same_model_saved_by_two_processes_is_the_same_file(tmp_path):
     """Keras stamps the save time and Python object addresses (config.json's shared_object_id) into
     a .keras file; models.save takes them out, so a stage rerun that builds the same model writes
     the same bytes and DVC sees no change."""
-    code = ("import sys; from types import SimpleNamespace as S; from pipeline import models\n"
+    code = ("import sys; from types import SimpleNamespace as S; from pipeline.lib import models\n"
             "models.set_seed(0)\n"
             "m = models.build_extractor(S(backbone='MobileNetV2', weights='none', image_size=32, pooling='avg'))\n"
             "models.save(m, sys.argv[1])")

@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT
-from pipeline import images
+from pipeline.lib import images
 from project import BIN, default_params
 from shapes import make_dataset
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from pipeline import params
-from pipeline.params import ParamsError
+from pipeline.lib import params
+from pipeline.lib.params import ParamsError
 
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import shards
+from pipeline.lib import shards
 
 SIZE = 8
 

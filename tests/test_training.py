@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pipeline import artifacts, lr_find, models, training
-from pipeline.artifacts import StageError
+from pipeline.lib import artifacts, models, training
+from pipeline import lr_find
+from pipeline.lib.artifacts import StageError
 
 
 def test_class_weights_auto_turns_on_only_past_the_ratio():

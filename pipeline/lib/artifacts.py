@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.params import ParamsError
+from pipeline.lib.params import ParamsError
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from pipeline.artifacts import StageError
+from pipeline.lib.artifacts import StageError
 
-log = logging.getLogger("pipeline.distribution")
+log = logging.getLogger("pipeline.lib.distribution")
 STRATEGIES = ("single", "auto", "mirrored", "multi_worker")
 # Keras 3.15's TensorFlow trainer reduces a PerReplica batch that MultiWorkerMirroredStrategy
 # cannot reduce (keras-team/keras#20585, tensorflow/tensorflow#72388): fit fails on the
@@ -109,7 +109,7 @@ def _build_from_one_replica() -> None:
     if keras.__version__ != PATCHED_KERAS or original is None or \
             list(inspect.signature(original).parameters) != ["self", "iterator", "data_batch"]:
         raise StageError(f"distribution.strategy with 2+ replicas needs a patch written for Keras {PATCHED_KERAS} "
-                         f"(pipeline/distribution.py, keras-team/keras#19246); this is Keras {keras.__version__}. "
+                         f"(pipeline/lib/distribution.py, keras-team/keras#19246); this is Keras {keras.__version__}. "
                          "Check whether that Keras fixes the bug, then update or drop the patch and PATCHED_KERAS")
 
     def build(self, iterator=None, data_batch=None):

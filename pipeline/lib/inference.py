@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 import tensorflow as tf
 
-from pipeline import artifacts, images, models
+from pipeline.lib import artifacts, images, models
 
 LABELS_FILE = "labels.txt"  # one class name per line, in output order; written beside exported models
 
@@ -86,7 +86,7 @@ class TFLiteClassifier(Classifier):
             except RuntimeError as err:
                 # XNNPACK (the fast CPU delegate) refuses some quantized graphs, e.g. int8 scales
                 # far below 1e-6 from a randomly initialised backbone; TFLite's own kernels run them.
-                logging.getLogger("pipeline.inference").warning(
+                logging.getLogger("pipeline.lib.inference").warning(
                     "%s: %s; running on TFLite's reference kernels instead", self.path.name, err)
                 self.interpreter = self._interpreter(delegates=False)
                 self.interpreter.resize_tensor_input(self.input["index"], shape)

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import artifacts
-from pipeline.artifacts import StageError
+from pipeline.lib import artifacts
+from pipeline.lib.artifacts import StageError
 
 
 def set_seed(seed: int) -> None:

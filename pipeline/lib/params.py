@@ -46,7 +46,7 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
 def param(doc: str, *, low: float | None = None, high: float | None = None, low_open: bool = False,
           high_open: bool = False, choices: tuple[str, ...] | None = None) -> Any:
     """A params.yaml key's one declaration: its type is the field's annotation, its value lives in
-    params.yaml, and validation, the docs' table (``python -m pipeline.params``) and the checks of
+    params.yaml, and validation, the docs' table (``python -m pipeline.lib.params``) and the checks of
     ``tests/test_params.py`` all read this."""
     return dataclasses.field(metadata={"doc": doc, "low": low, "high": high, "low_open": low_open,
                                        "high_open": high_open, "choices": choices})
@@ -350,7 +350,7 @@ def _type_name(typ: Any) -> str:
     return typ.__name__ if typing.get_origin(typ) is None else str(typ)
 
 
-TABLE_START, TABLE_END = "<!-- table: python -m pipeline.params docs/parameters.md -->", "<!-- end of table -->"
+TABLE_START, TABLE_END = "<!-- table: python -m pipeline.lib.params docs/parameters.md -->", "<!-- end of table -->"
 
 
 def write_table(doc: Path) -> None:
@@ -361,7 +361,7 @@ def write_table(doc: Path) -> None:
     doc.write_text(before + TABLE_START + "\n" + markdown_table() + TABLE_END + after)
 
 
-if __name__ == "__main__":  # python -m pipeline.params [DOC]: print the table, or rewrite it in DOC
+if __name__ == "__main__":  # python -m pipeline.lib.params [DOC]: print the table, or rewrite it in DOC
     import sys
 
     if len(sys.argv) > 1:

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from pipeline import artifacts
+from pipeline.lib import artifacts
 
 SHARD_SIZE = 1024
 JPEG_QUALITY = 95

@@ -26,8 +26,8 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from pipeline import artifacts, images, params
-from pipeline.artifacts import StageError, keras_cache_dir
+from pipeline.lib import artifacts, images, params
+from pipeline.lib.artifacts import StageError, keras_cache_dir
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test", "": ""}
 KERAS_CLASS_NAMES = {  # keras:<name> sources
@@ -44,7 +44,7 @@ KERAS_CLASS_NAMES = {  # keras:<name> sources
         spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor
         train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split(),
 }
-log = logging.getLogger("pipeline.sources")
+log = logging.getLogger("pipeline.lib.sources")
 
 
 @contextlib.contextmanager
@@ -399,7 +399,7 @@ def fetch(url: str, dest: Path, folders: list[str]) -> None:
             (root / name).rename(dest / name)
 
 
-if __name__ == "__main__":  # scripts/get-data.sh: python -m pipeline.sources URL DEST FOLDER...
+if __name__ == "__main__":  # scripts/get-data.sh: python -m pipeline.lib.sources URL DEST FOLDER...
     import sys
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

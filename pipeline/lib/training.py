@@ -15,9 +15,9 @@ import tensorflow as tf
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from pipeline import artifacts, plots
+from pipeline.lib import artifacts, plots
 
-log = logging.getLogger("pipeline.training")
+log = logging.getLogger("pipeline.lib.training")
 
 # Training steps per compiled call, to spread Keras' per-step Python overhead, which a
 # small CPU has no core to spare for (bench/README.md).

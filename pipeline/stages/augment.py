@@ -15,11 +15,11 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import artifacts, images, models, params, shards
+from pipeline.lib import artifacts, images, models, params, shards
 
 PARAMS = ["augment", "base.image_size", "seed"]
 BATCH = 64  # images decoded and augmented together; bounds memory, not a hyperparameter
-log = logging.getLogger("pipeline.augment")
+log = logging.getLogger("pipeline.stages.augment")
 
 
 def main() -> None:

@@ -15,12 +15,12 @@ import logging
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipeline import artifacts, images, inference, models, params, plots
+from pipeline.lib import artifacts, images, inference, models, params, plots
 
 PARAMS = ["evaluate.batch_size"]
 TITLES = {"head": "Head only (frozen backbone)", "finetune": "Fine-tuned"}
 GALLERY = 12  # most confident mistakes shown
-log = logging.getLogger("pipeline.evaluate")
+log = logging.getLogger("pipeline.stages.evaluate")
 
 
 def scores(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> tuple[dict, dict]:

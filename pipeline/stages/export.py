@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipeline import artifacts, inference, models, params, shards
+from pipeline.lib import artifacts, inference, models, params, shards
 
 PARAMS = ["export.representative_images", "evaluate.batch_size", "seed"]
 # Below these shares of identical top-1 answers, a file is not the model it claims to be (float32
@@ -30,7 +30,7 @@ PARAMS = ["export.representative_images", "evaluate.batch_size", "seed"]
 # numbers are in the metrics, for a person or a CI check to judge.
 MIN_AGREEMENT = {"keras": 1.0, "saved_model": 0.99, "tflite_float32": 0.99, "tflite_float16": 0.95,
                  "tflite_int8": 0.9}
-log = logging.getLogger("pipeline.export")
+log = logging.getLogger("pipeline.stages.export")
 
 
 def tflite(saved_model: Path, path: Path, quantize: str, representative=None) -> None:

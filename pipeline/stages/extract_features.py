@@ -15,11 +15,11 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from pipeline import artifacts, models, params, shards
+from pipeline.lib import artifacts, models, params, shards
 
 PARAMS = ["base", "extract.batch_size", "seed"]
 PARTS = {"train": ["train", "train_aug"], "val": ["val"]}  # the head trains and validates on these
-log = logging.getLogger("pipeline.extract_features")
+log = logging.getLogger("pipeline.stages.extract_features")
 
 
 def main() -> None:

@@ -15,11 +15,11 @@ import logging
 import math
 from pathlib import Path
 
-from pipeline import artifacts, distribution, models, params, shards, training
+from pipeline.lib import artifacts, distribution, models, params, shards, training
 
 PARAMS = ["finetune", "class_weights", "distribution", "augment.flip", "augment.rotation", "augment.zoom",
           "augment.translation", "augment.contrast", "seed"]
-log = logging.getLogger("pipeline.finetune")
+log = logging.getLogger("pipeline.stages.finetune")
 
 
 def unfrozen_model(extractor: Path, head: Path, unfreeze_layers: int):

@@ -16,11 +16,11 @@ import shutil
 
 from tqdm import tqdm
 
-from pipeline import artifacts, images, params, sources
-from pipeline.artifacts import StageError
+from pipeline.lib import artifacts, images, params, sources
+from pipeline.lib.artifacts import StageError
 
 PARAMS = ["ingest"]
-log = logging.getLogger("pipeline.ingest")
+log = logging.getLogger("pipeline.stages.ingest")
 
 
 def deduplicate(rows: list[dict]) -> tuple[list[dict], list[dict]]:

@@ -14,13 +14,13 @@ from types import SimpleNamespace
 
 from sklearn.model_selection import train_test_split
 
-from pipeline import artifacts, images, params
-from pipeline.artifacts import StageError
+from pipeline.lib import artifacts, images, params
+from pipeline.lib.artifacts import StageError
 
 PARAMS = ["split", "seed"]
 FIELDS = ["path", "label", "sha256"]
 OTHER = "other"  # where split.small_classes: merge puts the small classes
-log = logging.getLogger("pipeline.split")
+log = logging.getLogger("pipeline.stages.split")
 
 
 def relabel(rows: list[dict], p: SimpleNamespace) -> tuple[list[dict], dict[str, str]]:

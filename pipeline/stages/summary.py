@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import artifacts, params
+from pipeline.lib import artifacts, params
 
 PARAMS = ["seed", "base", "augment.copies", "class_weights", "train_head.hidden_units",
           "train_head.learning_rate", "train_head.label_smoothing", "finetune.unfreeze_layers",

@@ -12,10 +12,10 @@ import logging
 
 import numpy as np
 
-from pipeline import artifacts, distribution, models, params, training
+from pipeline.lib import artifacts, distribution, models, params, training
 
 PARAMS = ["train_head", "class_weights", "distribution", "seed"]
-log = logging.getLogger("pipeline.train_head")
+log = logging.getLogger("pipeline.stages.train_head")
 
 
 def main() -> None:
