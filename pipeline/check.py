@@ -21,7 +21,6 @@ import argparse
 import ast
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -312,7 +311,6 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[], choices=list(CHECKS), metavar="NAME",
                         help=f"leave out a check (repeatable): {', '.join(CHECKS)}")
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the backbone check imports TensorFlow
     results = run_checks(Path.cwd(), set(args.skip))
     for name, (status, message) in results.items():
         first, *rest = message.splitlines() or [""]

@@ -9,7 +9,6 @@ and the DVC dependencies honest (see tests/test_contract.py).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import types
