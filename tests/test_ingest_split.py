@@ -96,6 +96,15 @@ def zeros_zip(path: Path, megabytes: int) -> Path:
     return path
 
 
+def broken_sparse_tar(path: Path) -> Path:
+    """A tar whose one member is sparse without its map: tarfile raises ValueError, even in is_tarfile."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("a.png")
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "9"}
+        tf.addfile(info)
+    return path
+
+
 def test_zip_bomb_is_refused_before_anything_is_written(tmp_path):
     bomb = zeros_zip(tmp_path / "bomb.zip", 30)  # ~30 KB that unpacks to 30 MB
     (tmp_path / "out").mkdir()
@@ -163,12 +172,7 @@ def test_damaged_archives_are_named(tmp_path):
     (tmp_path / "half.zip").write_bytes(half[:len(half) // 2])
     with pytest.raises(StageError, match="half.zip is neither a folder, a .csv nor a readable .zip/.tar"):
         extract(tmp_path / "half.zip", tmp_path / "out")
-    tar = io.BytesIO()
-    with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        info = tarfile.TarInfo("a.png")
-        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "9"}
-        tf.addfile(info)  # sparse, without its map: tarfile raises ValueError
-    (tmp_path / "bad.tar").write_bytes(tar.getvalue())
+    broken_sparse_tar(tmp_path / "bad.tar")
     with pytest.raises(StageError, match=r"bad.tar: damaged or unsupported archive \(ValueError"):
         extract(tmp_path / "bad.tar", tmp_path / "out")
 

@@ -7,12 +7,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import resource
 import shlex
 import subprocess
 import sys
-import tarfile
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,8 +20,9 @@ from PIL import Image
 
 from conftest import ROOT
 from pipeline.lib import images
-from project import BIN, default_params
+from project import BIN
 from shapes import make_dataset
+from test_ingest_split import broken_sparse_tar, zeros_zip
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
@@ -69,19 +67,12 @@ def test_every_stage_ends_a_bad_run_with_one_line_not_a_traceback(tmp_path, case
 def bad_sources(tmp: Path) -> dict[str, tuple[Path, str]]:
     """Archives and CSV sources that must stop ingest with a message naming the file."""
     cases = {}
-    bomb = tmp / "bomb.zip"
-    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("data/a/zeros.png", bytes(30 * 10**6))
+    bomb = zeros_zip(tmp / "bomb.zip", 30)
     cases["zip bomb"] = bomb, "over the"
     half = tmp / "half.zip"
     half.write_bytes(bomb.read_bytes()[: bomb.stat().st_size // 2])
     cases["cut-off zip"] = half, "is neither a folder, a .csv nor a readable .zip/.tar archive"
-    sparse = tmp / "sparse.tar"
-    with tarfile.open(sparse, "w", format=tarfile.PAX_FORMAT) as tf:
-        info = tarfile.TarInfo("a.png")
-        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "9"}
-        tf.addfile(info)
-    cases["tar with a broken sparse map"] = sparse, "damaged or unsupported archive"
+    cases["tar with a broken sparse map"] = broken_sparse_tar(tmp / "sparse.tar"), "damaged or unsupported archive"
     gz = tmp / "garbage.tar.gz"
     gz.write_bytes(b"\x1f\x8b\x08\x00" + os.urandom(2000))
     cases["garbage gzip"] = gz, "garbage.tar.gz"
