@@ -170,11 +170,8 @@ def _untar(archive: Path, dest: Path, limit: Limit) -> None:
 
         if hasattr(tarfile, "data_filter"):
             tf.extractall(dest, members=regular, filter=counted)
-        else:  # Python < 3.11.4 has no extraction filters; names and link targets were checked above
-            for member in regular:
-                if member.isfile():
-                    limit.add(member.size)
-            tf.extractall(dest, members=regular)
+        else:  # Python < 3.11.4 has no extraction filters: names and link targets were checked above,
+            tf.extractall(dest, members=regular)  # and the bytes written are the declared sizes, checked too
 
 
 class Limit:
@@ -183,8 +180,9 @@ class Limit:
     def __init__(self, archive: Path, max_mb: float, max_ratio: float):
         self.archive, self.written = archive, 0
         size = archive.stat().st_size
-        self.cap = min(max_mb * 1e6, max_ratio * max(size, 1))
-        self.why = (f"ingest.max_unpacked_mb={max_mb:g}" if max_mb * 1e6 <= max_ratio * max(size, 1)
+        by_size, by_ratio = max_mb * 1e6, max_ratio * max(size, 1)
+        self.cap = min(by_size, by_ratio)
+        self.why = (f"ingest.max_unpacked_mb={max_mb:g}" if by_size <= by_ratio
                     else f"ingest.max_expansion_ratio={max_ratio:g} x {size:,} bytes")
 
     def check_declared(self, total: int, dest: Path) -> None:
