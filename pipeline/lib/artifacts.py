@@ -46,10 +46,9 @@ def run(main: Any) -> None:
     """Run a stage's ``main()``; a known error becomes a one-line message and exit 1, not a traceback."""
     try:
         main()
-    except FileNotFoundError as err:  # an input another stage makes, when a stage is run by hand
-        logging.getLogger("pipeline").error("%s", missing_input(err.filename or str(err)))
-        sys.exit(1)
-    except (ParamsError, StageError) as err:
+    except (FileNotFoundError, ParamsError, StageError) as err:
+        if isinstance(err, FileNotFoundError):  # an input another stage makes, when a stage is run by hand
+            err = missing_input(err.filename or str(err))
         logging.getLogger("pipeline").error("%s", err)
         sys.exit(1)
 

@@ -196,11 +196,11 @@ def all_keys() -> list[str]:
 
 def expand(keys: Iterable[str]) -> list[str]:
     """Section names become their dotted keys: ``["seed", "split"]`` -> ``["seed", "split.strategy", ...]``."""
-    out = []
+    out, known = [], all_keys()
     for key in keys:
         if key in SECTIONS:
             out += [f"{key}.{f.name}" for f in dataclasses.fields(SECTIONS[key])]
-        elif key in all_keys():
+        elif key in known:
             out.append(key)
         else:
             raise ParamsError(f"unknown params key {key!r}")
@@ -281,18 +281,16 @@ def _parse_section(name: str, cls: type, section: dict) -> tuple[list[str], dict
 
 
 def _type_errors(key: str, value: Any, typ: Any) -> list[str]:
-    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    origin = typing.get_origin(typ)
     if origin in (list, dict):  # list[str] or dict[str, str]: every item must be a str
         items = value if origin is list else [*value.keys(), *value.values()] if isinstance(value, dict) else None
         if isinstance(value, origin) and all(isinstance(v, str) for v in items):
             return []
         want = "a list of strings" if origin is list else "a mapping of strings to strings"
         return [f"{key} must be {want}, got {value!r}"]
-    optional = type(None) in args
-    if optional:  # Optional[X]
-        if value is None:
-            return []
-        typ = next(a for a in args if a is not type(None))
+    typ, optional = _unwrap_optional(typ)
+    if optional and value is None:
+        return []
     # bool is an int subclass in Python; `epochs: true` must not pass as 1
     if isinstance(value, typ) and not (isinstance(value, bool) and typ is not bool):
         if typ is float and not math.isfinite(value):  # YAML's .inf and .nan pass every comparison check
@@ -344,9 +342,17 @@ def markdown_table() -> str:
 
 
 def _type_name(typ: Any) -> str:
-    if type(None) in typing.get_args(typ):  # Optional[X]
-        return _type_name(next(a for a in typing.get_args(typ) if a is not type(None))) + " or null"
-    return typ.__name__ if typing.get_origin(typ) is None else str(typ)
+    typ, optional = _unwrap_optional(typ)
+    name = typ.__name__ if typing.get_origin(typ) is None else str(typ)
+    return f"{name} or null" if optional else name
+
+
+def _unwrap_optional(typ: Any) -> tuple[Any, bool]:
+    """``Optional[X]`` -> ``(X, True)``; any other type -> ``(typ, False)``."""
+    args = typing.get_args(typ)
+    if type(None) not in args:
+        return typ, False
+    return next(a for a in args if a is not type(None)), True
 
 
 TABLE_START, TABLE_END = "<!-- table: python -m pipeline.lib.params docs/parameters.md -->", "<!-- end of table -->"
