@@ -1,17 +1,24 @@
-"""export: models/model.keras -> models/export/ (SavedModel, TFLite float32/float16/int8, labels) + reports/export.json.
+"""export: models/model.keras -> models/export/ (SavedModel, TFLite x3, ONNX, labels) + reports/export.json.
 
 The fine-tuned model in every format an application needs, each with
 ``labels.txt`` (class names in output order) beside it:
 
 - ``model.keras``: the Keras model itself, for Python;
-- ``saved_model/``: Keras 3's ``model.export``, for TensorFlow Serving and TF.js;
+- ``saved_model/``: for TensorFlow Serving and other SavedModel hosts; its default
+  signature takes encoded images (JPEG/PNG bytes) and returns class names and
+  probabilities (formats.py);
 - ``model_float32.tflite``, ``model_float16.tflite`` (half-size weights) and
   ``model_int8.tflite`` (integer ops, uint8 pixels in, calibrated on
-  ``export.representative_images`` training images): for phones and edge devices.
+  ``export.representative_images`` training images): for phones and edge devices,
+  with labels and input normalization embedded as metadata, so MediaPipe Tasks'
+  ``ImageClassifier`` loads them as they are;
+- ``model.onnx``: for onnxruntime and other ONNX runtimes.
 
 Every format is then scored on the test split, decoded exactly as
-``pipeline.predict`` does: accuracy, agreement with the Keras model (share of
-identical top-1 predictions) and file size go to the DVC metrics file.
+``pipeline.predict`` does (the SavedModel's image-bytes signature decodes the files
+itself; the TFLite files run on LiteRT and again through MediaPipe): accuracy,
+agreement with the Keras model (share of identical top-1 predictions) and file size
+go to the DVC metrics file.
 """
 from __future__ import annotations
 
@@ -20,42 +27,19 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from pipeline.lib import artifacts, inference, models, params, shards
+from pipeline.lib import artifacts, formats, inference, models, params, shards
 
-PARAMS = ["export.representative_images", "evaluate.batch_size", "seed"]
+PARAMS = ["export.representative_images", "evaluate.batch_size", "seed", "base.backbone"]
 # Below these shares of identical top-1 answers, a file is not the model it claims to be (float32
-# formats are the same network; half-precision and int8 round). A warning, not a failure: the
-# numbers are in the metrics, for a person or a CI check to judge.
-MIN_AGREEMENT = {"keras": 1.0, "saved_model": 0.99, "tflite_float32": 0.99, "tflite_float16": 0.95,
-                 "tflite_int8": 0.9}
+# formats are the same network; the image-bytes signature decodes within one grey level of Pillow;
+# half precision and int8 round). A warning, not a failure: the numbers are in the metrics, for a
+# person or a CI check to judge.
+MIN_AGREEMENT = {"keras": 1.0, "saved_model": 0.99, "saved_model_bytes": 0.98, "onnx": 0.99,
+                 "tflite_float32": 0.99, "tflite_float16": 0.95, "tflite_int8": 0.9,
+                 "mediapipe_float32": 0.99, "mediapipe_float16": 0.95, "mediapipe_int8": 0.9}
+TFLITE_KINDS = ("float32", "float16", "int8")
 log = logging.getLogger("pipeline.stages.export")
-
-
-def tflite(saved_model: Path, path: Path, quantize: str, representative=None) -> None:
-    """Convert the SavedModel to a TFLite file: ``float32``, ``float16`` weights, or ``int8``.
-
-    Only TFLite's built-in ops are allowed (no Flex/TF ops), so the files run on
-    the plain LiteRT runtime of a phone or microcontroller.
-    """
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if quantize == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8  # pixels are 0..255 already; probabilities stay float
-    try:
-        path.write_bytes(converter.convert())
-    except Exception as err:  # the converter raises ConverterError, RuntimeError, ValueError...
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise artifacts.StageError(f"converting the model to {path.name} failed: {message}. TFLite has no "
-                                   "built-in kernel for some operations of some backbones: try another "
-                                   "base.backbone") from None
 
 
 def size_mb(path: Path) -> float:
@@ -69,6 +53,8 @@ def main() -> None:
     models.set_seed(p.seed)
     model = models.load(args.model)
     rows, pixels, y, labels = inference.load_test_split(args.raw, args.split, int(model.input_shape[1]))
+    description = (f"{p.base.backbone} fine-tuned to classify {len(labels)} classes; RGB pixels in [0, 255] "
+                   f"at {model.input_shape[1]} px")
 
     def representative():
         # Shuffled with the seed, so the calibration sample spans every class and is the same each run.
@@ -77,27 +63,55 @@ def main() -> None:
             yield [image.numpy()]
 
     with artifacts.atomic_dir(args.out) as tmp:
+        inference.write_labels(tmp / inference.LABELS_FILE, labels)
         files = {"keras": tmp / "model.keras", "saved_model": tmp / "saved_model"}
         shutil.copyfile(args.model, files["keras"])
-        model.export(str(files["saved_model"]), format="tf_saved_model", verbose=False)
-        for kind in ("float32", "float16", "int8"):
-            files[f"tflite_{kind}"] = tmp / f"model_{kind}.tflite"
-            log.info("converting to %s", files[f"tflite_{kind}"].name)
-            tflite(files["saved_model"], files[f"tflite_{kind}"], kind, representative)
-        inference.write_labels(tmp / inference.LABELS_FILE, labels)
+        formats.saved_model(model, labels, files["saved_model"])
+        for kind in TFLITE_KINDS:
+            path = files[f"tflite_{kind}"] = tmp / f"model_{kind}.tflite"
+            log.info("converting to %s", path.name)
+            formats.tflite(files["saved_model"], path, kind, representative)
+            formats.add_metadata(path, tmp / inference.LABELS_FILE, description)
+        log.info("converting to model.onnx")
+        files["onnx"] = tmp / "model.onnx"
+        formats.onnx(model, files["onnx"])
 
-        metrics, reference = {}, None
+        predictions, refused = {}, {}
         for name, path in files.items():
-            pred = inference.load(path).predict(pixels, p.evaluate.batch_size).argmax(axis=1)
-            reference = pred if reference is None else reference  # the Keras model comes first
-            metrics[name] = {"accuracy": float(np.mean(pred == y)),
-                             "agreement": float(np.mean(pred == reference)), "size_mb": size_mb(path)}
-            log.info("%-15s %8.2f MB  test accuracy %.4f  agreement with Keras %.4f", name,
-                     metrics[name]["size_mb"], metrics[name]["accuracy"], metrics[name]["agreement"])
-            if metrics[name]["agreement"] < MIN_AGREEMENT[name]:
-                log.warning("%s agrees with the Keras model on only %.1f%% of the test images: check it "
-                            "before shipping it", path.name, 100 * metrics[name]["agreement"])
-    artifacts.write_json(args.metrics, {**metrics, "test_images": len(rows)})
+            classifier = inference.load(path)
+            predictions[name] = classifier.predict(pixels, p.evaluate.batch_size)
+            refused[name] = getattr(classifier, "xnnpack_refused", False)
+        test_files = [args.raw / r["path"] for r in rows]
+        names, predictions["saved_model_bytes"] = inference.SavedModelClassifier(
+            files["saved_model"]).classify_files(test_files, p.evaluate.batch_size)
+        if names != [labels[i] for i in predictions["saved_model_bytes"].argmax(axis=1)]:
+            raise artifacts.StageError("the SavedModel's classes output does not match its probabilities")
+        not_checked = {}
+        for kind in TFLITE_KINDS:
+            if refused[f"tflite_{kind}"]:  # MediaPipe would abort the whole process on it
+                not_checked[f"mediapipe_{kind}"] = (f"XNNPACK refuses {files[f'tflite_{kind}'].name}'s graph, so "
+                                                    "MediaPipe cannot run it (LiteRT fell back to its own kernels)")
+                log.warning("%s not checked: %s", f"mediapipe_{kind}", not_checked[f"mediapipe_{kind}"])
+                continue
+            mediapipe = inference.MediaPipeClassifier(files[f"tflite_{kind}"], labels)
+            predictions[f"mediapipe_{kind}"] = mediapipe.predict(pixels)
+            mediapipe.close()
+        sizes = {**{name: size_mb(path) for name, path in files.items()},
+                 "saved_model_bytes": size_mb(files["saved_model"]),
+                 **{f"mediapipe_{kind}": size_mb(files[f"tflite_{kind}"]) for kind in TFLITE_KINDS}}
+
+    reference = predictions["keras"].argmax(axis=1)
+    metrics = {}
+    for name in (name for name in MIN_AGREEMENT if name in predictions):
+        pred = predictions[name].argmax(axis=1)
+        metrics[name] = {"accuracy": float(np.mean(pred == y)), "agreement": float(np.mean(pred == reference)),
+                         "size_mb": sizes[name]}
+        log.info("%-17s %8.2f MB  test accuracy %.4f  agreement with Keras %.4f", name,
+                 metrics[name]["size_mb"], metrics[name]["accuracy"], metrics[name]["agreement"])
+        if metrics[name]["agreement"] < MIN_AGREEMENT[name]:
+            log.warning("%s agrees with the Keras model on only %.1f%% of the test images: check it "
+                        "before shipping it", name, 100 * metrics[name]["agreement"])
+    artifacts.write_json(args.metrics, {**metrics, "test_images": len(rows), "not_checked": not_checked})
 
 
 if __name__ == "__main__":
