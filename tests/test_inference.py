@@ -7,8 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.lib import images, inference, models
-from pipeline.stages import export
+from pipeline.lib import formats, images, inference, models
 from pipeline import predict
 
 SIZE = 32
@@ -17,7 +16,8 @@ LABELS = ["circle", "square", "triangle"]
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A tiny classifier saved as .keras, SavedModel and the three TFLite files, labels beside."""
+    """A tiny classifier saved as .keras, SavedModel, the three TFLite files (with metadata) and
+    ONNX, labels beside, as the export stage writes them."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIZE, SIZE, 3), name="image")
     x = models.Preprocess("MobileNetV2")(inputs)
@@ -26,7 +26,8 @@ def exported(tmp_path_factory):
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
     folder = tmp_path_factory.mktemp("export")
     models.save(model, folder / "model.keras")
-    model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
+    inference.write_labels(folder / inference.LABELS_FILE, LABELS)
+    formats.saved_model(model, LABELS, folder / "saved_model")
     rng = np.random.default_rng(0)
 
     def representative():
@@ -34,8 +35,9 @@ def exported(tmp_path_factory):
             yield [rng.uniform(0, 255, (1, SIZE, SIZE, 3)).astype("float32")]
 
     for kind in ("float32", "float16", "int8"):
-        export.tflite(folder / "saved_model", folder / f"model_{kind}.tflite", kind, representative)
-    inference.write_labels(folder / inference.LABELS_FILE, LABELS)
+        formats.tflite(folder / "saved_model", folder / f"model_{kind}.tflite", kind, representative)
+        formats.add_metadata(folder / f"model_{kind}.tflite", folder / inference.LABELS_FILE, "a test model")
+    formats.onnx(model, folder / "model.onnx")
     return folder
 
 
@@ -45,7 +47,8 @@ def pixels():
 
 
 @pytest.mark.parametrize("name, tolerance", [("saved_model", 1e-5), ("model_float32.tflite", 1e-5),
-                                             ("model_float16.tflite", 1e-2), ("model_int8.tflite", 0.1)])
+                                             ("model_float16.tflite", 1e-2), ("model_int8.tflite", 0.1),
+                                             ("model.onnx", 1e-5)])
 def test_every_format_gives_the_keras_probabilities(exported, pixels, name, tolerance):
     reference = inference.load(exported / "model.keras").predict(pixels, batch_size=4)
     got = inference.load(exported / name).predict(pixels, batch_size=4)
@@ -61,7 +64,7 @@ def test_int8_file_takes_uint8_pixels(exported):
 
 def test_unknown_model_file_is_refused(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"x")
-    with pytest.raises(ValueError, match="not a .keras file, a .tflite file or a SavedModel folder"):
+    with pytest.raises(ValueError, match="not a .keras, .tflite or .onnx file or a SavedModel folder"):
         inference.load(tmp_path / "model.pt")
 
 
@@ -122,7 +125,75 @@ def test_a_failed_conversion_names_the_file_and_the_reason(exported, tmp_path, m
         def convert(self):
             raise RuntimeError("op 'Erfinv' is neither a custom op nor a flex op\nmore detail")
 
-    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model", lambda path: Refuses())
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model", lambda path, **_: Refuses())
     with pytest.raises(StageError, match=r"model_int8.tflite failed: op 'Erfinv' is neither .* base.backbone"):
-        export.tflite(exported / "saved_model", tmp_path / "model_int8.tflite", "int8", lambda: iter([]))
+        formats.tflite(exported / "saved_model", tmp_path / "model_int8.tflite", "int8", lambda: iter([]))
     assert not (tmp_path / "model_int8.tflite").exists()
+
+
+@pytest.mark.parametrize("kind, tolerance", [("float32", 1e-5), ("float16", 1e-2), ("int8", 0.1)])
+def test_mediapipe_loads_the_tflite_files_as_they_are(exported, pixels, kind, tolerance):
+    """MediaPipe Tasks' ImageClassifier needs the metadata (normalization, labels): it refuses a
+    float model without it, and names each output with the embedded label."""
+    classifier = inference.MediaPipeClassifier(exported / f"model_{kind}.tflite", LABELS)
+    try:
+        got = classifier.predict(pixels)
+    finally:
+        classifier.close()
+    reference = inference.load(exported / "model.keras").predict(pixels)
+    np.testing.assert_allclose(got, reference, atol=tolerance)
+
+
+def test_mediapipe_refuses_a_float_tflite_file_without_metadata(exported, tmp_path):
+    formats.tflite(exported / "saved_model", tmp_path / "bare.tflite", "float32")
+    with pytest.raises(Exception, match="(?i)normalization"):
+        inference.MediaPipeClassifier(tmp_path / "bare.tflite", LABELS)
+
+
+def test_saved_model_signature_takes_image_bytes_and_returns_names(exported, tmp_path):
+    """Encoded files in, class names and probabilities out, as predict gets from the same files."""
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, (fmt, mode) in enumerate([("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"),
+                                     ("JPEG", "RGB"), ("GIF", "P"), ("BMP", "RGB")]):
+        from PIL import Image
+        size = (300, 200) if i == 4 else (47, 61)  # a large JPEG is decoded at a reduced scale
+        im = Image.fromarray(rng.integers(0, 256, (*size[::-1], 4 if mode == "RGBA" else 3), dtype=np.uint8))
+        paths.append(tmp_path / f"{i}.{fmt.lower()}")
+        im.convert(mode).save(paths[-1], format=fmt)
+    names, probs = inference.SavedModelClassifier(exported / "saved_model").classify_files(paths, batch_size=3)
+    reference = inference.load(exported / "model.keras").predict(
+        np.stack([images.load_image(path, SIZE) for path in paths]))
+    np.testing.assert_allclose(probs, reference, atol=2e-3)  # pixels within one level of Pillow's
+    assert names == [LABELS[i] for i in probs.argmax(axis=1)]
+
+
+def test_the_signature_decodes_as_pillow_does(tmp_path):
+    """Within one grey level of images.load_image, for JPEG at every DCT scale, PNG with alpha, grey."""
+    import tensorflow as tf
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    smooth = np.kron(rng.integers(0, 256, (40, 60, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 320 x 480
+    cases = {"big.jpg": Image.fromarray(smooth), "rgba.png": Image.fromarray(
+        np.dstack([smooth, rng.integers(0, 256, smooth.shape[:2])]).astype(np.uint8), "RGBA"),
+        "grey.png": Image.fromarray(smooth[..., 0], "L")}
+    for name, im in cases.items():
+        im.save(tmp_path / name, quality=95)
+        for size in (32, 100, 160, 400):  # JPEG scales 1/8, 1/2, 1/2, 1
+            got = formats.decode_image(tf.constant((tmp_path / name).read_bytes()), size).numpy()
+            diff = np.abs(got.astype(int) - images.load_image(tmp_path / name, size).astype(int))
+            assert diff.max() <= 1, (name, size, diff.max())
+
+
+def test_tta_averages_each_image_with_its_mirror(exported):
+    rng = np.random.default_rng(5)
+    half = rng.integers(0, 256, (6, SIZE, SIZE // 2, 3)).astype(np.uint8)
+    symmetric = np.concatenate([half, half[:, :, ::-1]], axis=2)
+    classifier = inference.load(exported / "model.keras")
+    np.testing.assert_allclose(classifier.predict(symmetric, tta=True), classifier.predict(symmetric), atol=1e-6)
+    asymmetric = np.concatenate([half, 255 - half], axis=2)
+    mirrored = classifier.predict(asymmetric[:, :, ::-1])
+    np.testing.assert_allclose(classifier.predict(asymmetric, tta=True),
+                               (classifier.predict(asymmetric) + mirrored) / 2, atol=1e-6)
+    assert not np.allclose(classifier.predict(asymmetric), mirrored, atol=1e-3)  # the mirror does change it

@@ -1,23 +1,25 @@
-"""Saved classifiers (Keras, SavedModel, TFLite) as one thing: uint8 images -> class probabilities.
+"""Saved classifiers (Keras, SavedModel, TFLite, ONNX) as one thing: uint8 images -> class probabilities.
 
 Evaluation, the export parity check and ``pipeline.predict`` all go through
-``load_images`` and ``Classifier.probabilities``, so the metrics are measured on
+``load_images`` and ``Classifier.predict``, so the metrics are measured on
 exactly what a user of the exported model gets: the training decode and resize
-(``images.load_image``), then the model's own preprocessing inside it.
+(``images.load_image``), then the model's own preprocessing inside it. TFLite
+files run on LiteRT (``ai_edge_litert``), the runtime that replaces
+``tf.lite.Interpreter``, or through MediaPipe Tasks' image classifier.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
+from ai_edge_litert import interpreter as litert
 
-from pipeline.lib import artifacts, images, models
+from pipeline.lib import artifacts, formats, images, models
 
 LABELS_FILE = "labels.txt"  # one class name per line, in output order; written beside exported models
 
@@ -30,10 +32,13 @@ class Classifier:
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def predict(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Probabilities for any number of images, ``batch_size`` at a time."""
-        parts = [self.probabilities(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    def predict(self, pixels: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+        """Probabilities for any number of images, ``batch_size`` at a time; with ``tta``, the
+        mean of each image's and its left-right mirror's (test-time augmentation)."""
+        def run(x):
+            parts = [self.probabilities(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+            return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        return (run(pixels) + run(pixels[:, :, ::-1])) / 2 if tta else run(pixels)
 
 
 class KerasClassifier(Classifier):
@@ -46,14 +51,28 @@ class KerasClassifier(Classifier):
 
 
 class SavedModelClassifier(Classifier):
+    """A SavedModel folder: its pixel signature (``serving_pixels``, or ``serving_default`` in
+    exports from before the image-bytes signature) and, if it has one, the image-bytes one."""
+
     def __init__(self, path: Path):
-        self.serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        signatures = tf.saved_model.load(str(path)).signatures
+        self.serve = signatures.get(formats.PIXELS_SIGNATURE) or signatures["serving_default"]
+        self.serve_bytes = signatures["serving_default"] if formats.PIXELS_SIGNATURE in signatures else None
         spec = next(iter(self.serve.structured_input_signature[1].values()))
         self.image_size = int(spec.shape[1])
 
     def probabilities(self, batch):
         out = self.serve(tf.constant(batch, tf.float32))
         return next(iter(out.values())).numpy().astype(np.float32)
+
+    def classify_files(self, paths: list[Path], batch_size: int = 64) -> tuple[list[str], np.ndarray]:
+        """(top class names, probabilities) for image files, decoded by the SavedModel itself."""
+        names, parts = [], []
+        for i in range(0, len(paths), batch_size):
+            out = self.serve_bytes(image_bytes=tf.constant([Path(p).read_bytes() for p in paths[i:i + batch_size]]))
+            names += [name.decode() for name in out["classes"].numpy()]
+            parts.append(out["probabilities"].numpy().astype(np.float32))
+        return names, np.concatenate(parts)
 
 
 class TFLiteClassifier(Classifier):
@@ -66,16 +85,13 @@ class TFLiteClassifier(Classifier):
         self.output = self.interpreter.get_output_details()[0]
         self.image_size = int(self.input["shape"][1])
         self.batch = None
+        self.xnnpack_refused = False  # set when XNNPACK (the fast CPU delegate) refused the graph
 
     def _interpreter(self, delegates: bool = True):
-        resolver = tf.lite.experimental.OpResolverType
-        with warnings.catch_warnings():
-            # TF 2.21 still ships tf.lite.Interpreter but warns it will move to the ai_edge_litert
-            # package; the .tflite files themselves run on either.
-            warnings.simplefilter("ignore", UserWarning)
-            return tf.lite.Interpreter(model_path=str(self.path), num_threads=os.cpu_count(),
-                                       experimental_op_resolver_type=resolver.AUTO if delegates
-                                       else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        resolver = litert.OpResolverType
+        return litert.Interpreter(model_path=str(self.path), num_threads=os.cpu_count(),
+                                  experimental_op_resolver_type=resolver.AUTO if delegates
+                                  else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 
     def probabilities(self, batch):
         if self.batch != len(batch):  # the file is converted for batch 1; any batch size works after a resize
@@ -88,6 +104,7 @@ class TFLiteClassifier(Classifier):
                 # far below 1e-6 from a randomly initialised backbone; TFLite's own kernels run them.
                 logging.getLogger("pipeline.lib.inference").warning(
                     "%s: %s; running on TFLite's reference kernels instead", self.path.name, err)
+                self.xnnpack_refused = True
                 self.interpreter = self._interpreter(delegates=False)
                 self.interpreter.resize_tensor_input(self.input["index"], shape)
                 self.interpreter.allocate_tensors()
@@ -107,16 +124,64 @@ class TFLiteClassifier(Classifier):
         return out
 
 
+class OnnxClassifier(Classifier):
+    """An ``.onnx`` file on onnxruntime's CPU provider."""
+
+    def __init__(self, path: Path):
+        import onnxruntime  # only where ONNX files are scored
+
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0]
+        self.image_size = int(self.input.shape[1])
+
+    def probabilities(self, batch):
+        return self.session.run(None, {self.input.name: batch.astype(np.float32)})[0].astype(np.float32)
+
+
+class MediaPipeClassifier(Classifier):
+    """A ``.tflite`` file with metadata, through MediaPipe Tasks' ``ImageClassifier``: what an
+    Android, iOS or web app using MediaPipe gets. Images of the model's size are not resized.
+    MediaPipe runs on XNNPACK and aborts the process (no exception) on a graph XNNPACK refuses:
+    check ``TFLiteClassifier.xnnpack_refused`` first."""
+
+    def __init__(self, path: Path, labels: list[str]):
+        import mediapipe  # only where the export is checked
+
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        self.mp, self.labels, self.path = mediapipe, labels, path
+        self.image_size = TFLiteClassifier(path).image_size
+        options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)), max_results=-1)
+        self.classifier = vision.ImageClassifier.create_from_options(options)
+
+    def probabilities(self, batch):
+        out = np.zeros((len(batch), len(self.labels)), np.float32)
+        for row, image in zip(out, batch):
+            result = self.classifier.classify(self.mp.Image(image_format=self.mp.ImageFormat.SRGB,
+                                                            data=np.ascontiguousarray(image, dtype=np.uint8)))
+            for category in result.classifications[0].categories:
+                if category.category_name != self.labels[category.index]:
+                    raise artifacts.StageError(f"{self.path.name}: MediaPipe read label {category.category_name!r} for output "
+                                     f"{category.index}, not {self.labels[category.index]!r}")
+                row[category.index] = category.score
+        return out
+
+    def close(self) -> None:
+        self.classifier.close()
+
+
 def load(path: Path) -> Classifier:
-    """A ``.keras`` file, a ``.tflite`` file, or a SavedModel folder."""
+    """A ``.keras``, ``.tflite`` or ``.onnx`` file, or a SavedModel folder."""
     path = Path(path)
     if path.is_dir() and (path / "saved_model.pb").exists():
         return SavedModelClassifier(path)
     if path.suffix == ".tflite" and path.is_file():
         return TFLiteClassifier(path)
+    if path.suffix == ".onnx" and path.is_file():
+        return OnnxClassifier(path)
     if path.suffix == ".keras" and path.is_file():
         return KerasClassifier(models.load(path))
-    raise ValueError(f"{path}: not a .keras file, a .tflite file or a SavedModel folder")
+    raise ValueError(f"{path}: not a .keras, .tflite or .onnx file or a SavedModel folder")
 
 
 def read_labels(path: Path) -> list[str]:

@@ -163,6 +163,9 @@ class ClassWeights:
 @dataclasses.dataclass(frozen=True)
 class Evaluate:
     batch_size: int = param("batch size for scoring the test split (evaluate and export)", low=1, high=MAX_IMAGE_BATCH)
+    tta: str = param("test-time augmentation also measured on the fine-tuned model: horizontal_flip averages "
+                     "each image's probabilities with its mirror's (finetune_tta in the metrics; predict --tta)",
+                     choices=("none", "horizontal_flip"))
 
 
 @dataclasses.dataclass(frozen=True)

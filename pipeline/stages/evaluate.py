@@ -6,7 +6,10 @@ model (extractor + head, the frozen backbone) and the fine-tuned model.
 Accuracy and macro-F1 go to the DVC metrics file; per-class precision, recall
 and F1 to per_class.json and a bar chart; confusion matrices to CSV (DVC's
 ``confusion`` plot) and PNG; every test image's prediction to
-predictions.csv; the most confident mistakes to a gallery.
+predictions.csv; the most confident mistakes to a gallery, each tile named and
+overlaid with its Grad-CAM heat map (what the decision rests on). With
+``evaluate.tta: horizontal_flip`` the fine-tuned model is also scored with
+test-time augmentation (``finetune_tta``), to show what it would add.
 """
 from __future__ import annotations
 
@@ -15,9 +18,9 @@ import logging
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipeline.lib import artifacts, images, inference, models, params, plots
+from pipeline.lib import artifacts, explain, images, inference, models, params, plots
 
-PARAMS = ["evaluate.batch_size"]
+PARAMS = ["evaluate.batch_size", "evaluate.tta"]
 TITLES = {"head": "Head only (frozen backbone)", "finetune": "Fine-tuned"}
 GALLERY = 12  # most confident mistakes shown
 log = logging.getLogger("pipeline.stages.evaluate")
@@ -56,6 +59,11 @@ def main() -> None:
             plots.confusion_png(confusion_matrix(y, pred, labels=range(len(labels))), labels, tmp,
                                 f"{TITLES[name]}: test accuracy {metrics[name]['accuracy']:.3f}")
         log.info("%-8s accuracy %.4f  macro-F1 %.4f", name, metrics[name]["accuracy"], metrics[name]["macro_f1"])
+    if p.evaluate.tta == "horizontal_flip":
+        tta = classifiers["finetune"].predict(pixels, p.evaluate.batch_size, tta=True).argmax(axis=1)
+        metrics["finetune_tta"], _ = scores(y, tta, labels)
+        log.info("finetune with test-time augmentation (horizontal flip): accuracy %.4f  macro-F1 %.4f",
+                 metrics["finetune_tta"]["accuracy"], metrics["finetune_tta"]["macro_f1"])
     metrics["test_images"] = int(len(y))
 
     pred, confidence = probs["finetune"].argmax(axis=1), probs["finetune"].max(axis=1)
@@ -64,10 +72,14 @@ def main() -> None:
                                 "confidence": f"{c:.6f}"} for r, t, q, c in zip(rows, y, pred, confidence)),
                          ["path", "actual", "predicted", "confidence"])
     mistakes = sorted(np.flatnonzero(pred != y), key=lambda i: -confidence[i])[:GALLERY]
+    heat, _ = explain.GradCam(classifiers["finetune"].model)(pixels[mistakes])
     with artifacts.atomic_file(args.out / "mistakes.png") as tmp:
-        plots.gallery([images.thumbnail(args.raw / rows[i]["path"], 200) for i in mistakes],
-                      [f"true: {labels[y[i]]}\npredicted: {labels[pred[i]]} ({confidence[i]:.0%})" for i in mistakes],
-                      tmp, f"Fine-tuned model: the {len(mistakes)} most confident mistakes on the test split")
+        plots.gallery([explain.overlay(images.thumbnail(args.raw / rows[i]["path"], 200), h)
+                       for i, h in zip(mistakes, heat)],
+                      [f"{rows[i]['path'].rsplit('/', 1)[-1]}\ntrue: {labels[y[i]]}\n"
+                       f"predicted: {labels[pred[i]]} ({confidence[i]:.0%})" for i in mistakes],
+                      tmp, f"Fine-tuned model: the {len(mistakes)} most confident mistakes on the test split\n"
+                           "(Grad-CAM: red is what the predicted class rests on)")
     with artifacts.atomic_file(args.out / "per_class_f1.png") as tmp:
         plots.per_class_f1({TITLES[name]: {k: v["f1"] for k, v in per_class[name].items()} for name in per_class},
                            tmp, "Per-class F1 on the test split")

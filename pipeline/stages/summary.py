@@ -20,7 +20,7 @@ FIGURES = {  # file under a report folder -> what it shows
     "confusion_finetune.png": "confusion matrix, fine-tuned model (row-normalized)",
     "confusion_head.png": "confusion matrix, head only",
     "per_class_f1.png": "per-class F1, head only and fine-tuned",
-    "mistakes.png": "the fine-tuned model's most confident mistakes on the test split",
+    "mistakes.png": "the fine-tuned model's most confident mistakes on the test split, with file names and Grad-CAM heat maps",
 }
 
 
@@ -72,6 +72,9 @@ def results_section(metrics: dict, head_log: dict, finetune_log: dict, per_class
              head_log["best_val_accuracy"]],
             ["fine-tuned", metrics["finetune"]["accuracy"], metrics["finetune"]["macro_f1"],
              finetune_log["best_val_accuracy"]]]
+    if "finetune_tta" in metrics:
+        rows.append(["fine-tuned, test-time augmentation (each image and its mirror)",
+                     metrics["finetune_tta"]["accuracy"], metrics["finetune_tta"]["macro_f1"], "-"])
     lines = ["## Results", "", f"On {metrics['test_images']} test images:", ""]
     lines += table(["model", "test accuracy", "test macro-F1", "best val accuracy"], rows)
     lines += ["", "Per class (test split):", ""]
@@ -81,14 +84,23 @@ def results_section(metrics: dict, head_log: dict, finetune_log: dict, per_class
     return lines
 
 
+RUNTIMES = {"keras": ("model.keras", "Keras"), "saved_model": ("saved_model/", "TensorFlow, `serving_pixels`"),
+            "saved_model_bytes": ("saved_model/", "TensorFlow, `serving_default` (image bytes in)"),
+            "onnx": ("model.onnx", "onnxruntime"), "tflite_float32": ("model_float32.tflite", "LiteRT"),
+            "tflite_float16": ("model_float16.tflite", "LiteRT"), "tflite_int8": ("model_int8.tflite", "LiteRT"),
+            "mediapipe_float32": ("model_float32.tflite", "MediaPipe ImageClassifier"),
+            "mediapipe_float16": ("model_float16.tflite", "MediaPipe ImageClassifier"),
+            "mediapipe_int8": ("model_int8.tflite", "MediaPipe ImageClassifier")}
+
+
 def export_section(export: dict) -> list[str]:
-    files = {"keras": "model.keras", "saved_model": "saved_model/", "tflite_float32": "model_float32.tflite",
-             "tflite_float16": "model_float16.tflite", "tflite_int8": "model_int8.tflite"}
-    rows = [[name, f"`{files.get(name, name)}`", f"{m['size_mb']:.2f}", m["accuracy"], m["agreement"]]
-            for name, m in export.items() if isinstance(m, dict)]
-    return ["## Exported model", "", "Each file with `labels.txt` beside it; accuracy and agreement (share "
-            "of test images with the same top-1 class as the Keras model) measured on the test split:", ""] + \
-        table(["format", "file", "size (MB)", "test accuracy", "agreement"], rows)
+    rows = [[f"`{RUNTIMES.get(name, (name,))[0]}`", RUNTIMES.get(name, ("", name))[1], f"{m['size_mb']:.2f}",
+             m["accuracy"], m["agreement"]] for name, m in export.items() if isinstance(m, dict) and "accuracy" in m]
+    return ["## Exported model", "", "Each file with `labels.txt` beside it (the TFLite files also carry the labels "
+            "and input normalization as metadata); accuracy and agreement (share of test images with the same "
+            "top-1 class as the Keras model) measured on the test split, through the runtime named:", ""] + \
+        table(["file", "runtime", "size (MB)", "test accuracy", "agreement"], rows) + \
+        [f"\nNot checked: {name} ({reason})." for name, reason in export.get("not_checked", {}).items()]
 
 
 def main() -> None:
