@@ -38,7 +38,7 @@ check: $(VENV)/installed
 # Experiments side by side: the key params and metrics as columns (plain `dvc exp show`
 # lists every param and metric, far too wide to read). More dvc exp show options in ARGS,
 # e.g. `make exps ARGS=--all-commits` for experiments based on older commits.
-KEY_COLUMNS := Experiment|base\.image_size|finetune\.epochs|best_val_accuracy|base\.backbone|train_head\.learning_rate|finetune\.(learning_rate|schedule|unfreeze_layers|label_smoothing)|class_weights\.mode|head\.accuracy|finetune\.(accuracy|macro_f1)|tflite_(float32|int8)\.(size_mb|agreement)
+KEY_COLUMNS := Experiment|base\.image_size|finetune\.epochs|reports/finetune/metrics\.json:best_val_accuracy|base\.backbone|train_head\.learning_rate|finetune\.(learning_rate|schedule|unfreeze_layers|label_smoothing)|class_weights\.mode|head\.accuracy|finetune\.(accuracy|macro_f1)|tflite_(float32|int8)\.(size_mb|agreement)
 .PHONY: exps
 exps:
 	dvc exp show --md --drop '.*' --keep '$(KEY_COLUMNS)' $(ARGS)
@@ -46,7 +46,7 @@ exps:
 # The fine-tuning sweep that chose the defaults (docs/performance.md, "Fine-tuning sweep"):
 # the grid below, then one run at 192 px, queued as DVC experiments and run one at a time in
 # the background (`dvc queue status`, `dvc queue logs NAME`). Pick by validation accuracy:
-# `make exps ARGS="--sort-by reports/finetune/metrics.json:best_val_accuracy"`.
+# the reports/finetune/metrics.json:best_val_accuracy column of `make exps`.
 SWEEP_GRID := -S 'finetune.learning_rate=3e-5,1e-4' -S 'finetune.epochs=10,13' -S 'finetune.unfreeze_layers=54,80'
 .PHONY: sweep
 sweep: $(VENV)/installed
