@@ -13,6 +13,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+# gto (which DVC's artifacts code imports) calls logging.config.dictConfig when imported, which
+# closes every logging handler there is. absl's (TensorFlow's) closes its stream with it, and in a
+# test module imported after TensorFlow that stream is pytest's capture file: the run then dies
+# with "I/O operation on closed file". Importing gto first leaves it nothing to close.
+import gto.log  # noqa: E402,F401
+
 
 def shared_or_skip(*parts: str) -> Path:
     """A path under ../shared (the offline real assets), or skip the test saying what is missing."""
