@@ -35,7 +35,7 @@ def run_stage(cwd: Path, cmd: str) -> subprocess.CompletedProcess:
 
 def bad_params(text: str) -> str:
     """params.yaml with a non-finite rate, an image size that would exhaust memory and a negative seed."""
-    for old, new in (("learning_rate: 1.0e-05", "learning_rate: .inf"), ("image_size: 160", "image_size: 100000"),
+    for old, new in (("learning_rate: 1.0e-04", "learning_rate: .inf"), ("image_size: 160", "image_size: 100000"),
                      ("seed: 42", "seed: -1")):
         assert old in text
         text = text.replace(old, new)

@@ -22,7 +22,7 @@ def broken(edit) -> dict:
 
 def test_default_params_are_valid():
     parsed = params.parse(DEFAULT)
-    assert parsed["finetune"].learning_rate == pytest.approx(1e-5)
+    assert parsed["finetune"].learning_rate == pytest.approx(1e-4)
     assert parsed["base"].backbone == "MobileNetV2"
 
 
@@ -67,7 +67,7 @@ def test_mistakes_are_named(edit, message):
 
 def test_yaml_infinity_in_the_file_is_named(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text((ROOT / "params.yaml").read_text().replace("learning_rate: 1.0e-05", "learning_rate: .inf"))
+    path.write_text((ROOT / "params.yaml").read_text().replace("learning_rate: 1.0e-04", "learning_rate: .inf"))
     with pytest.raises(ParamsError, match=re.escape("finetune.learning_rate must be a finite number, got inf")):
         params.load(["finetune"], path)
 
@@ -108,7 +108,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 @pytest.mark.parametrize("text, value", [("3e-05", 3e-5), ("1e-5", 1e-5), ("2.5E+2", 250.0), ("1.0e-05", 1e-5)])
 def test_exponent_floats_without_a_dot_are_floats(tmp_path, text, value):
     """`dvc exp run -S finetune.learning_rate=3e-5` writes `3e-05`, a string to YAML 1.1 readers."""
-    raw = (ROOT / "params.yaml").read_text().replace("learning_rate: 1.0e-05", f"learning_rate: {text}")
+    raw = (ROOT / "params.yaml").read_text().replace("learning_rate: 1.0e-04", f"learning_rate: {text}")
     assert f"learning_rate: {text}" in raw
     (tmp_path / "params.yaml").write_text(raw)
     assert params.load(["finetune"], tmp_path / "params.yaml").finetune.learning_rate == pytest.approx(value)
