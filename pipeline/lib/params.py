@@ -137,7 +137,7 @@ class TrainHead:
 class Finetune:
     unfreeze_layers: int = param("how many of the backbone's top layers to train; BatchNorm layers among "
                                  "them stay frozen", low=0)
-    learning_rate: float = param("Adam learning rate for fine-tuning; keep it low (about 1e-5)", low=0, low_open=True)
+    learning_rate: float = param("Adam learning rate for fine-tuning; keep it low (1e-5 to 1e-4: make sweep picked 1e-4)", low=0, low_open=True)
     epochs: int = param("maximum epochs over the training images", low=1)
     batch_size: int = param("images per batch, per device", low=1, high=MAX_IMAGE_BATCH)
     patience: int = param("epochs without a lower validation loss before stopping (best epoch kept)", low=0)
