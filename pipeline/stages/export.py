@@ -47,6 +47,51 @@ def size_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in files) / 2**20, 3)
 
 
+def write_formats(model_file: Path, model, labels: list[str], folder: Path, description: str,
+                  representative) -> dict[str, Path]:
+    """Every format of ``model`` (loaded from ``model_file``) into ``folder``, labels.txt beside
+    them: {metrics row: path}."""
+    inference.write_labels(folder / inference.LABELS_FILE, labels)
+    files = {"keras": folder / "model.keras", "saved_model": folder / "saved_model"}
+    shutil.copyfile(model_file, files["keras"])
+    formats.saved_model(model, labels, files["saved_model"])
+    for kind in TFLITE_KINDS:
+        path = files[f"tflite_{kind}"] = folder / f"model_{kind}.tflite"
+        log.info("converting to %s", path.name)
+        formats.tflite(files["saved_model"], path, kind, representative)
+        formats.add_metadata(path, folder / inference.LABELS_FILE, description)
+    log.info("converting to model.onnx")
+    files["onnx"] = folder / "model.onnx"
+    formats.onnx(model, files["onnx"])
+    return files
+
+
+def score(files: dict[str, Path], pixels, test_files: list[Path], labels: list[str],
+          batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Each file's probabilities on the test images through the runtime an app would use
+    (metrics row -> array), and the rows left out with the reason."""
+    predictions, refused, not_checked = {}, {}, {}
+    for name, path in files.items():
+        classifier = inference.load(path)
+        predictions[name] = classifier.predict(pixels, batch_size)
+        refused[name] = getattr(classifier, "xnnpack_refused", False)
+    names, predictions["saved_model_bytes"] = inference.SavedModelClassifier(
+        files["saved_model"]).classify_files(test_files, batch_size)
+    if names != [labels[i] for i in predictions["saved_model_bytes"].argmax(axis=1)]:
+        raise artifacts.StageError("the SavedModel's classes output does not match its probabilities")
+    for kind in TFLITE_KINDS:
+        row, path = f"mediapipe_{kind}", files[f"tflite_{kind}"]
+        if refused[f"tflite_{kind}"]:  # MediaPipe would abort the whole process on it
+            not_checked[row] = (f"XNNPACK refuses {path.name}'s graph, so MediaPipe cannot run it "
+                                "(LiteRT fell back to its own kernels)")
+            log.warning("%s not checked: %s", row, not_checked[row])
+            continue
+        mediapipe = inference.MediaPipeClassifier(path, labels)
+        predictions[row] = mediapipe.predict(pixels)
+        mediapipe.close()
+    return predictions, not_checked
+
+
 def main() -> None:
     args = artifacts.start(__doc__, "model", "augmented", "raw", "split", "out", "metrics")
     p = params.load(PARAMS)
@@ -63,42 +108,12 @@ def main() -> None:
             yield [image.numpy()]
 
     with artifacts.atomic_dir(args.out) as tmp:
-        inference.write_labels(tmp / inference.LABELS_FILE, labels)
-        files = {"keras": tmp / "model.keras", "saved_model": tmp / "saved_model"}
-        shutil.copyfile(args.model, files["keras"])
-        formats.saved_model(model, labels, files["saved_model"])
-        for kind in TFLITE_KINDS:
-            path = files[f"tflite_{kind}"] = tmp / f"model_{kind}.tflite"
-            log.info("converting to %s", path.name)
-            formats.tflite(files["saved_model"], path, kind, representative)
-            formats.add_metadata(path, tmp / inference.LABELS_FILE, description)
-        log.info("converting to model.onnx")
-        files["onnx"] = tmp / "model.onnx"
-        formats.onnx(model, files["onnx"])
-
-        predictions, refused = {}, {}
-        for name, path in files.items():
-            classifier = inference.load(path)
-            predictions[name] = classifier.predict(pixels, p.evaluate.batch_size)
-            refused[name] = getattr(classifier, "xnnpack_refused", False)
-        test_files = [args.raw / r["path"] for r in rows]
-        names, predictions["saved_model_bytes"] = inference.SavedModelClassifier(
-            files["saved_model"]).classify_files(test_files, p.evaluate.batch_size)
-        if names != [labels[i] for i in predictions["saved_model_bytes"].argmax(axis=1)]:
-            raise artifacts.StageError("the SavedModel's classes output does not match its probabilities")
-        not_checked = {}
-        for kind in TFLITE_KINDS:
-            if refused[f"tflite_{kind}"]:  # MediaPipe would abort the whole process on it
-                not_checked[f"mediapipe_{kind}"] = (f"XNNPACK refuses {files[f'tflite_{kind}'].name}'s graph, so "
-                                                    "MediaPipe cannot run it (LiteRT fell back to its own kernels)")
-                log.warning("%s not checked: %s", f"mediapipe_{kind}", not_checked[f"mediapipe_{kind}"])
-                continue
-            mediapipe = inference.MediaPipeClassifier(files[f"tflite_{kind}"], labels)
-            predictions[f"mediapipe_{kind}"] = mediapipe.predict(pixels)
-            mediapipe.close()
-        sizes = {**{name: size_mb(path) for name, path in files.items()},
-                 "saved_model_bytes": size_mb(files["saved_model"]),
-                 **{f"mediapipe_{kind}": size_mb(files[f"tflite_{kind}"]) for kind in TFLITE_KINDS}}
+        files = write_formats(args.model, model, labels, tmp, description, representative)
+        predictions, not_checked = score(files, pixels, [args.raw / r["path"] for r in rows], labels,
+                                         p.evaluate.batch_size)
+        files.update(saved_model_bytes=files["saved_model"],
+                     **{f"mediapipe_{kind}": files[f"tflite_{kind}"] for kind in TFLITE_KINDS})
+        sizes = {name: size_mb(path) for name, path in files.items()}
 
     reference = predictions["keras"].argmax(axis=1)
     metrics = {}
