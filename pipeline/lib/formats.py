@@ -9,6 +9,7 @@ backbone's preprocessing inside.
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 import types
 import warnings
@@ -142,6 +143,8 @@ def onnx(model: keras.Model, path: Path) -> None:
     """The model as ONNX (Keras' exporter, through tf2onnx): input ``pixels`` as ``serving_pixels``."""
     size = int(model.input_shape[1])
     try:
+        # tf2onnx logs its versions, opset and graph optimizations at INFO; the stage log keeps warnings
+        logging.getLogger("tf2onnx").setLevel(logging.WARNING)
         with warnings.catch_warnings():  # Keras' tf2onnx patch probes np.object, which NumPy 2 warns about
             warnings.simplefilter("ignore", FutureWarning)
             model.export(str(path), format="onnx", verbose=False,
