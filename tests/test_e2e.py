@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from pipeline.lib import images
 from project import BIN, Project
 from shapes import make_dataset
 from tiny_run import tiny_project
@@ -123,9 +125,13 @@ def test_predict_tta_and_explain(project, tmp_path):
     paths = sorted((project.path / "data/raw").rglob("*.png"))[:3]
     out = project.run("python", "-m", "pipeline.predict", "models/model.keras", *map(str, paths), "--labels",
                       "data/split/labels.json", "--json", "--tta", "--explain", str(tmp_path / "why"))
-    assert len(json.loads(out.stdout)) == 3
-    for path in paths:
-        assert f"heat map for" in out.stderr and (tmp_path / "why" / f"{path.name}.gradcam.png").is_file()
+    results = json.loads(out.stdout)
+    assert len(results) == 3
+    for path, result in zip(paths, results):
+        assert f"{path}: heat map for {result['predictions'][0]['label']} in" in out.stderr
+        overlaid = np.asarray(Image.open(tmp_path / "why" / f"{path.name}.gradcam.png"))
+        plain = images.thumbnail(path, 400)
+        assert overlaid.shape == plain.shape and not np.array_equal(overlaid, plain)  # the map is drawn on it
     refused = project.run("python", "-m", "pipeline.predict", "models/export/model_float32.tflite",
                           str(paths[0]), "--explain", str(tmp_path / "no"), check=False)
     assert refused.returncode == 2 and "--explain needs the .keras model" in refused.stderr
