@@ -69,6 +69,12 @@ def test_a_map_for_another_class_differs_and_overlay_keeps_the_image_size(traine
     assert tile.shape == (40, SIZE, 3) and tile.dtype == np.uint8
 
 
+def test_no_images_give_no_maps(trained):
+    """A model with no test mistakes hands the gallery no images (the evaluate stage crashed here)."""
+    maps, probs = explain.GradCam(trained)(scenes(1, seed=3)[0][:0])
+    assert len(maps) == 0 and len(probs) == 0
+
+
 def test_a_model_not_built_by_the_pipeline_is_refused_with_a_reason():
     inputs = keras.Input((8, 8, 3))
     plain = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))

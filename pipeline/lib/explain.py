@@ -55,6 +55,8 @@ class GradCam:
                  batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """(heat maps in [0, 1] at the feature map's resolution, probabilities) for uint8 images;
         each map is for ``classes[i]``, by default the predicted class."""
+        if not len(pixels):  # e.g. a model with no mistakes to explain
+            return np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.float32)
         classes = np.full(len(pixels), -1) if classes is None else np.asarray(classes)
         maps, probs = [], []
         for i in range(0, len(pixels), batch_size):
