@@ -6,6 +6,7 @@
 4. finetune: training images/s per epoch (validation excluded, first epoch
    excluded as warm-up) against a plain `train_on_batch` loop on in-memory
    tensors with the same model and trainable layers. Target: at least 85%.
+   Also the stage under distribution.precision=mixed_bfloat16 (float32 raw loop).
 Default params.yaml, offline clothing photos.   python bench/throughput.py
 """
 from __future__ import annotations
@@ -75,11 +76,14 @@ def main() -> None:
         _, extract_log = run([dvc, "repro", "-f", "-s", "extract_features"], project, env)
         _, finetune_log = run([dvc, "repro", "finetune"], project, env)
         _, plain_log = run([dvc, "exp", "run", "finetune", "-S", "finetune.online_augmentation=false"], project, env)
+        _, bf16_log = run([dvc, "exp", "run", "finetune", "-S", "finetune.online_augmentation=true",
+                           "-S", "distribution.precision=mixed_bfloat16"], project, env)
         print("raw model on in-memory tensors ...", flush=True)
         raw_forward, raw_train = raw_rates(env, params)  # inside: the Keras cache lives in tmp
     extract = rates(extract_log, "extracted")[0]
     finetune = median(rates(finetune_log, "trained on")[1:])
     plain = median(rates(plain_log, "trained on")[1:])
+    bf16 = median(rates(bf16_log, "trained on")[1:])
 
     table("3. Extract-features throughput (target >= 90% of raw)", ["", "images/s", "share of raw"],
           [["raw forward, in-memory batch", raw_forward, "100%"],
@@ -87,13 +91,15 @@ def main() -> None:
     table("4. Finetune throughput per epoch (target >= 85% of raw)", ["", "images/s", "share of raw"],
           [["raw train_on_batch, in-memory batch", raw_train, "100%"],
            ["finetune stage, online augmentation on (default)", finetune, f"{finetune / raw_train:.0%}"],
-           ["finetune stage, online augmentation off", plain, f"{plain / raw_train:.0%}"]])
+           ["finetune stage, online augmentation off", plain, f"{plain / raw_train:.0%}"],
+           ["finetune stage, augmentation on, mixed_bfloat16", bf16, f"{bf16 / raw_train:.0%}"]])
     save("throughput", {
         "extract": {"stage_images_per_s": extract, "raw_images_per_s": raw_forward,
                     "share": extract / raw_forward, "target": 0.9},
         "finetune": {"stage_images_per_s": finetune, "stage_no_augmentation_images_per_s": plain,
                      "raw_images_per_s": raw_train, "share": finetune / raw_train,
-                     "share_no_augmentation": plain / raw_train, "target": 0.85},
+                     "share_no_augmentation": plain / raw_train, "stage_mixed_bfloat16_images_per_s": bf16,
+                     "share_mixed_bfloat16": bf16 / raw_train, "target": 0.85},
     })
 
 

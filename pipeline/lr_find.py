@@ -112,9 +112,9 @@ def setup(stage: str, paths: dict[str, Path], p) -> tuple:
                 np.bincount(y, minlength=len(labels)))
     from pipeline.stages import finetune  # the stage's own set-up, so the test sees what it would
 
-    model = finetune.unfrozen_model(paths["extractor"], paths["head"], hp.unfreeze_layers)
+    model = finetune.unfrozen_model(paths["extractor"], paths["head"], hp.unfreeze_layers, "float32")
     meta = shards.meta(paths["augmented"])
-    batches = finetune.training_batches(paths["augmented"], p, hp.batch_size)
+    batches = finetune.training_batches(paths["augmented"], p, hp.batch_size, epoch=0)
     return model, batches.repeat(), meta["labels"], meta["class_counts"]["train"]
 
 

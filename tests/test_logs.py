@@ -16,7 +16,7 @@ from pipeline.lib import quiet
 NOISE_MARKERS = ("absl::InitializeLog", "oneDNN custom operations", "NodeDef mentions attribute",
                  "cpu_feature_guard", "rebuild TensorFlow")
 TRAIN_HEAD = ["--features", "data/features", "--labels", "data/split/labels.json",
-              "--model", "models/head.keras", "--live", "reports/train_head"]
+              "--model", "models/head.keras", "--live", "reports/train_head", "--backup", ".backup/train_head"]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,7 @@ def test_a_stage_log_holds_its_progress_and_no_tensorflow_noise(tiny_head_projec
            "runpy.run_module('pipeline.stages.train_head', run_name='__main__')"
     control = run(tiny_head_project, "-c", code)
     assert control.returncode == 0, control.stderr
-    assert "NodeDef mentions attribute use_unbounded_threadpool" in control.stderr
-    assert "absl::InitializeLog" in control.stderr
+    assert "oneDNN custom operations" in control.stderr and "absl::InitializeLog" in control.stderr
 
 
 def pumped(chunks: list[bytes]) -> bytes:

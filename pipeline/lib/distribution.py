@@ -6,8 +6,9 @@
   multi_worker  MultiWorkerMirroredStrategy: every machine runs the same stage command with its
                 own TF_CONFIG (docs/scaling.md); worker 0 (or the chief) writes
                 the outputs, the others write to a temporary folder that is thrown away.
-                Blocked for now: Keras 3's Model.fit fails under this strategy
-                (keras-team/keras#20585, open; tests/test_distribution.py notices the fix)
+
+Training runs in ``training.Trainer``'s loop under every strategy (Keras 3's ``fit`` fails
+under MultiWorkerMirroredStrategy, keras-team/keras#20585).
 
 The batch sizes in params.yaml are per replica: each step takes ``batch_size`` images per
 device, ``batch_size * replicas`` in all (``global_batch``), as the Keras guides do, so adding
@@ -18,6 +19,7 @@ it runs the mirrored code path on a machine without GPUs (the tests do).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -30,11 +32,6 @@ from pipeline.lib.artifacts import StageError
 
 log = logging.getLogger("pipeline.lib.distribution")
 STRATEGIES = ("single", "auto", "mirrored", "multi_worker")
-# Keras 3.15's TensorFlow trainer reduces a PerReplica batch that MultiWorkerMirroredStrategy
-# cannot reduce (keras-team/keras#20585, tensorflow/tensorflow#72388): fit fails on the
-# first step. tests/test_distribution.py runs two real workers and fails once that is fixed.
-MULTI_WORKER_FIT_WORKS = False
-PATCHED_KERAS = "3.15.1"  # the Keras whose private trainer method _build_from_one_replica replaces
 
 
 def strategy(name: str) -> tf.distribute.Strategy:
@@ -48,10 +45,8 @@ def strategy(name: str) -> tf.distribute.Strategy:
             json.loads(os.environ["TF_CONFIG"])
         except ValueError as err:
             raise StageError(f"TF_CONFIG is not valid JSON ({err})") from None
-        if not MULTI_WORKER_FIT_WORKS:
-            raise StageError("distribution.strategy multi_worker: Keras 3's Model.fit cannot train under "
-                             "MultiWorkerMirroredStrategy yet (keras-team/keras#20585); use mirrored (all GPUs "
-                             "of one machine) or single")
+        # TensorFlow logs every collective op at INFO under multi-worker; its warnings still show.
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
         chosen = tf.distribute.MultiWorkerMirroredStrategy()
     elif name not in STRATEGIES:
         raise StageError(f"distribution.strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
@@ -61,9 +56,11 @@ def strategy(name: str) -> tf.distribute.Strategy:
             chosen = tf.distribute.get_strategy()  # the default strategy: no replicas, no overhead
         else:
             chosen = tf.distribute.MirroredStrategy([d.name for d in gpus or tf.config.list_logical_devices("CPU")])
-    if chosen.num_replicas_in_sync > 1:
-        _build_from_one_replica()
-    log.info("distribution: %s, %d replica(s) in sync", type(chosen).__name__, chosen.num_replicas_in_sync)
+    kind = "MultiWorkerMirroredStrategy" if name == "multi_worker" else type(chosen).__name__  # not its class name
+    log.info("distribution: %s, %d replica(s) in sync", kind, chosen.num_replicas_in_sync)
+    if name == "multi_worker":
+        index, workers = worker_share(chosen)
+        log.info("this is task %d of %d%s", index + 1, workers, " (the chief)" if is_chief(chosen) else "")
     return chosen
 
 
@@ -73,7 +70,7 @@ def global_batch(per_replica: int, chosen: tf.distribute.Strategy) -> int:
 
 def is_chief(chosen: tf.distribute.Strategy) -> bool:
     """Whether this process writes the outputs: always, except on multi-worker's other workers."""
-    resolver = getattr(chosen.extended, "cluster_resolver", None)
+    resolver = getattr(chosen, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return True
     return is_chief_task(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())
@@ -89,41 +86,56 @@ def output_path(path: Path, chosen: tf.distribute.Strategy) -> Path:
     may run collective ops, but only the chief's files are the stage's outputs)."""
     if is_chief(chosen):
         return path
+    log.info("not the chief: %s goes to a throw-away folder", path)
     return Path(tempfile.mkdtemp(prefix="worker-")) / path.name
 
 
-def _build_from_one_replica() -> None:
-    """Keras 3.15 builds a model's metrics from the first batch averaged over the replicas
-    (``strategy.reduce``), which fails when that batch splits unevenly: 24 validation images
-    on two replicas of 16 ("Inputs to operation AddN must have the same size and shape",
-    keras-team/keras#19246). Only the batch's shapes and dtypes matter there, so build from
-    the first replica's part instead. Keras is pinned; tests/test_distribution.py and the
-    e2e mirrored run exercise this. The patch replaces a private method, so it is applied only
-    to the Keras version it was written against."""
-    import inspect
+def worker_share(chosen: tf.distribute.Strategy) -> tuple[int, int]:
+    """``(index, workers)``: this machine's place among the cluster's tasks, ``(0, 1)`` unless
+    multi-worker. Work split by hand (feature extraction) goes by it."""
+    resolver = getattr(chosen, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 0, 1
+    cluster = resolver.cluster_spec().as_dict()
+    tasks = [(kind, i) for kind in ("chief", "worker") for i in range(len(cluster.get(kind, [])))]
+    return tasks.index((resolver.task_type, resolver.task_id)), len(tasks)
 
-    import keras
-    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-    original = getattr(TensorFlowTrainer, "_maybe_symbolic_build", None)
-    if keras.__version__ != PATCHED_KERAS or original is None or \
-            list(inspect.signature(original).parameters) != ["self", "iterator", "data_batch"]:
-        raise StageError(f"distribution.strategy with 2+ replicas needs a patch written for Keras {PATCHED_KERAS} "
-                         f"(pipeline/lib/distribution.py, keras-team/keras#19246); this is Keras {keras.__version__}. "
-                         "Check whether that Keras fixes the bug, then update or drop the patch and PATCHED_KERAS")
+def all_gather(chosen: tf.distribute.Strategy, values: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, ...]:
+    """Every worker's ``values`` concatenated (same shapes on every worker), on every worker:
+    a collective op, so every worker must call it the same number of times."""
+    if worker_share(chosen)[1] == 1:
+        return values
+    return tuple(chosen.experimental_local_results(g)[0] for g in _gather_function(chosen)(*values))
 
-    def build(self, iterator=None, data_batch=None):
-        if self._distribute_strategy is None:
-            return  # as Keras: built when the step function is traced
-        if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda v: self.distribute_strategy.experimental_local_results(v)[0], next(batches))
-                break
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
 
-    TensorFlowTrainer._maybe_symbolic_build = build
+@functools.cache
+def _gather_function(chosen: tf.distribute.Strategy):
+    """One compiled all-gather per strategy (TensorFlow warns that eager collectives are slow)."""
+    def gather(*values):
+        # Placed on this worker's device: traced from plain tensors, the collective would have no
+        # device to gather to ("destinations can not be empty").
+        with tf.device(chosen.extended.worker_devices[0]):
+            values = tuple(tf.identity(v) for v in values)
+        return tf.distribute.get_replica_context().all_gather(values, axis=0)
+
+    return tf.function(lambda *values: chosen.run(gather, args=values))
+
+
+def barrier(chosen: tf.distribute.Strategy) -> None:
+    """Wait until every worker gets here: workers leave a stage only once the chief has written
+    its outputs, which their next stage reads."""
+    if worker_share(chosen)[1] > 1:
+        all_gather(chosen, (tf.zeros([1]),))
+
+
+def scratch_path(path: Path, chosen: tf.distribute.Strategy) -> Path:
+    """``path`` on the chief; beside it, one per task, on the other workers: each worker keeps
+    its own backup (two workers may share a machine and a folder)."""
+    if is_chief(chosen):
+        return Path(path)
+    resolver = chosen.cluster_resolver
+    return Path(path).with_name(f"{Path(path).name}-{resolver.task_type}-{resolver.task_id}")
 
 
 def _split_cpu() -> None:

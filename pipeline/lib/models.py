@@ -11,7 +11,7 @@ import re
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
@@ -216,8 +216,10 @@ def online_augmentation(augment: SimpleNamespace, seed: int) -> Callable:
 
 
 def save(model: keras.Model, path: Path) -> None:
-    """Save the model for inference: architecture and weights, without the optimizer state
-    and training loss (a fresh functional model over the same layers is never compiled)."""
+    """Save the model for inference: architecture and weights in float32 (whatever policy it
+    trained under), without the optimizer state and training loss (a fresh functional model
+    over the same layers is never compiled)."""
+    model = with_precision(model, "float32")
     with artifacts.atomic_file(path) as tmp:
         keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
         _make_reproducible(tmp)
@@ -267,3 +269,30 @@ def load(path: Path) -> keras.Model:
     except Exception as err:  # zipfile, h5py and Keras each raise their own types for a bad file
         raise StageError(f"{path} is not a readable Keras model ({type(err).__name__}: "
                          f"{(str(err).strip().splitlines() or [''])[0][:300]})") from None
+
+
+def with_precision(model: keras.Model, precision: str) -> keras.Model:
+    """The same model and weights with every layer computing in ``precision`` (a Keras dtype policy
+    name: distribution.precision) except the output layer, which stays float32 so the softmax and
+    the loss are computed in float32. Variables are float32 under every policy, so a model trained
+    under a mixed one converts back to float32 exactly (``save`` does)."""
+    if precision == "float32" and set(_policies(model)) == {"float32"}:
+        return model
+    output = model.layers[-1]
+    while isinstance(output, keras.Model):  # the head nested in a classifier
+        output = output.layers[-1]
+
+    def clone(layer):
+        config = {**layer.get_config(), "dtype": "float32" if layer is output else precision}
+        return layer.__class__.from_config(config)
+
+    converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    converted.set_weights(model.get_weights())
+    return converted
+
+
+def _policies(model: keras.Model) -> Iterator[str]:
+    for layer in model.layers:
+        yield layer.dtype_policy.name
+        if isinstance(layer, keras.Model):
+            yield from _policies(layer)

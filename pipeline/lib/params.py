@@ -178,6 +178,9 @@ class Export:
 class Distribution:
     strategy: str = param("where `train_head` and `finetune` run ([Beyond one machine](scaling.md))",
                           choices=("single", "auto", "mirrored", "multi_worker"))
+    precision: str = param("dtype policy `train_head` and `finetune` compute in; the softmax, the loss and the "
+                           "saved models stay float32 ([Beyond one machine](scaling.md#mixed-precision))",
+                           choices=("float32", "mixed_float16", "mixed_bfloat16"))
 
 
 SECTIONS: dict[str, type] = {

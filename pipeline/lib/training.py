@@ -1,40 +1,30 @@
-"""Training helpers shared by train-head, finetune and lr_find: loss, class weights,
-learning-rate schedule, compilation, and the training log (DVCLive, early stopping,
-curves, speed)."""
+"""Training shared by train-head and finetune: loss, class weights, learning-rate schedule, and
+one training loop for every distribution strategy, with early stopping, a stop on a non-finite
+loss, DVCLive logs and curves, and a backup after each epoch that a rerun resumes from."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import math
+import shutil
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 from dvclive import Live
-from dvclive.keras import DVCLiveCallback
 
 from pipeline.lib import artifacts, plots
 
 log = logging.getLogger("pipeline.lib.training")
-
-# Training steps per compiled call, to spread Keras' per-step Python overhead, which a
-# small CPU has no core to spare for (bench/README.md).
-STEPS_PER_EXECUTION = 8
-
-
-def compile_classifier(model: keras.Model, learning_rate, label_smoothing: float = 0.0) -> None:
-    """Adam, (smoothed) sparse categorical cross-entropy, accuracy: for the head and for fine-tuning.
-
-    ``learning_rate`` is a number or a ``keras.optimizers.schedules`` schedule. Call it in
-    the distribution strategy's scope, as the model was built.
-    """
-    # With two or more replicas, several steps per call fail in Keras 3 ("You must feed a value
-    # for placeholder tensor", keras-team/keras#19246, open): one step per call there.
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    model.compile(keras.optimizers.Adam(learning_rate), loss=loss(label_smoothing), metrics=["accuracy"],
-                  steps_per_execution=STEPS_PER_EXECUTION if replicas == 1 else 1)
+# DVCLive's names for the loop's metrics: what its Keras callback wrote, so plots and
+# `dvc metrics diff` keep their keys.
+LIVE_NAMES = {"loss": "train/loss", "accuracy": "train/accuracy", "val_loss": "eval/loss",
+              "val_accuracy": "eval/accuracy"}
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -55,11 +45,11 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
-def loss(label_smoothing: float = 0.0) -> keras.losses.Loss:
+def loss(label_smoothing: float = 0.0, reduction: str | None = "sum_over_batch_size") -> keras.losses.Loss:
     """The training loss: plain sparse cross-entropy, or its smoothed form."""
     if label_smoothing:
-        return SmoothedSparseCrossentropy(label_smoothing)
-    return keras.losses.SparseCategoricalCrossentropy()
+        return SmoothedSparseCrossentropy(label_smoothing, reduction=reduction)
+    return keras.losses.SparseCategoricalCrossentropy(reduction=reduction)
 
 
 def class_weights(counts: list[int], labels: list[str], mode: str, auto_ratio: float) -> dict[int, float] | None:
@@ -91,57 +81,219 @@ def learning_rate(peak: float, schedule: str, warmup_steps: int, total_steps: in
         warmup_target=peak if warmup_steps else None, warmup_steps=warmup_steps)
 
 
-class TrainingSpeed(keras.callbacks.Callback):
-    """Log each epoch's training throughput, validation excluded (bench/ reads these lines)."""
+class Trainer:
+    """Adam on class-weighted (smoothed) sparse cross-entropy, one compiled call per epoch.
 
-    def __init__(self, images_per_epoch: int):
-        super().__init__()
-        self.images = images_per_epoch
+    TensorFlow's custom-training-loop recipe for ``tf.distribute``: a step run on every replica
+    by ``strategy.run`` over a distributed dataset, its sums reduced across replicas. It works
+    under every strategy, MultiWorkerMirroredStrategy included, where Keras 3's ``fit`` does not
+    (keras-team/keras#20585), so there is one loop for all. Each global batch is split over the
+    replicas (``tf.data`` DATA sharding), and a step's loss is its weighted sum divided by the
+    global batch's size, so the gradients the optimizer sums over replicas are the global batch's
+    mean however it was split: one device and many train alike. Build the model and call this
+    in the strategy's scope; ``precision`` is the model's dtype policy (``models.with_precision``).
+    """
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start, self.seconds = time.perf_counter(), None
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, learning_rate,
+                 label_smoothing: float = 0.0, class_weights: dict[int, float] | None = None,
+                 precision: str = "float32"):
+        self.model, self.strategy = model, strategy
+        optimizer = keras.optimizers.Adam(learning_rate)
+        if precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients underflow otherwise
+        optimizer.build(model.trainable_variables)  # here, in the scope: not inside the compiled step
+        self.optimizer = optimizer
+        self.loss = loss(label_smoothing, reduction=None)
+        n_classes = model.output_shape[-1]
+        self.class_weights = tf.constant([(class_weights or {}).get(i, 1.0) for i in range(n_classes)], tf.float32)
+        self._train = tf.function(self._over_batches(self._train_step))
+        self._test = tf.function(self._over_batches(self._test_step))
 
-    def on_test_begin(self, logs=None):  # validation starts: the training part of the epoch is over
-        self.seconds = self.seconds or time.perf_counter() - self.start
+    def train_epoch(self, batches: tf.data.Dataset) -> tuple[float, float, int]:
+        """One pass over ``batches`` (global batches): mean training loss, accuracy, images."""
+        return self._result(self._train(self._distribute(batches)))
 
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = self.seconds or time.perf_counter() - self.start
-        log.info("epoch %d: trained on %d images in %.2f s (%.1f images/s)",
-                                           epoch + 1, self.images, seconds, self.images / seconds)
+    def evaluate(self, batches: tf.data.Dataset) -> tuple[float, float]:
+        """Mean loss and accuracy over ``batches``, unweighted, in inference mode."""
+        return self._result(self._test(self._distribute(batches)))[:2]
+
+    def state(self) -> list[tf.Variable]:
+        """Everything a resumed run needs: the model's weights and random-seed states, the optimizer's."""
+        return list(self.model.variables) + list(self.optimizer.variables)
+
+    def _distribute(self, batches: tf.data.Dataset):
+        options = tf.data.Options()  # every worker reads all, takes its share of each global batch
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return self.strategy.experimental_distribute_dataset(batches.with_options(options))
+
+    @staticmethod
+    def _result(sums) -> tuple[float, float, int]:
+        total_loss, correct, n = (float(v) for v in sums.numpy())
+        return total_loss / max(n, 1), correct / max(n, 1), int(n)
+
+    def _over_batches(self, step: Callable) -> Callable:
+        def run(batches):
+            sums = tf.zeros([3])
+            for images, labels in batches:
+                sums += self.strategy.reduce("SUM", self.strategy.run(step, args=(images, labels)), axis=None)
+            return sums
+        return run
+
+    def _train_step(self, images, labels):
+        n = tf.cast(tf.size(labels), tf.float32)
+        global_n = tf.distribute.get_replica_context().all_reduce("SUM", n)
+        with tf.GradientTape() as tape:
+            probabilities = self.model(images, training=True)
+            losses = self.loss(labels, probabilities) * tf.gather(self.class_weights, labels)
+            scaled = self.optimizer.scale_loss(tf.reduce_sum(losses) / global_n)
+        variables = self.model.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        return self._sums(labels, probabilities, losses)
+
+    def _test_step(self, images, labels):
+        probabilities = self.model(images, training=False)
+        return self._sums(labels, probabilities, self.loss(labels, probabilities))
+
+    @staticmethod
+    def _sums(labels, probabilities, losses):
+        predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
+        return tf.stack([tf.reduce_sum(tf.cast(losses, tf.float32)), correct, tf.cast(tf.size(labels), tf.float32)])
 
 
-class StopOnNonFinite(keras.callbacks.Callback):
-    """Stop the stage (an error, so nothing is saved) once the loss is NaN or infinite: the
-    weights are ruined, and every later epoch and metric would be NaN too."""
+class Backup:
+    """The state of a fit after its last finished epoch, in a scratch folder outside DVC's outputs,
+    so a stage killed mid-fit (SIGTERM, SIGKILL, a lost machine) resumes there when rerun.
 
-    def __init__(self, rate_key: str, rate: float):
-        super().__init__()
-        self.rate_key, self.rate = rate_key, rate
+    It holds the trainer's variables (weights, optimizer, random-seed states), the best epoch's
+    weights and the loop's counters, written atomically after every epoch, and ``inputs``, a
+    fingerprint of the stage's params and input files: a backup made from other inputs is
+    ignored. The stage removes the folder once its outputs are written.
+    """
 
-    def on_epoch_end(self, epoch, logs=None):
-        for key in ("loss", "val_loss"):
-            self._check((logs or {}).get(key), f"in epoch {epoch + 1} ({key})")
+    def __init__(self, directory: Path, inputs: str):
+        self.directory, self.inputs = Path(directory), inputs
 
-    def _check(self, value, where: str) -> None:
-        if value is not None and not np.isfinite(float(value)):
-            raise artifacts.StageError(
-                f"training diverged: the loss became {float(value)} {where}. Lower {self.rate_key} "
-                f"(now {self.rate:g}); nothing was written")
+    def save(self, trainer: Trainer, counters: dict, best_weights: list[np.ndarray]) -> None:
+        with artifacts.atomic_dir(self.directory) as tmp:
+            np.savez(tmp / "state.npz", *[np.asarray(v.numpy()) for v in trainer.state()])
+            np.savez(tmp / "best.npz", *best_weights)
+            (tmp / "counters.json").write_text(json.dumps({"inputs": self.inputs, **counters}))
+
+    def restore(self, trainer: Trainer) -> tuple[dict, list[np.ndarray]] | None:
+        """The saved counters and best weights, the trainer's variables set back; None if no usable backup."""
+        path = self.directory / "counters.json"
+        if not path.is_file():
+            return None
+        counters = json.loads(path.read_text())
+        if counters.pop("inputs") != self.inputs:
+            log.warning("ignoring the backup in %s: its params or input files differ from this run's", self.directory)
+            self.clear()
+            return None
+        with np.load(self.directory / "state.npz") as state, np.load(self.directory / "best.npz") as best:
+            variables = trainer.state()
+            if len(state.files) != len(variables):
+                log.warning("ignoring the backup in %s: it holds another model", self.directory)
+                self.clear()
+                return None
+            for i, v in enumerate(variables):
+                v.assign(state[f"arr_{i}"])
+            return counters, [best[f"arr_{i}"] for i in range(len(best.files))]
+
+    def clear(self) -> None:
+        """Remove the backup: call it once the stage's outputs are written."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def fingerprint(params, *inputs: Path) -> str:
+    """A digest of the params a stage read and its input files' names, sizes and times: what a
+    backup must have been made from to be resumed."""
+    digest = hashlib.sha256(repr(params).encode())
+    for path in map(Path, inputs):
+        for f in sorted([path] if path.is_file() else path.rglob("*")):
+            if f.is_file():
+                stat = f.stat()
+                digest.update(f"{f}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+class EpochLog:
+    """Each epoch's metrics, to DVCLive (one step per epoch) and to ``history`` for the curves."""
+
+    def __init__(self, live: Live):
+        self.live, self.history = live, {}
+
+    def record(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.live.log_metric(LIVE_NAMES[key], value)
+            self.history.setdefault(key, []).append(value)
+        self.live.next_step()
 
 
 @contextlib.contextmanager
-def training_log(directory: Path, patience: int, images_per_epoch: int, title: str,
-                 rate_key: str, rate: float) -> Iterator[tuple[Live, list]]:
-    """Yield ``(live, callbacks)`` for ``fit``: DVCLive metrics and curves, early stopping on
-    validation loss that restores the best epoch, a stop on a non-finite loss that names
-    ``rate_key``, and a speed log. The curves are also drawn to ``curves.png``. The log lands
-    in ``directory`` atomically."""
+def training_log(directory: Path, title: str) -> Iterator[EpochLog]:
+    """Yield an ``EpochLog`` writing to ``directory``: DVCLive's metrics and plots, and the curves
+    drawn to ``curves.png``. The folder lands atomically."""
     with artifacts.atomic_dir(directory) as tmp:
-        live = Live(str(tmp), dvcyaml=None, save_dvc_exp=False)  # dvc.yaml declares the outputs
-        stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
-        history = keras.callbacks.History()
-        yield live, [StopOnNonFinite(rate_key, rate), stop, history, DVCLiveCallback(live=live),
-                     TrainingSpeed(images_per_epoch)]
-        live.make_summary()
-        plots.training_curves(history.history, tmp / "curves.png", title)
+        epochs = EpochLog(Live(str(tmp), dvcyaml=None, save_dvc_exp=False))  # dvc.yaml declares the outputs
+        yield epochs
+        epochs.live.end()  # writes the summary, the step of the last epoch
+        plots.training_curves(epochs.history, tmp / "curves.png", title)
 
+
+def fit(trainer: Trainer, batches: Callable[[int], tf.data.Dataset], val: tf.data.Dataset, *, epochs: int,
+        patience: int, log_to: EpochLog, backup: Backup, rate_key: str, rate: float) -> None:
+    """Train for up to ``epochs`` on ``batches(epoch)`` and leave the model at the epoch with the
+    lowest validation loss.
+
+    Early stopping after ``patience`` epochs without a lower validation loss; a NaN or infinite
+    loss stops the stage with an error naming ``rate_key`` (nothing is saved). ``batches`` is
+    called per epoch and must depend only on the epoch (seeded shuffle and augmentation), so a
+    run resumed from ``backup`` sees the same data as an uninterrupted one and ends the same.
+    """
+    counters = {"epoch": 0, "best_loss": math.inf, "best_epoch": 0, "wait": 0}
+    best_weights = None
+    resumed = backup.restore(trainer)
+    if resumed:
+        counters, best_weights = resumed
+        history = counters.pop("history")
+        for values in zip(*history.values()):  # the finished epochs' metrics, into this run's log
+            log_to.record(dict(zip(history, values)))
+        log.info("resuming after epoch %d of %d from the backup in %s (best so far: epoch %d, val loss %.4f)",
+                 counters["epoch"], epochs, backup.directory, counters["best_epoch"], counters["best_loss"])
+    patience = max(patience, 1)  # 0: stop at the first epoch without a lower val loss
+    for epoch in range(counters["epoch"], epochs):
+        if counters["wait"] >= patience:
+            break
+        started = time.perf_counter()
+        train_loss, train_accuracy, images = trainer.train_epoch(batches(epoch))
+        seconds = time.perf_counter() - started
+        val_loss, val_accuracy = trainer.evaluate(val)
+        for key, value in (("loss", train_loss), ("val_loss", val_loss)):
+            if not math.isfinite(value):
+                backup.clear()
+                raise artifacts.StageError(
+                    f"training diverged: the loss became {value} in epoch {epoch + 1} ({key}). Lower {rate_key} "
+                    f"(now {rate:g}); nothing was written")
+        log_to.record({"loss": train_loss, "accuracy": train_accuracy, "val_loss": val_loss,
+                       "val_accuracy": val_accuracy})
+        log.info("epoch %d/%d: loss %.4f, accuracy %.4f, val loss %.4f, val accuracy %.4f", epoch + 1, epochs,
+                 train_loss, train_accuracy, val_loss, val_accuracy)
+        log.info("epoch %d: trained on %d images in %.2f s (%.1f images/s)",  # bench/ reads this line
+                 epoch + 1, images, seconds, images / seconds)
+        if val_loss < counters["best_loss"]:
+            counters.update(best_loss=val_loss, best_epoch=epoch + 1, wait=0)
+            best_weights = trainer.model.get_weights()
+        else:
+            counters["wait"] += 1
+        counters["epoch"] = epoch + 1
+        backup.save(trainer, {**counters, "history": log_to.history}, best_weights)
+    if counters["wait"] >= patience:
+        log.info("early stopping: no lower val loss in the %d epochs after epoch %d", patience, counters["best_epoch"])
+    trainer.model.set_weights(best_weights)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle and augmentation: a function of the params' seed and the
+    epoch alone, so a resumed run draws what an uninterrupted one would."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)

@@ -5,26 +5,56 @@ The frozen backbone (base.*) with its own preprocessing runs once over train
 batch into memory-mapped .npy files, so memory is bounded by the batch, not
 the dataset. The extractor is saved too: fine-tuning starts from exactly the
 weights that made these features (which matters for ``base.weights: none``).
+Under ``distribution.strategy: multi_worker`` every machine extracts every n-th
+batch and the chief writes them all, in order: the same files one machine writes.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, models, params, shards
+from pipeline.lib import artifacts, distribution, models, params, shards
 
-PARAMS = ["base", "extract.batch_size", "seed"]
+PARAMS = ["base", "extract.batch_size", "distribution.strategy", "seed"]
 PARTS = {"train": ["train", "train_aug"], "val": ["val"]}  # the head trains and validates on these
 log = logging.getLogger("pipeline.stages.extract_features")
+
+
+def in_order(forward, batches: tf.data.Dataset, n: int, batch_size: int, strategy, dim: int):
+    """``(features, labels)`` of each of the ``n`` images' batches, in order. Across workers, batch
+    ``k`` is extracted by worker ``k % workers``, and each round of one batch per worker is gathered
+    to every worker (a collective op: memory holds one round)."""
+    index, workers = distribution.worker_share(strategy)
+    if workers == 1:
+        for images, labels in batches:
+            yield forward(images).numpy(), labels.numpy()
+        return
+    mine, n_batches = iter(batches.shard(workers, index)), math.ceil(n / batch_size)
+    for first in range(0, n_batches, workers):
+        if first + index < n_batches:
+            images, labels = next(mine)
+            features = forward(images)
+        else:  # the last round may have no batch for this worker, which must take part all the same
+            features, labels = tf.zeros([0, dim]), tf.zeros([0], tf.int32)
+        pad = batch_size - len(labels)  # the same shapes on every worker
+        where, features, labels = (g.numpy() for g in distribution.all_gather(strategy, (
+            tf.constant([[first + index, len(labels)]]), tf.pad(features, [[0, pad], [0, 0]]), tf.pad(labels, [[0, pad]]))))
+        for slot in np.argsort(where[:, 0]):  # by batch number: the gathered order is the workers'
+            k, start = where[slot, 1], slot * batch_size
+            yield features[start:start + k], labels[start:start + k]
 
 
 def main() -> None:
     args = artifacts.start(__doc__, "augmented", "out", "extractor")
     p = params.load(PARAMS)
+    # Extraction is split across machines only: one machine's devices run it as one device.
+    strategy = distribution.strategy("multi_worker") if p.distribution.strategy == "multi_worker" \
+        else tf.distribute.get_strategy()
     models.set_seed(p.seed)  # a weights: none backbone is seeded too
     meta = shards.meta(args.augmented)
     if meta["image_size"] != p.base.image_size:
@@ -47,7 +77,7 @@ def main() -> None:
     log.info("traced the backbone in %.1f s", time.perf_counter() - started)
 
     started, total = time.perf_counter(), 0
-    with artifacts.atomic_dir(args.out) as tmp:
+    with artifacts.atomic_dir(distribution.output_path(args.out, strategy)) as tmp:
         for part, names in PARTS.items():
             names = [name for name in names if shards.count(args.augmented, name)]  # copies: 0 has no train_aug
             n = sum(shards.count(args.augmented, name) for name in names)
@@ -55,9 +85,10 @@ def main() -> None:
             y = np.lib.format.open_memmap(tmp / f"{part}_y.npy", "w+", np.int32, (n,))
             i = 0
             with tqdm(total=n, desc=f"features {part}", unit="img") as bar:
-                for images, labels in shards.dataset(args.augmented, names, p.extract.batch_size):
+                batches = shards.dataset(args.augmented, names, p.extract.batch_size)
+                for features, labels in in_order(forward, batches, n, p.extract.batch_size, strategy, dim):
                     k = len(labels)
-                    x[i:i + k], y[i:i + k] = forward(images).numpy(), labels.numpy()
+                    x[i:i + k], y[i:i + k] = features, labels
                     i += k
                     bar.update(k)
             x.flush(), y.flush()
@@ -65,7 +96,8 @@ def main() -> None:
             total += n
     seconds = time.perf_counter() - started
     log.info("extracted %d images in %.1f s (%.1f images/s)", total, seconds, total / seconds)
-    models.save(extractor, args.extractor)
+    models.save(extractor, distribution.output_path(args.extractor, strategy))
+    distribution.barrier(strategy)
     log.info("features written to %s", args.out)
 
 

@@ -7,7 +7,9 @@ images (optionally through the augment.* transforms, on the fly) at a low
 learning rate, constant or warmed up and cosine-decayed (finetune.schedule).
 The best epoch by validation loss is kept, and if no epoch beats the head-only
 starting point, the starting weights are kept. Runs on one device or several
-(distribution.strategy; finetune.batch_size is per device).
+(distribution.strategy; finetune.batch_size is per device), in float32 or mixed
+precision (distribution.precision). A run stopped mid-fit resumes from its last
+finished epoch, kept in the --backup scratch folder, when rerun.
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ PARAMS = ["finetune", "class_weights", "distribution", "augment.flip", "augment.
 log = logging.getLogger("pipeline.stages.finetune")
 
 
-def unfrozen_model(extractor: Path, head: Path, unfreeze_layers: int):
-    """Preprocessing, backbone and trained head as one model, the backbone's top layers unfrozen
-    (BatchNorm excluded). Call it in the distribution strategy's scope."""
-    model = models.assemble(models.load(extractor), models.load(head))
+def unfrozen_model(extractor: Path, head: Path, unfreeze_layers: int, precision: str):
+    """Preprocessing, backbone and trained head as one model computing in ``precision``, the
+    backbone's top layers unfrozen (BatchNorm excluded). Call it in the distribution strategy's scope."""
+    model = models.with_precision(models.assemble(models.load(extractor), models.load(head)), precision)
     backbone = models.backbone_of(model)
     n_trainable = models.unfreeze_top(backbone, unfreeze_layers)
     log.info("%s: top %d of %d layers unfrozen (%d with weights, BatchNorm excluded)", backbone.name,
@@ -33,20 +35,20 @@ def unfrozen_model(extractor: Path, head: Path, unfreeze_layers: int):
     return model
 
 
-def training_batches(augmented: Path, p, batch: int):
-    """The shuffled training batches, through the augment.* transforms if finetune.online_augmentation."""
-    transform = models.online_augmentation(p.augment, p.seed) if p.finetune.online_augmentation else None
-    return shards.dataset(augmented, "train", batch, shuffle_seed=p.seed, transform=transform)
+def training_batches(augmented: Path, p, batch: int, epoch: int):
+    """Epoch ``epoch``'s shuffled training batches, through the augment.* transforms if
+    finetune.online_augmentation, both seeded by the epoch (training.epoch_seed)."""
+    seed = training.epoch_seed(p.seed, epoch)
+    transform = models.online_augmentation(p.augment, seed) if p.finetune.online_augmentation else None
+    return shards.dataset(augmented, "train", batch, shuffle_seed=seed, transform=transform)
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "augmented", "extractor", "head", "model", "live")
+    args = artifacts.start(__doc__, "augmented", "extractor", "head", "model", "live", "backup")
     p = params.load(PARAMS)
     hp = p.finetune
     strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
     models.set_seed(p.seed)
-    with strategy.scope():  # the variables live on every replica
-        model = unfrozen_model(args.extractor, args.head, hp.unfreeze_layers)
     meta = shards.meta(args.augmented)
     n_train = meta["counts"]["train"]
     batch = distribution.global_batch(hp.batch_size, strategy)
@@ -54,28 +56,31 @@ def main() -> None:
     rate = training.learning_rate(hp.learning_rate, hp.schedule, round(hp.warmup_epochs * steps), hp.epochs * steps)
     weights = training.class_weights(meta["class_counts"]["train"], meta["labels"], p.class_weights.mode,
                                       p.class_weights.auto_ratio)
-    # Recompile after changing `trainable`, as the recipe says, at the low fine-tuning rate.
-    with strategy.scope():
-        training.compile_classifier(model, rate, hp.label_smoothing)
+    with strategy.scope():  # the variables live on every replica
+        model = unfrozen_model(args.extractor, args.head, hp.unfreeze_layers, p.distribution.precision)
+        # A fresh optimizer once `trainable` has changed, as the recipe says, at the low fine-tuning rate.
+        trainer = training.Trainer(model, strategy, rate, hp.label_smoothing, weights, p.distribution.precision)
 
-    train = training_batches(args.augmented, p, batch)
     val = shards.dataset(args.augmented, "val", batch)
-    start_loss, start_accuracy = model.evaluate(val, verbose=0)
+    start_loss, start_accuracy = trainer.evaluate(val)
     start_weights = model.get_weights()
     log.info("before fine-tuning: val accuracy %.4f, val loss %.4f", start_accuracy, start_loss)
 
-    with training.training_log(distribution.output_path(args.live, strategy), hp.patience, n_train, "Fine-tuning",
-                               "finetune.learning_rate", hp.learning_rate) as (live, callbacks):
-        history = model.fit(train, validation_data=val, epochs=hp.epochs, shuffle=False,  # shuffled by tf.data
-                            class_weight=weights, callbacks=callbacks, verbose=2)
-        if min(history.history["val_loss"]) >= start_loss:
+    backup = training.Backup(distribution.scratch_path(args.backup, strategy),
+                             training.fingerprint(p, args.augmented, args.extractor, args.head))
+    with training.training_log(distribution.output_path(args.live, strategy), "Fine-tuning") as epochs:
+        training.fit(trainer, lambda epoch: training_batches(args.augmented, p, batch, epoch), val,
+                     epochs=hp.epochs, patience=hp.patience, log_to=epochs, backup=backup,
+                     rate_key="finetune.learning_rate", rate=hp.learning_rate)
+        if min(epochs.history["val_loss"]) >= start_loss:
             log.warning("no epoch improved on the head-only val loss %.4f: keeping the starting weights",
                         start_loss)
             model.set_weights(start_weights)
-        val_loss, val_accuracy = model.evaluate(val, verbose=0)
-        live.summary.update(start_val_loss=start_loss, start_val_accuracy=start_accuracy,
-                            best_val_loss=val_loss, best_val_accuracy=val_accuracy)
+        val_loss, val_accuracy = trainer.evaluate(val)
+        epochs.live.summary.update(start_val_loss=start_loss, start_val_accuracy=start_accuracy,
+                                   best_val_loss=val_loss, best_val_accuracy=val_accuracy)
     models.save(model, distribution.output_path(args.model, strategy))
+    backup.clear()
     log.info("kept: val accuracy %.4f, val loss %.4f", val_accuracy, val_loss)
 
 

@@ -4,13 +4,16 @@ A small classifier (train_head.*) trained on the cached features: seconds per
 epoch instead of a backbone pass per image. Early stopping on validation loss
 keeps the best epoch's weights. Imbalanced classes are weighted
 (class_weights.*); label smoothing is optional. Runs on one device or several
-(distribution.strategy; train_head.batch_size is per device).
+(distribution.strategy; train_head.batch_size is per device), in float32 or mixed
+precision (distribution.precision). A run stopped mid-fit resumes from its last
+finished epoch, kept in the --backup scratch folder, when rerun.
 """
 from __future__ import annotations
 
 import logging
 
 import numpy as np
+import tensorflow as tf
 
 from pipeline.lib import artifacts, distribution, models, params, training
 
@@ -19,7 +22,7 @@ log = logging.getLogger("pipeline.stages.train_head")
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "features", "labels", "model", "live")
+    args = artifacts.start(__doc__, "features", "labels", "model", "live", "backup")
     p = params.load(PARAMS)
     strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
     models.set_seed(p.seed)
@@ -32,18 +35,24 @@ def main() -> None:
                                       p.class_weights.auto_ratio)
 
     with strategy.scope():
-        head = models.build_head(x, len(labels), hp.hidden_units, hp.dropout)
-        training.compile_classifier(head, hp.learning_rate, hp.label_smoothing)
+        head = models.with_precision(models.build_head(x, len(labels), hp.hidden_units, hp.dropout),
+                                     p.distribution.precision)
+        trainer = training.Trainer(head, strategy, hp.learning_rate, hp.label_smoothing, weights,
+                                   p.distribution.precision)
     batch = distribution.global_batch(hp.batch_size, strategy)
-    live_dir = distribution.output_path(args.live, strategy)
-    with training.training_log(live_dir, hp.patience, len(x), "Head on cached features",
-                               "train_head.learning_rate", hp.learning_rate) as (live, callbacks):
-        head.fit(x, y, batch_size=batch, epochs=hp.epochs, validation_data=val,
-                 class_weight=weights, callbacks=callbacks, verbose=2)
-        val_loss, val_accuracy = head.evaluate(*val, batch_size=batch, verbose=0)
-        live.summary.update(best_val_loss=val_loss, best_val_accuracy=val_accuracy,
-                            class_weights="balanced" if weights else "none")
+    train = tf.data.Dataset.from_tensor_slices((x, y))
+    val = tf.data.Dataset.from_tensor_slices(val).batch(batch)
+    backup = training.Backup(distribution.scratch_path(args.backup, strategy),
+                             training.fingerprint(p, args.features, args.labels))
+    with training.training_log(distribution.output_path(args.live, strategy), "Head on cached features") as epochs:
+        training.fit(trainer, lambda epoch: train.shuffle(len(x), seed=training.epoch_seed(p.seed, epoch)).batch(batch),
+                     val, epochs=hp.epochs, patience=hp.patience, log_to=epochs, backup=backup,
+                     rate_key="train_head.learning_rate", rate=hp.learning_rate)
+        val_loss, val_accuracy = trainer.evaluate(val)
+        epochs.live.summary.update(best_val_loss=val_loss, best_val_accuracy=val_accuracy,
+                                   class_weights="balanced" if weights else "none")
     models.save(head, distribution.output_path(args.model, strategy))
+    backup.clear()
     log.info("best epoch: val accuracy %.4f, val loss %.4f", val_accuracy, val_loss)
 
 
