@@ -23,7 +23,6 @@ def tf_config(cluster: dict, index: int) -> str:
 def test_two_workers_extract_and_train_with_the_chief_writing_everything(tmp_path):
     project = tiny_project(tmp_path / "project", make_dataset(tmp_path / "shapes", per_class=40, size=40))
     project.set_param("distribution.strategy", "multi_worker")
-    project.set_param("finetune.epochs", 2)
     project.repro("augment")  # the stages before the distributed ones, on the chief alone
     cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
     chief = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=project.path, stdout=subprocess.PIPE,

@@ -19,10 +19,12 @@ it runs the mirrored code path on a machine without GPUs (the tests do).
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -87,7 +89,9 @@ def output_path(path: Path, chosen: tf.distribute.Strategy) -> Path:
     if is_chief(chosen):
         return path
     log.info("not the chief: %s goes to a throw-away folder", path)
-    return Path(tempfile.mkdtemp(prefix="worker-")) / path.name
+    folder = tempfile.mkdtemp(prefix="worker-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder) / path.name
 
 
 def worker_share(chosen: tf.distribute.Strategy) -> tuple[int, int]:
