@@ -274,7 +274,7 @@ def test_interrupted_stage_leaves_nothing_half_written(project):
     assert project.changed_stages() == set()
 
 
-def test_a_killed_finetune_resumes_from_its_last_epoch_and_ends_the_same(project):
+def test_a_killed_finetune_resumes_from_its_last_epoch_and_ends_the_same(project, tmp_path):
     """SIGKILL (a lost machine: nothing runs after it) mid fine-tuning, then `dvc repro` again:
     the stage resumes from its backup and ends exactly as an uninterrupted run."""
     project.set_param("finetune.epochs", 4)
@@ -294,6 +294,7 @@ def test_a_killed_finetune_resumes_from_its_last_epoch_and_ends_the_same(project
     saved = json.loads(backup.read_text())["epoch"]
     assert saved in (2, 3) and not (project.path / "models" / "model.keras").exists()
     out = project.run("dvc", "repro", "finetune")
+    (tmp_path / "resumed.log").write_text(out.stdout + out.stderr)  # kept by pytest for a look
     assert f"resuming after epoch {saved} of 4 from the backup in .backup/finetune" in out.stdout + out.stderr
     assert {name: (project.path / name).read_bytes() for name in expected} == expected
     assert not backup.parent.exists()  # removed once the stage's outputs are written
