@@ -83,8 +83,8 @@ def main() -> None:
     extract = rates(extract_log, "extracted")[0]
     finetune = median(rates(finetune_log, "trained on")[1:])
     plain = median(rates(plain_log, "trained on")[1:])
-    # distribution.precision reruns train_head too: its epochs come first in the log
-    bf16 = median(rates(bf16_log.split("Running stage 'finetune'")[-1], "trained on")[1:])
+    # distribution.precision reruns train_head too: finetune's epochs are the log's last ones
+    bf16 = median(rates(bf16_log, "trained on")[-FINETUNE_EPOCHS:][1:])
 
     table("3. Extract-features throughput (target >= 90% of raw)", ["", "images/s", "share of raw"],
           [["raw forward, in-memory batch", raw_forward, "100%"],
