@@ -13,6 +13,14 @@ from pipeline.lib import shards
 SIZE = 8
 
 
+@pytest.fixture(autouse=True, params=[1, 2, 5, 16], ids=lambda n: f"{n}-cores")
+def cores(request, monkeypatch):
+    """Every test here on machines of 1, 2, 5 and 16 cores: what is read, and in which order,
+    must not depend on the machine (the features and every training batch follow it)."""
+    monkeypatch.setattr(shards.os, "cpu_count", lambda: request.param)
+    return request.param
+
+
 @pytest.fixture
 def packed(tmp_path):
     """23 images in shards of 5 (five files); image i is filled with the value i, label i % 3."""
@@ -52,7 +60,7 @@ def test_shuffled_reads_are_seeded_and_differ_between_epochs(packed):
 
 
 def test_a_filesystem_url_reads_like_a_local_folder(packed):
-    url = "ram://bucket/project/augmented"  # as gs://... would be: not a local path
+    url = f"ram://bucket/{packed.name}/augmented"  # as gs://... would be; ram:// lives as long as the process
     for path in packed.iterdir():
         tf.io.gfile.copy(str(path), f"{url}/{path.name}", overwrite=True)
     assert shards.meta(url)["counts"] == {"train": 23}

@@ -1,8 +1,8 @@
 """Packed image shards: a few TFRecord files instead of thousands of small files.
 
 Each record holds a JPEG-encoded, already-resized RGB image and its class
-index. JPEG at quality 95 keeps shards about 6x smaller than raw pixels; the
-sources are JPEG photos already, so the extra loss is negligible.
+index. JPEG at quality 95 keeps shards several times smaller than raw pixels;
+the sources are JPEG photos already, so the extra loss is negligible.
 
 Reading goes through TensorFlow's filesystems (``tf.io.gfile``), so a shard
 folder may also be a URL such as ``gs://bucket/augmented`` or ``s3://...``
@@ -23,15 +23,21 @@ from pipeline.lib import artifacts
 
 SHARD_SIZE = 1024
 JPEG_QUALITY = 95
-# Fixed input-pipeline parallelism instead of tf.data's autotuner: on a small CPU the
-# autotuner's threads fight the training step for the cores and epoch speed swings
-# (measured in bench/README.md). Decoding is cheap next to training, so one reader per
-# core and two batches in flight keep the model fed.
-PARALLEL_CALLS = os.cpu_count() or 1
 PREFETCH_BATCHES = 2
 # Shards read at once, interleaved record by record. Reading waits on storage rather than
-# the CPU (a network filesystem or object store most of all), so more readers than cores.
-PARALLEL_READS = max(4, PARALLEL_CALLS)
+# the CPU (a network filesystem or object store most of all), so more readers than a small
+# machine has cores. A constant, never the core count: it decides the order of the records,
+# and so of the features and of every training batch, which must not depend on the machine.
+PARALLEL_READS = 4
+
+
+def parallel_calls() -> int:
+    """Decoding threads: one per core, asked at each call (the order does not depend on it).
+
+    Fixed instead of tf.data's autotuner: on a small CPU the autotuner's threads fight the
+    training step for the cores and epoch speed swings (bench/README.md). Decoding is cheap
+    next to training, so one thread per core and two batches in flight keep the model fed."""
+    return os.cpu_count() or 1
 
 
 class ShardWriter:
@@ -121,9 +127,9 @@ def dataset(directory: Path | str, names: list[str] | str, batch_size: int,
     if shuffle_seed is not None:
         ds = ds.shuffle(4 * SHARD_SIZE, seed=shuffle_seed, reshuffle_each_iteration=True)
     # map is deterministic by default (tf.data keeps order), so features line up run to run
-    ds = ds.map(parse, num_parallel_calls=PARALLEL_CALLS).batch(batch_size)
+    ds = ds.map(parse, num_parallel_calls=parallel_calls()).batch(batch_size)
     if transform is not None:
-        ds = ds.map(lambda x, y: (transform(x), y), num_parallel_calls=PARALLEL_CALLS)
+        ds = ds.map(lambda x, y: (transform(x), y), num_parallel_calls=parallel_calls())
     untuned = tf.data.Options()
-    untuned.autotune.enabled = False  # see PARALLEL_CALLS
+    untuned.autotune.enabled = False  # see parallel_calls
     return ds.prefetch(PREFETCH_BATCHES).with_options(untuned)
