@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from pipeline.lib import artifacts, params
+from pipeline.lib.exports import FORMATS
 
 PARAMS = ["seed", "base", "augment.copies", "class_weights", "train_head.hidden_units",
           "train_head.learning_rate", "train_head.label_smoothing", "finetune.unfreeze_layers",
@@ -84,18 +85,9 @@ def results_section(metrics: dict, head_log: dict, finetune_log: dict, per_class
     return lines
 
 
-RUNTIMES = {"keras": ("model.keras", "Keras"), "saved_model": ("saved_model/", "TensorFlow, `serving_pixels`"),
-            "saved_model_bytes": ("saved_model/", "TensorFlow, `serving_default` (image bytes in)"),
-            "onnx": ("model.onnx", "onnxruntime"), "tflite_float32": ("model_float32.tflite", "LiteRT"),
-            "tflite_float16": ("model_float16.tflite", "LiteRT"), "tflite_int8": ("model_int8.tflite", "LiteRT"),
-            "mediapipe_float32": ("model_float32.tflite", "MediaPipe ImageClassifier"),
-            "mediapipe_float16": ("model_float16.tflite", "MediaPipe ImageClassifier"),
-            "mediapipe_int8": ("model_int8.tflite", "MediaPipe ImageClassifier")}
-
-
 def export_section(export: dict) -> list[str]:
-    rows = [[f"`{RUNTIMES.get(name, (name,))[0]}`", RUNTIMES.get(name, ("", name))[1], f"{m['size_mb']:.2f}",
-             m["accuracy"], m["agreement"]] for name, m in export.items() if isinstance(m, dict) and "accuracy" in m]
+    rows = [[f"`{FORMATS[name].file}`", FORMATS[name].runtime, f"{m['size_mb']:.2f}", m["accuracy"], m["agreement"]]
+            for name, m in export.items() if name in FORMATS]
     return ["## Exported model", "", "Each file with `labels.txt` beside it (the TFLite files also carry the labels "
             "and input normalization as metadata); accuracy and agreement (share of test images with the same "
             "top-1 class as the Keras model) measured on the test split, through the runtime named:", ""] + \
