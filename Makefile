@@ -8,7 +8,7 @@ SHARED ?= ../shared
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test offline-cache data check
+.PHONY: setup repro test test-fast offline-cache data check
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,14 @@ repro: offline-cache data
 test: $(VENV)/installed
 	python -m pytest
 
+# The fast tier (docs/testing.md): every test that does not run a pipeline, in a few minutes.
+test-fast: $(VENV)/installed
+	python -m pytest -m "not e2e and not integration"
+
 # Verify the project without training (params, stage contract, DAG, lock, backbone, data
 # source, remote); e.g. `make check ARGS="--skip remote"` where no remote is needed.
 check: $(VENV)/installed
-	python -m pipeline.check $(ARGS)
+	python -m pipeline check $(ARGS)
 
 # Experiments side by side: the key params and metrics as columns (plain `dvc exp show`
 # lists every param and metric, far too wide to read). More dvc exp show options in ARGS,

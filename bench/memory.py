@@ -38,7 +38,7 @@ def main() -> None:
         for label, copies in (("1x", 1), ("4x", 8)):
             print(f"{label}: augment.copies={copies} ...", flush=True)
             run([dvc, "exp", "run", "augment", "-S", f"augment.copies={copies}"], project, env)
-            mb, log = peak_rss_mb([sys.executable, "-m", "pipeline.stages.extract_features", "--augmented",
+            mb, log = peak_rss_mb([sys.executable, "-m", "pipeline", "extract_features", "--augmented",
                                    "data/augmented", "--out", str(tmp / f"features-{label}"),
                                    "--extractor", str(tmp / f"extractor-{label}.keras")], project, env)
             images = int(log.split("extracted ")[1].split(" images")[0])

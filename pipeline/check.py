@@ -1,10 +1,11 @@
-"""check: verify the project without training. ``python -m pipeline.check [--skip NAME ...]``
+"""check: verify the project without training. ``python -m pipeline check [--skip NAME ...]``
 
 One line per check, ``ok``, ``FAIL`` (with what to do) or ``skip``; exit 1 if any failed.
 
   params     params.yaml validates (types, allowed values)
   contract   each stage's params in dvc.yaml are exactly the keys its code reads, every
-             key is read by some stage, and each stage's code deps are the modules it imports
+             key is read by some stage, each stage's code deps are the modules it imports,
+             and the paths its cmd passes are exactly its declared deps and outputs
   dag        dvc.yaml's stages form the expected graph (EXPECTED_DAG below)
   lock       dvc.lock agrees with dvc.yaml, params.yaml and the code; outputs that are
              merely missing (not pulled) are allowed, as `dvc repro --allow-missing` would
@@ -22,6 +23,7 @@ import ast
 import importlib.util
 import json
 import re
+import shlex
 import subprocess
 import sys
 import urllib.parse
@@ -30,7 +32,7 @@ from typing import Callable
 
 import yaml
 
-from pipeline.lib import params
+from pipeline.lib import artifacts, params
 
 # Stage -> the stages whose outputs it reads. A new stage, or a changed dependency,
 # must be added here on purpose: that is the point of the check.
@@ -67,11 +69,11 @@ def stages(root: Path) -> dict[str, dict]:
 
 
 def module_of(stage: dict) -> str:
-    """The module a stage's cmd runs, as ``stages.<name>`` (``python -m pipeline.stages.<name>``)."""
-    match = re.match(r"python -m pipeline\.(stages\.\w+)\b", stage["cmd"])
+    """The module a stage's cmd runs, as ``stages.<name>`` (``python -m pipeline <name>``)."""
+    match = re.match(r"python -m pipeline (\w+)\b", stage["cmd"])
     if not match:
-        raise Failed(f"unexpected cmd {stage['cmd']!r} (stages run `python -m pipeline.stages.<stage>`)")
-    return match.group(1)
+        raise Failed(f"unexpected cmd {stage['cmd']!r} (stages run `python -m pipeline <stage>`)")
+    return f"stages.{match.group(1)}"
 
 
 def source_file(module: str) -> str:
@@ -137,13 +139,39 @@ def check_params(root: Path) -> str:
     try:
         params.load(params.SECTIONS, root / params.PARAMS_FILE)
     except params.ParamsError as err:
-        raise Failed(str(err)) from None
+        raise Failed(str(err)) from err
     return f"{params.PARAMS_FILE} is valid ({len(params.all_keys())} keys)"
+
+
+# Paths a stage may be given that are neither deps nor outputs: scratch (training's per-epoch
+# backups, for resuming; git-ignored, never DVC-tracked)
+SCRATCH = ".backup/"
+
+
+def cmd_path_problems(root: Path, name: str, stage: dict) -> list[str]:
+    """Each ``--flag PATH`` of the stage's cmd is a declared dep or output (or a folder of them),
+    and each declared one is passed: a path the stage reads but DVC does not track would not
+    rerun it; one DVC tracks but the stage is not given is stale."""
+    args = shlex.split(stage["cmd"])
+    given = {args[i + 1] for i, a in enumerate(args) if a.startswith("--") and i + 1 < len(args)}
+    declared = [d for d in entries(stage, "deps") if not d.startswith("pipeline/")] + outputs(stage)
+    problems = []
+    for path in sorted(given):
+        if path.startswith(SCRATCH):
+            ignore = root / ".gitignore"
+            if f"/{SCRATCH}" not in (ignore.read_text().splitlines() if ignore.is_file() else []):
+                problems.append(f"{name}: scratch folder {path} is not git-ignored (/{SCRATCH} in .gitignore)")
+        elif not any(_within(d, path) for d in declared):
+            problems.append(f"{name}: cmd passes {path}, which is neither a dep nor an output in dvc.yaml")
+    problems += [f"{name}: dvc.yaml declares {d}, which the cmd does not pass to the stage"
+                 for d in declared if not any(_within(d, p) for p in given)]
+    return problems
 
 
 def check_contract(root: Path) -> str:
     problems, used = [], set()
     for name, stage in stages(root).items():
+        problems += cmd_path_problems(root, name, stage)
         module = module_of(stage)
         reads = set(params.expand(declared_params(root, module)))
         listed = set(stage.get("params", []))
@@ -166,7 +194,7 @@ def check_contract(root: Path) -> str:
         problems.append(f"no stage reads {', '.join(unused)}")
     if problems:
         raise Failed("\n".join(problems))
-    return "every stage lists exactly the params and code it reads; every param is read"
+    return "every stage lists exactly the params, code and paths it uses; every param is read"
 
 
 def check_dag(root: Path) -> str:
@@ -189,10 +217,10 @@ def check_dag(root: Path) -> str:
 def check_lock(root: Path) -> str:
     if not (root / "dvc.lock").exists():
         raise Failed("no dvc.lock: run `dvc repro` and commit dvc.lock")
-    out = _dvc(root, "status", "--json")
+    status = status_json(_dvc(root, "status", "--json"))
     written = [path for stage in stages(root).values() for path in outputs(stage)] + tracked_data(root)
     problems, missing = [], 0
-    for stage, changes in json.loads(out or "{}").items():
+    for stage, changes in status.items():
         for change in changes:
             if isinstance(change, str):  # "changed command", "always changed"
                 problems.append(f"{stage}: {change}")
@@ -212,6 +240,26 @@ def check_lock(root: Path) -> str:
         f" ({missing} outputs not in this workspace: `dvc pull` fetches them)" if missing else "")
 
 
+def status_json(out: str) -> dict:
+    """``dvc status --json``'s answer, checked for the layout check_lock reads: {stage: [a text
+    like "changed command", or {"changed deps"|"changed outs": {path: state, or for params.yaml
+    {key: state}}}]}. That layout is DVC's output, not a documented interface (written for DVC
+    3.67): anything else stops the check with what to look at, instead of a wrong verdict."""
+    status = json.loads(out or "{}")
+
+    def state(v) -> bool:
+        return isinstance(v, str) or (isinstance(v, dict) and all(isinstance(s, str) for s in v.values()))
+
+    def change(c) -> bool:
+        return isinstance(c, str) or (isinstance(c, dict) and all(
+            isinstance(files, dict) and all(state(v) for v in files.values()) for files in c.values()))
+
+    if not (isinstance(status, dict) and all(isinstance(cs, list) and all(map(change, cs)) for cs in status.values())):
+        raise Failed(f"`dvc status --json` printed a layout pipeline/check.py (status_json) was not written for "
+                     f"(DVC 3.67's {{stage: [changes]}}): {out.strip()[:300]}; check check_lock against this DVC")
+    return status
+
+
 def tracked_data(root: Path) -> list[str]:
     """The paths the committed ``.dvc`` files track (``dvc add`` / ``dvc import``), e.g. data/images."""
     listed = subprocess.run(["git", "ls-files", "*.dvc"], cwd=root, capture_output=True, text=True).stdout
@@ -226,8 +274,8 @@ def tracked_data(root: Path) -> list[str]:
 def check_backbone(root: Path) -> str:
     try:
         p = params.load(["base"], root / params.PARAMS_FILE).base
-    except params.ParamsError:  # reported once, by the params check
-        raise Skipped(f"not run: {params.PARAMS_FILE} is invalid (see the params check)") from None
+    except params.ParamsError as err:  # reported once, by the params check
+        raise Skipped(f"not run: {params.PARAMS_FILE} is invalid (see the params check)") from err
     from pipeline.lib import models  # imports TensorFlow: only this check pays for it
 
     names = models.backbones()
@@ -302,7 +350,7 @@ def run_checks(root: Path, skip: set[str] = frozenset()) -> dict[str, tuple[str,
         except Skipped as err:
             results[name] = ("skip", str(err))
         except Failed as err:
-            results[name] = ("FAIL", str(err))
+            results[name] = ("FAIL", artifacts.describe(err))
     return results
 
 

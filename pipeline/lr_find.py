@@ -1,4 +1,4 @@
-"""Learning-rate range test: ``python -m pipeline.lr_find {head,finetune}``.
+"""Learning-rate range test: ``python -m pipeline lr_find {head,finetune}``.
 
 An optional command, not a pipeline stage: a short run of the head (on the
 cached features) or of fine-tuning (on the training images, with the
@@ -61,19 +61,24 @@ def suggest(rates: np.ndarray, losses: np.ndarray) -> float:
     return float(rates[edge] / 10)
 
 
-def range_test(model, batches, loss_fn, class_weights: np.ndarray, min_lr: float, max_lr: float, steps: int):
-    """Train one step per rate on a log scale; return (rates, smoothed losses) up to divergence."""
+def range_test(model, batches, label_smoothing: float, class_weights: dict[int, float] | None, min_lr: float,
+               max_lr: float, steps: int):
+    """Train one step per rate on a log scale; return (rates, smoothed losses) up to divergence.
+    The loss and class weights are the training loop's own (training.weighted_losses)."""
     import keras
     import tensorflow as tf
 
+    from pipeline.lib import training
+
     optimizer = keras.optimizers.Adam(min_lr)
     optimizer.build(model.trainable_variables)
-    weights = tf.constant(class_weights, tf.float32)
+    loss_fn = training.loss(label_smoothing, reduction=None)
+    weights = training.weight_vector(class_weights, model.output_shape[-1])
 
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True), sample_weight=tf.gather(weights, y))
+            loss = tf.reduce_mean(training.weighted_losses(loss_fn, weights, y, model(x, training=True)))
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return loss
 
@@ -119,7 +124,7 @@ def setup(stage: str, paths: dict[str, Path], p) -> tuple:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.lr_find", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline lr_find", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("phase", choices=sorted(STAGES), help="head (cached features) or finetune (images)")
     parser.add_argument("--min-lr", type=float, default=1e-7)
@@ -140,10 +145,8 @@ def main() -> None:
     p = params.load([stage, "class_weights", "augment", "seed"])
     hp = getattr(p, stage)
     model, batches, labels, counts = setup(stage, paths, p)
-    weights = training.class_weights(counts, labels, p.class_weights.mode, p.class_weights.auto_ratio) or {}
-    rates, losses = range_test(model, batches, training.loss(hp.label_smoothing),
-                               np.array([weights.get(i, 1.0) for i in range(len(labels))]),
-                               args.min_lr, args.max_lr, args.steps)
+    weights = training.class_weights(counts, labels, p.class_weights.mode, p.class_weights.auto_ratio)
+    rates, losses = range_test(model, batches, hp.label_smoothing, weights, args.min_lr, args.max_lr, args.steps)
     suggested = suggest(rates, losses)
     out.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_file(out / f"lr_find_{args.phase}.png") as tmp:
@@ -162,5 +165,5 @@ if __name__ == "__main__":
     try:
         main()
     except (FileNotFoundError, params.ParamsError, artifacts.StageError) as err:
-        print(f"lr_find: {err} (run `dvc repro` first: the range test needs the pipeline's inputs)", file=sys.stderr)
+        print(f"lr_find: {artifacts.describe(err)} (run `dvc repro` first: the range test needs the pipeline's inputs)", file=sys.stderr)
         sys.exit(1)

@@ -1,4 +1,4 @@
-"""Classify images with a trained model: ``python -m pipeline.predict MODEL IMAGES...``.
+"""Classify images with a trained model: ``python -m pipeline predict MODEL IMAGES...``.
 
 MODEL is a ``.keras``, ``.tflite`` or ``.onnx`` file or a SavedModel folder (e.g.
 from models/export/). IMAGES are files, folders (searched recursively for image
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.lib import artifacts
 from pipeline.lib.artifacts import StageError
 
 CHUNK = 256  # images decoded at a time: bounds memory for big folders
@@ -55,7 +56,7 @@ def find_labels(model: Path, given: Path | None, name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help=".keras, .tflite or .onnx file, or SavedModel folder")
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
@@ -86,14 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         classifier = inference.load(args.model)
     except (ValueError, StageError) as err:  # StageError: a .keras file that does not load
-        parser.error(str(err))
+        parser.error(artifacts.describe(err))
     if args.explain:
         from pipeline.lib import explain
 
         try:
             gradcam = explain.GradCam(classifier.model)
         except StageError as err:
-            parser.error(str(err))
+            parser.error(artifacts.describe(err))
         args.explain.mkdir(parents=True, exist_ok=True)
     results = []
     for start in range(0, len(files), CHUNK):

@@ -1,4 +1,4 @@
-"""worker: run this machine's part of a multi-worker `dvc repro`.  ``python -m pipeline.worker STAGE...``
+"""worker: run this machine's part of a multi-worker `dvc repro`.  ``python -m pipeline worker STAGE...``
 
 With ``distribution.strategy: multi_worker``, the chief runs ``dvc repro`` and every other
 machine runs, at the same time and with its own ``TF_CONFIG``, the commands of the stages that

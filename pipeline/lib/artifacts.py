@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -42,15 +43,41 @@ def _path(value: str) -> Path | str:
     return value if "://" in value else Path(value)
 
 
+DEBUG_ENV = "PIPELINE_DEBUG"  # set (to anything but 0 or empty) for an error's whole traceback
+
+
 def run(main: Any) -> None:
     """Run a stage's ``main()``; a known error becomes a one-line message and exit 1, not a traceback."""
     try:
         main()
     except (FileNotFoundError, ParamsError, StageError) as err:
         if isinstance(err, FileNotFoundError):  # an input another stage makes, when a stage is run by hand
-            err = missing_input(err.filename or str(err))
-        logging.getLogger("pipeline").error("%s", err)
+            try:
+                raise missing_input(err.filename or str(err)) from err
+            except StageError as missing:
+                err = missing
+        report(err)
         sys.exit(1)
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def describe(err: BaseException) -> str:
+    """The one line a user reads: ``err``'s message and the type of its cause (the exception it
+    was raised from). With ``PIPELINE_DEBUG=1`` the whole chained traceback, for a maintainer,
+    goes to stderr first."""
+    if debugging():
+        print(f"{DEBUG_ENV}=1: the whole traceback, causes first:\n"
+              + "".join(traceback.format_exception(err)).rstrip(), file=sys.stderr, flush=True)
+    cause = err.__cause__ or err.__context__
+    return f"{err} [cause: {type(cause).__name__}; {DEBUG_ENV}=1 shows the traceback]" if cause else str(err)
+
+
+def report(err: BaseException) -> None:
+    """Log ``err`` as one line (``describe``), as a stage's last words."""
+    logging.getLogger("pipeline").error("%s", describe(err))
 
 
 def missing_input(path: Any) -> StageError:
@@ -89,7 +116,7 @@ def write_json(path: Path, data: Any) -> None:
         text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
     except ValueError as err:
         raise StageError(f"{path}: refusing to write a non-finite number ({err}); an earlier step "
-                         "produced NaN or infinity") from None
+                         "produced NaN or infinity") from err
     with atomic_file(path) as tmp:
         tmp.write_text(text + "\n")
 
@@ -99,7 +126,7 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         raise StageError(f"{path} is not valid JSON ({err}); rebuild it with `dvc repro --force` of the "
-                         "stage that writes it") from None
+                         "stage that writes it") from err
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ def strategy(name: str) -> tf.distribute.Strategy:
         try:
             json.loads(os.environ["TF_CONFIG"])
         except ValueError as err:
-            raise StageError(f"TF_CONFIG is not valid JSON ({err})") from None
+            raise StageError(f"TF_CONFIG is not valid JSON ({err})") from err
         # TensorFlow logs every collective op at INFO under multi-worker; its warnings still show.
         logging.getLogger("tensorflow").setLevel(logging.WARNING)
         chosen = tf.distribute.MultiWorkerMirroredStrategy()
@@ -58,7 +58,9 @@ def strategy(name: str) -> tf.distribute.Strategy:
             chosen = tf.distribute.get_strategy()  # the default strategy: no replicas, no overhead
         else:
             chosen = tf.distribute.MirroredStrategy([d.name for d in gpus or tf.config.list_logical_devices("CPU")])
-    kind = "MultiWorkerMirroredStrategy" if name == "multi_worker" else type(chosen).__name__  # not its class name
+    # Named from the public classes, never type(chosen).__name__ (the default one's is private)
+    kind = ("MultiWorkerMirroredStrategy" if name == "multi_worker" else "MirroredStrategy"
+            if isinstance(chosen, tf.distribute.MirroredStrategy) else "the default strategy (one device)")
     log.info("distribution: %s, %d replica(s) in sync", kind, chosen.num_replicas_in_sync)
     if name == "multi_worker":
         index, workers = worker_share(chosen)
@@ -149,7 +151,7 @@ def _split_cpu() -> None:
     try:  # list_physical_devices does not start the runtime; list_logical_devices would
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
-    except RuntimeError:  # the runtime has started: fine if it was split already (a second call)
+    except RuntimeError as err:  # the runtime has started: fine if it was split already (a second call)
         if len(tf.config.list_logical_devices("CPU")) != n:
             raise StageError("PIPELINE_CPU_DEVICES takes effect only before TensorFlow starts: "
-                             "call distribution.strategy() before building any model") from None
+                             "call distribution.strategy() before building any model") from err

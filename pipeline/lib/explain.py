@@ -24,7 +24,7 @@ class GradCam:
             extractor, self.head = model.get_layer("extractor"), model.get_layer("head")
             backbone = models.backbone_of(model)
         except ValueError as err:
-            raise StageError(f"Grad-CAM needs a model built by this pipeline (extractor + head): {err}") from None
+            raise StageError(f"Grad-CAM needs a model built by this pipeline (extractor + head): {err}") from err
         self.pool = backbone.layers[-1]
         if not isinstance(self.pool, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)):
             raise StageError(f"Grad-CAM needs the backbone to end in global pooling, not {type(self.pool).__name__}")

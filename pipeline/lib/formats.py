@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from pipeline.lib import compat
 from pipeline.lib.artifacts import StageError
 
 BYTES_SIGNATURE = "serving_default"  # encoded images -> {"classes", "probabilities"}
@@ -104,7 +105,7 @@ def tflite(saved_model_dir: Path, path: Path, quantize: str, representative=None
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StageError(f"converting the model to {path.name} failed: {message}. TFLite has no "
                          "built-in kernel for some operations of some backbones: try another "
-                         "base.backbone") from None
+                         "base.backbone") from err
 
 
 def _metadata_writer():
@@ -116,6 +117,11 @@ def _metadata_writer():
     try:
         __import__(name)
     except ImportError:
+        compat.require("mediapipe", "1.2", "the TFLite metadata writer's stand-in for mediapipe's missing "
+                       "_pywrap_metadata_version (pipeline/lib/formats.py)",
+                       "check that metadata_writer still imports that module and calls only "
+                       "GetMinimumMetadataParserVersion, and that 1.0.0 is still its answer for what "
+                       "add_metadata writes")
         parts = name.split(".")
         for i in range(3, len(parts) + 1):
             sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
@@ -151,4 +157,4 @@ def onnx(model: keras.Model, path: Path) -> None:
                          input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")])
     except Exception as err:  # tf2onnx raises many types for an op it cannot convert
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StageError(f"converting the model to {path.name} failed: {message}") from None
+        raise StageError(f"converting the model to {path.name} failed: {message}") from err

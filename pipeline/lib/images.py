@@ -67,7 +67,7 @@ def inspect_image(path: Path) -> tuple[int, int]:
         try:
             im = Image.open(path)
         except Image.DecompressionBombError as err:  # past twice Pillow's limit: refused at open
-            raise ImageTooLarge(f"{err}; the limit is {MAX_DECODE_PIXELS:,} decoded pixels") from None
+            raise ImageTooLarge(f"{err}; the limit is {MAX_DECODE_PIXELS:,} decoded pixels") from err
     with im:
         width, height = im.size
         im.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # decodes every byte, at low cost

@@ -77,14 +77,14 @@ def build_extractor(base: SimpleNamespace) -> keras.Model:
             first = (str(err).strip().splitlines() or [""])[0][:300]
             raise StageError(f"base.weights {base.weights!r} is not a readable Keras weights file for "
                              f"{base.backbone} without its top at {base.image_size} px "
-                             f"({type(err).__name__}: {first})") from None
+                             f"({type(err).__name__}: {first})") from err
         url = re.search(r"https?://\S+", str(err))
         if "URL fetch failure" not in str(err) or not url:
             raise
         cache = artifacts.keras_cache_dir() / "models"
         raise StageError(f"could not download {base.backbone} ImageNet weights from {url.group(0)}. "
                          f"Offline? Put that file at {cache / url.group(0).rsplit('/', 1)[-1]} "
-                         "(set KERAS_HOME to use another cache)") from None
+                         "(set KERAS_HOME to use another cache)") from err
     backbone.trainable = False
     inputs = keras.Input(shape, name="image")
     features = backbone(Preprocess(base.backbone)(inputs), training=False)
@@ -146,9 +146,10 @@ def backbone_of(model: keras.Model) -> keras.Model:
 def unfreeze_top(backbone: keras.Model, n_layers: int) -> int:
     """Make the top ``n_layers`` trainable, BatchNorm excepted; return the trainable layer count.
 
-    BatchNorm stays in inference mode by being non-trainable: under Keras 3,
-    ``fit`` overrides a ``training=False`` call argument once layers are
-    trainable (keras-team/keras#20285), and the moving statistics would drift.
+    BatchNorm stays in inference mode by being non-trainable: under Keras 3, the
+    training step's ``model(x, training=True)`` reaches every inner layer once
+    they are trainable, the base's own ``training=False`` call argument
+    notwithstanding (keras-team/keras#20285), and the moving statistics would drift.
     """
     backbone.trainable = True
     cut = len(backbone.layers) - n_layers
@@ -163,8 +164,8 @@ class RandomAffine(keras.layers.Layer):
     The same ranges as keras.layers.RandomRotation (a fraction of a full turn),
     RandomZoom (1 +/- zoom, aspect kept) and RandomTranslation (a fraction of
     the size), reflect-filled, but one bilinear resampling instead of three:
-    less blur, and about a third of the cost, which on a CPU shares the cores
-    with fine-tuning (measured in bench/README.md).
+    less blur and less work, which on a CPU shares the cores with fine-tuning
+    (bench/README.md has the figures).
     """
 
     def __init__(self, rotation: float, zoom: float, translation: float, seed: int | None = None, **kwargs):
@@ -205,6 +206,8 @@ def augmenter(augment: SimpleNamespace, seed: int) -> keras.Sequential:
     if augment.rotation or augment.zoom or augment.translation:
         layers.append(RandomAffine(augment.rotation, augment.zoom, augment.translation, seed=seed + 1))
     if augment.contrast:
+        # Each layer its own seed. +4, not +2: rotation, zoom and translation were once three layers
+        # (+1 to +3); kept so that the same params still give the same data/augmented bytes.
         layers.append(keras.layers.RandomContrast(augment.contrast, seed=seed + 4))
     return keras.Sequential(layers, name="augmenter")
 
@@ -228,6 +231,18 @@ def save(model: keras.Model, path: Path) -> None:
 # What `_make_reproducible` writes for the save time: the reproducible-builds convention, as DVC
 # compares files by content and git already dates every version.
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+# The .keras zip layout `_make_reproducible` rewrites: Keras' saving format, not a documented
+# interface. Written for Keras 3.15; checked on every save (tests/test_models.py fails otherwise).
+KERAS_ARCHIVE = {"metadata.json", "config.json", "model.weights.h5"}
+
+
+def _check_archive(path: Path, members: list[str], meta: dict) -> None:
+    if set(members) != KERAS_ARCHIVE or "date_saved" not in meta:
+        raise artifacts.StageError(
+            f"{path.name}: this Keras ({keras.__version__}) saves .keras files as {sorted(members)} with metadata "
+            f"keys {sorted(meta)}; the reproducible save (pipeline/lib/models.py, _make_reproducible) was written "
+            f"for Keras 3.15's {sorted(KERAS_ARCHIVE)} with metadata.json's date_saved: check where the save "
+            "time and Python object addresses are stored now, then update KERAS_ARCHIVE")
 
 
 def _make_reproducible(path: Path) -> None:
@@ -236,6 +251,8 @@ def _make_reproducible(path: Path) -> None:
     ``config.json``'s ``shared_object_id`` values (Python object addresses) numbered in order."""
     with zipfile.ZipFile(path) as zf:
         members = [(info, zf.read(info)) for info in zf.infolist()]
+    meta = next((json.loads(data) for info, data in members if info.filename == "metadata.json"), {})
+    _check_archive(path, [info.filename for info, _ in members], meta)
     with zipfile.ZipFile(path, "w") as zf:
         for info, data in members:
             if info.filename == "metadata.json":
@@ -268,7 +285,7 @@ def load(path: Path) -> keras.Model:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as err:  # zipfile, h5py and Keras each raise their own types for a bad file
         raise StageError(f"{path} is not a readable Keras model ({type(err).__name__}: "
-                         f"{(str(err).strip().splitlines() or [''])[0][:300]})") from None
+                         f"{(str(err).strip().splitlines() or [''])[0][:300]})") from err
 
 
 def with_precision(model: keras.Model, precision: str) -> keras.Model:

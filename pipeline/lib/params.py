@@ -129,7 +129,8 @@ class TrainHead:
     learning_rate: float = param("Adam learning rate for the head", low=0, low_open=True)
     epochs: int = param("maximum epochs over the cached features", low=1)
     batch_size: int = param("feature vectors per batch, per device", low=1, high=MAX_FEATURE_BATCH)
-    patience: int = param("epochs without a lower validation loss before stopping (best epoch kept)", low=0)
+    patience: int = param("epochs without a lower validation loss before stopping (best epoch kept; 0 acts as 1)",
+                          low=0)
     label_smoothing: float = param("share of each target spread over all classes", low=0, high=1, high_open=True)
 
 
@@ -140,7 +141,8 @@ class Finetune:
     learning_rate: float = param("Adam learning rate for fine-tuning; keep it low (1e-5 to 1e-4: make sweep picked 1e-4)", low=0, low_open=True)
     epochs: int = param("maximum epochs over the training images", low=1)
     batch_size: int = param("images per batch, per device", low=1, high=MAX_IMAGE_BATCH)
-    patience: int = param("epochs without a lower validation loss before stopping (best epoch kept)", low=0)
+    patience: int = param("epochs without a lower validation loss before stopping (best epoch kept; 0 acts as 1)",
+                          low=0)
     online_augmentation: bool = param("also apply the `augment.*` transforms on the fly while fine-tuning")
     schedule: str = param("`cosine` decays to 0 over `finetune.epochs`", choices=("constant", "cosine"))
     warmup_epochs: float = param("linear warm-up from 0 to `finetune.learning_rate` over this many epochs "
@@ -252,7 +254,7 @@ def load(keys: Iterable[str], path: str | Path = PARAMS_FILE) -> types.SimpleNam
     try:
         raw = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+        raise ParamsError(f"{path} is not valid YAML: {err}") from err
     parsed = parse(raw)
     view: dict[str, Any] = {}
     for key in keys:

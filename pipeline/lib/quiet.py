@@ -4,18 +4,34 @@ TensorFlow's C++ side writes straight to file descriptor 2, through absl, before
 ``TF_CPP_MIN_LOG_LEVEL`` is read: the oneDNN notice and CPU-feature lines, absl's
 "before InitializeLog" warning, and at every epoch an ``E0000 ... NodeDef mentions attribute
 use_unbounded_threadpool`` line (a tf.data graph attribute this TensorFlow build does not
-know; harmless). Users read ``E`` and ``WARNING`` lines as failures, so a stage's stderr
-goes through a pipe that drops exactly these lines and passes everything else through
-as it arrives (progress bars included). Any other warning or error still shows.
+know; harmless). Users read ``E`` and ``WARNING`` lines as failures. No setting silences
+them at their source: absl ignores its threshold until ``InitializeLog`` (abseil-cpp#1718,
+still open as #1957), and ``TF_ENABLE_ONEDNN_OPTS=0`` would hide the notice by turning
+oneDNN off, changing speed and results.
+
+So ``python -m pipeline NAME`` (pipeline/__main__.py, the only caller of ``install``)
+sends fd 2 through a pipe to a small filter *process* that drops exactly these lines and
+passes everything else on as it arrives (progress bars included). A process, not a thread:
+when the stage dies (an abort in a native library, a segfault, SIGKILL) the filter is still
+there to read what the pipe holds, so the last lines before a crash are never lost.
+The filter ignores SIGINT, SIGTERM and SIGHUP (sent to the whole process group) and ends
+when the last writer of the pipe is gone.
+
+The patterns are TensorFlow's texts, not an interface, written for tensorflow 2.21
+(``WRITTEN_FOR``): on another version the filter stays off and says so in one line, and
+tests/test_logs.py shows that this build still prints them without the filter
+(docs/internals.md).
 """
 from __future__ import annotations
 
 import atexit
 import os
 import re
+import signal
+import subprocess
 import sys
-import threading
 
+WRITTEN_FOR = "2.21"  # tensorflow
 NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|[IWE]\d{4} [\d:. ]+\d+ (port\.cc:\d+\] oneDNN custom operations are on"
@@ -27,30 +43,42 @@ PREFIXES = (b"WARNING: All log", b"To enable the following", b"I0", b"W0", b"E0"
 
 
 def install() -> None:
-    """Route this process's fd 2 through the filter (once; a no-op if stderr is not a real fd)."""
+    """Route this process's fd 2 through the filter process (a no-op if fd 2 is not open)."""
+    from pipeline.lib import compat
+
+    if not compat.matches("tensorflow", WRITTEN_FOR):
+        print(f"pipeline: the stderr filter was written for tensorflow {WRITTEN_FOR}, not "
+              f"{compat.installed('tensorflow')}: TensorFlow's start-up lines are shown as they are "
+              "(pipeline/lib/quiet.py, docs/internals.md)", file=sys.stderr)
+        return
     try:
         sys.stderr.flush()
         original = os.dup(2)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return
     read_end, write_end = os.pipe()
+    # -I: the filter needs nothing but the standard library, and no site or environment
+    child = subprocess.Popen([sys.executable, "-I", __file__], stdin=read_end, stdout=original)
+    os.close(read_end)
     os.dup2(write_end, 2)
     os.close(write_end)
-    thread = threading.Thread(target=_pump, args=(read_end, original), daemon=True, name="stderr-filter")
-    thread.start()
 
-    def restore() -> None:  # at exit: hand fd 2 back, let the pump drain what is left
+    def restore() -> None:  # at a normal exit: hand fd 2 back, so the filter drains and ends first
         try:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
-        os.dup2(original, 2)  # closes the pipe's last write end: the pump sees EOF
-        thread.join(timeout=5)
+        os.dup2(original, 2)  # closes the pipe's last write end here: the filter sees EOF
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a child of the stage still holds the pipe; it drains later
+            pass
 
     atexit.register(restore)
 
 
-def _pump(read_end: int, out: int) -> None:
+def pump(read_end: int, out: int) -> None:
+    """Copy ``read_end`` to ``out`` until EOF, less the noise lines."""
     pending = b""
     while chunk := os.read(read_end, 65536):
         pending += chunk
@@ -61,7 +89,6 @@ def _pump(read_end: int, out: int) -> None:
         _write(out, b"".join(line for line in lines if not NOISE.match(line)))
     if pending and not NOISE.match(pending):
         _write(out, pending)
-    os.close(read_end)
 
 
 def _may_be_noise(partial: bytes) -> bool:
@@ -71,3 +98,12 @@ def _may_be_noise(partial: bytes) -> bool:
 def _write(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data):]
+
+
+if __name__ == "__main__":  # the filter process: stdin is the pipe, stdout the real stderr
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # outlive the stage; EOF ends the filter
+    try:
+        pump(0, 1)
+    except OSError:  # the reader of our stdout went away: nothing left to show
+        pass

@@ -105,7 +105,7 @@ def download(url: str) -> Path:
                     bar.update(len(block))
     except OSError as err:  # URLError, timeouts and HTTP errors are OSErrors
         raise StageError(f"could not download {url} ({err}). Offline? Place the archive at {target} "
-                         "or `dvc import-url` it on a machine that is online") from None
+                         "or `dvc import-url` it on a machine that is online") from err
     return target
 
 
@@ -133,8 +133,8 @@ def extract(archive: Path, dest: Path, max_mb: float, max_ratio: float) -> None:
             ValueError, OSError, zlib.error, lzma.LZMAError) as err:
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             raise StageError(f"{archive}: the disk filled up while unpacking into {dest} "
-                             "(set TMPDIR to a folder on a larger disk)") from None
-        raise StageError(f"{archive}: damaged or unsupported archive ({type(err).__name__}: {err})") from None
+                             "(set TMPDIR to a folder on a larger disk)") from err
+        raise StageError(f"{archive}: damaged or unsupported archive ({type(err).__name__}: {err})") from err
 
 
 def _unzip(archive: Path, dest: Path, limit: Limit) -> None:
@@ -310,9 +310,9 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
         except UnicodeDecodeError as err:
             line = data[:err.start].count(b"\n") + 1
             raise StageError(f"{csv_file} is not UTF-8 text (line {line}: {data[err.start:err.start + 4]!r}); "
-                             "save it as UTF-8") from None
+                             "save it as UTF-8") from err
     except csv.Error as err:
-        raise StageError(f"{csv_file} is not a readable CSV: {err}") from None
+        raise StageError(f"{csv_file} is not a readable CSV: {err}") from err
     by_stem: dict[str, list[Path]] = {}
     files, skipped, spaced = [], [], []
     for number, row in enumerate(rows, start=2):  # row 1 is the header (a row may span lines)
@@ -364,7 +364,7 @@ def write_keras_dataset(name: str, dest: Path) -> None:
         (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
     except Exception as err:  # Keras raises a bare Exception when the download fails
         raise StageError(f"could not load keras.datasets.{name} ({err}). Offline? Seed "
-                         f"{keras_cache_dir() / 'datasets'} with its files") from None
+                         f"{keras_cache_dir() / 'datasets'} with its files") from err
     names = KERAS_CLASS_NAMES[name]
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         for i, (pixels, label) in enumerate(tqdm(zip(x, y.reshape(-1)), total=len(x), desc=f"{name} {split}")):

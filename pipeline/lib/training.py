@@ -70,6 +70,17 @@ def class_weights(counts: list[int], labels: list[str], mode: str, auto_ratio: f
     return {i: float(w) for i, w in enumerate(weights)}
 
 
+def weight_vector(class_weights: dict[int, float] | None, n_classes: int) -> tf.Tensor:
+    """``class_weights()``'s answer (None: equal weights) as one weight per class index."""
+    return tf.constant([(class_weights or {}).get(i, 1.0) for i in range(n_classes)], tf.float32)
+
+
+def weighted_losses(loss_fn: keras.losses.Loss, weights: tf.Tensor, labels, probabilities) -> tf.Tensor:
+    """Each example's loss (``loss_fn`` with ``reduction=None``) times its class's weight: the one
+    way class weights are applied, by the training loop and by lr_find alike."""
+    return loss_fn(labels, probabilities) * tf.gather(weights, labels)
+
+
 def learning_rate(peak: float, schedule: str, warmup_steps: int, total_steps: int):
     """A constant rate, or a schedule: linear warm-up from 0 over ``warmup_steps``, then
     constant or cosine decay to 0 at ``total_steps``."""
@@ -105,7 +116,7 @@ class Trainer:
         self.optimizer = optimizer
         self.loss = loss(label_smoothing, reduction=None)
         n_classes = model.output_shape[-1]
-        self.class_weights = tf.constant([(class_weights or {}).get(i, 1.0) for i in range(n_classes)], tf.float32)
+        self.class_weights = weight_vector(class_weights, n_classes)
         self._train = tf.function(self._over_batches(self._train_step))
         self._test = tf.function(self._over_batches(self._test_step))
 
@@ -123,8 +134,8 @@ class Trainer:
 
     def _feed(self, batches: tf.data.Dataset):
         """The compiled epoch's arguments: an iterator over the distributed batches and the step count.
-        (An iterator made out here, not a loop over the dataset inside the function: that ran
-        fine-tuning a third slower.)"""
+        (An iterator made out here, not a loop over the dataset inside the function, which ran
+        fine-tuning slower: docs/performance.md.)"""
         steps = int(batches.cardinality())
         if steps < 0:
             raise ValueError("training.Trainer needs batches of known length (tf.data cardinality)")
@@ -151,7 +162,7 @@ class Trainer:
         global_n = tf.distribute.get_replica_context().all_reduce("SUM", n)
         with tf.GradientTape() as tape:
             probabilities = self.model(images, training=True)
-            losses = self.loss(labels, probabilities) * tf.gather(self.class_weights, labels)
+            losses = weighted_losses(self.loss, self.class_weights, labels, probabilities)
             scaled = self.optimizer.scale_loss(tf.reduce_sum(losses) / global_n)
         variables = self.model.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
@@ -242,10 +253,10 @@ def training_log(directory: Path, title: str) -> Iterator[EpochLog]:
     """Yield an ``EpochLog`` writing to ``directory``: DVCLive's metrics and plots, and the curves
     drawn to ``curves.png``. The folder lands atomically."""
     with artifacts.atomic_dir(directory) as tmp:
-        epochs = EpochLog(Live(str(tmp), dvcyaml=None, save_dvc_exp=False))  # dvc.yaml declares the outputs
-        yield epochs
-        epochs.live.end()  # writes the summary, the step of the last epoch
-        plots.training_curves(epochs.history, tmp / "curves.png", title)
+        epoch_log = EpochLog(Live(str(tmp), dvcyaml=None, save_dvc_exp=False))  # dvc.yaml declares the outputs
+        yield epoch_log
+        epoch_log.live.end()  # writes the summary, the step of the last epoch
+        plots.training_curves(epoch_log.history, tmp / "curves.png", title)
 
 
 def fit(trainer: Trainer, batches: Callable[[int], tf.data.Dataset], val: tf.data.Dataset, *, epochs: int,
@@ -268,7 +279,7 @@ def fit(trainer: Trainer, batches: Callable[[int], tf.data.Dataset], val: tf.dat
             log_to.record(dict(zip(history, values)))
         log.info("resuming after epoch %d of %d from the backup in %s (best so far: epoch %d, val loss %.4f)",
                  counters["epoch"], epochs, backup.directory, counters["best_epoch"], counters["best_loss"])
-    patience = max(patience, 1)  # 0: stop at the first epoch without a lower val loss
+    patience = max(patience, 1)  # 0 acts as 1 (params.py says so): stop after the first epoch without a lower val loss
     for epoch in range(counters["epoch"], epochs):
         if counters["wait"] >= patience:
             break

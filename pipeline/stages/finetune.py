@@ -68,16 +68,16 @@ def main() -> None:
 
     backup = training.Backup(distribution.scratch_path(args.backup, strategy),
                              training.fingerprint(p, args.augmented, args.extractor, args.head))
-    with training.training_log(distribution.output_path(args.live, strategy), "Fine-tuning") as epochs:
+    with training.training_log(distribution.output_path(args.live, strategy), "Fine-tuning") as epoch_log:
         training.fit(trainer, lambda epoch: training_batches(args.augmented, p, batch, epoch), val,
-                     epochs=hp.epochs, patience=hp.patience, log_to=epochs, backup=backup,
+                     epochs=hp.epochs, patience=hp.patience, log_to=epoch_log, backup=backup,
                      rate_key="finetune.learning_rate", rate=hp.learning_rate)
-        if min(epochs.history["val_loss"]) >= start_loss:
+        if min(epoch_log.history["val_loss"]) >= start_loss:
             log.warning("no epoch improved on the head-only val loss %.4f: keeping the starting weights",
                         start_loss)
             model.set_weights(start_weights)
         val_loss, val_accuracy = trainer.evaluate(val)
-        epochs.live.summary.update(start_val_loss=start_loss, start_val_accuracy=start_accuracy,
+        epoch_log.live.summary.update(start_val_loss=start_loss, start_val_accuracy=start_accuracy,
                                    best_val_loss=val_loss, best_val_accuracy=val_accuracy)
     models.save(model, distribution.output_path(args.model, strategy))
     backup.clear()

@@ -62,7 +62,7 @@ def stratified(rows: list[dict], fraction: float, seed: int, what: str) -> tuple
         raise StageError(f"cannot split off {what} ({fraction:g} of {len(rows)} images, "
                          f"{len(counts)} classes) keeping every class on both sides: {err}. "
                          f"Classes with fewest images: {fewest}. Raise split.min_images_per_class, "
-                         "add images, or change split.val_fraction / split.test_fraction") from None
+                         "add images, or change split.val_fraction / split.test_fraction") from err
     return sorted(rest, key=lambda r: r["path"]), sorted(part, key=lambda r: r["path"])
 
 

@@ -44,12 +44,12 @@ def main() -> None:
     val = tf.data.Dataset.from_tensor_slices(val).batch(batch)
     backup = training.Backup(distribution.scratch_path(args.backup, strategy),
                              training.fingerprint(p, args.features, args.labels))
-    with training.training_log(distribution.output_path(args.live, strategy), "Head on cached features") as epochs:
+    with training.training_log(distribution.output_path(args.live, strategy), "Head on cached features") as epoch_log:
         training.fit(trainer, lambda epoch: train.shuffle(len(x), seed=training.epoch_seed(p.seed, epoch)).batch(batch),
-                     val, epochs=hp.epochs, patience=hp.patience, log_to=epochs, backup=backup,
+                     val, epochs=hp.epochs, patience=hp.patience, log_to=epoch_log, backup=backup,
                      rate_key="train_head.learning_rate", rate=hp.learning_rate)
         val_loss, val_accuracy = trainer.evaluate(val)
-        epochs.live.summary.update(best_val_loss=val_loss, best_val_accuracy=val_accuracy,
+        epoch_log.live.summary.update(best_val_loss=val_loss, best_val_accuracy=val_accuracy,
                                    class_weights="balanced" if weights else "none")
     models.save(head, distribution.output_path(args.model, strategy))
     backup.clear()
