@@ -130,7 +130,7 @@ def test_bad_params_stop_ingest_with_a_message(corpus, edit, message):
 
 def ingest(project: Project, source: str, check: bool = True):
     """The ingest stage's command with another --source (dvc.yaml always passes data/images)."""
-    return project.run("python", "-m", "pipeline.stages.ingest", "--source", source, "--out", "data/raw",
+    return project.run("python", "-m", "pipeline", "ingest", "--source", source, "--out", "data/raw",
                        "--report", "reports/ingest.json", check=check)
 
 

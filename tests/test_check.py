@@ -22,7 +22,7 @@ from pipeline import check
 def proj(tmp_path: Path) -> Path:
     """The project's dvc.yaml, params.yaml and code, nothing else."""
     shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, tmp_path / name)
     return tmp_path
 
@@ -73,6 +73,21 @@ def test_a_missing_code_dependency_fails(proj):
         "contract", proj)
 
 
+def test_a_path_passed_but_not_declared_fails(proj):
+    edit_yaml(proj / "dvc.yaml", lambda d: d["stages"]["finetune"]["deps"].remove("models/head.keras"))
+    assert "finetune: cmd passes models/head.keras, which is neither a dep nor an output" in failure("contract", proj)
+
+
+def test_a_path_declared_but_not_passed_fails(proj):
+    edit_yaml(proj / "dvc.yaml", lambda d: d["stages"]["split"]["outs"].append("data/extra"))
+    assert "split: dvc.yaml declares data/extra, which the cmd does not pass to the stage" in failure("contract", proj)
+
+
+def test_a_scratch_folder_must_be_git_ignored(proj):
+    (proj / ".gitignore").write_text("/data\n")
+    assert "train_head: scratch folder .backup/train_head is not git-ignored" in failure("contract", proj)
+
+
 def test_a_changed_graph_fails_naming_the_stage(proj):
     edit_yaml(proj / "dvc.yaml", lambda d: d["stages"]["finetune"]["deps"].remove("models/head.keras"))
     assert ("finetune reads from augment, extract_features; expected augment, extract_features, train_head"
@@ -81,7 +96,7 @@ def test_a_changed_graph_fails_naming_the_stage(proj):
 
 def test_a_new_stage_fails_the_graph_check(proj):
     edit_yaml(proj / "dvc.yaml", lambda d: d["stages"].update(
-        report={"cmd": "python -m pipeline.stages.summary", "deps": ["reports/summary.md"]}))
+        report={"cmd": "python -m pipeline summary", "deps": ["reports/summary.md"]}))
     assert "report: a stage the graph does not expect" in failure("dag", proj)
 
 
@@ -128,7 +143,7 @@ def test_remote_must_be_configured_usable_and_supported(proj, tmp_path):
 
 def test_command_prints_one_line_per_check_and_fails(proj):
     edit_yaml(proj / "params.yaml", lambda p: p["split"].update(val_fraction=2))
-    out = subprocess.run([sys.executable, "-m", "pipeline.check", "--skip", "lock", "--skip", "backbone",
+    out = subprocess.run([sys.executable, "-m", "pipeline", "check", "--skip", "lock", "--skip", "backbone",
                           "--skip", "source", "--skip", "remote"], cwd=proj, capture_output=True, text=True)
     assert out.returncode == 1, out.stdout + out.stderr
     lines = out.stdout.splitlines()
@@ -139,7 +154,7 @@ def test_command_prints_one_line_per_check_and_fails(proj):
 
 def test_invalid_params_yaml_fails_its_check_and_skips_the_backbone_without_a_traceback(proj):
     (proj / "params.yaml").write_text("seed: [\n")
-    out = subprocess.run([sys.executable, "-m", "pipeline.check", "--skip", "lock", "--skip", "source",
+    out = subprocess.run([sys.executable, "-m", "pipeline", "check", "--skip", "lock", "--skip", "source",
                           "--skip", "remote"], cwd=proj, capture_output=True, text=True)
     assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
     lines = out.stdout.splitlines()

@@ -1,6 +1,7 @@
 """Sources (folders, archives, URLs) and splits, on tiny generated datasets."""
 from __future__ import annotations
 
+import collections
 import functools
 import http.server
 import io
@@ -22,6 +23,8 @@ from project import default_params
 from pipeline.lib import sources
 from pipeline.stages import ingest, split
 from pipeline.lib.artifacts import StageError
+
+DiskUsage = collections.namedtuple("DiskUsage", "total used free")  # what shutil.disk_usage returns
 
 
 def ingest_params(**overrides) -> SimpleNamespace:
@@ -162,7 +165,7 @@ def test_bytes_written_are_capped_even_when_headers_agree(tmp_path):
 
 def test_free_space_is_checked_before_unpacking(tmp_path, monkeypatch):
     archive = zeros_zip(tmp_path / "a.zip", 1)
-    monkeypatch.setattr(sources.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    monkeypatch.setattr(sources.shutil, "disk_usage", lambda _: DiskUsage(10**9, 10**9, 1000))
     with pytest.raises(StageError, match=r"needs 1,000,000 bytes but .* has 1,000 free \(set TMPDIR"):
         extract(archive, tmp_path / "out", max_expansion_ratio=10**6)
 
@@ -363,7 +366,7 @@ def test_ingest_on_odd_files_prints_no_traceback(shapes_dir, tmp_path):
     (shapes_dir / "circle" / "loop.png").symlink_to(shapes_dir / "circle" / "loop.png")
     os.close(os.open(bytes(shapes_dir) + b"/square/\xff.png", os.O_CREAT | os.O_WRONLY))
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    out = subprocess.run([sys.executable, "-m", "pipeline.stages.ingest", "--source", str(shapes_dir), "--out",
+    out = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--source", str(shapes_dir), "--out",
                           str(tmp_path / "raw"), "--report", str(tmp_path / "ingest.json")],
                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]

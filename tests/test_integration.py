@@ -10,7 +10,10 @@ import shutil
 import pytest
 
 from conftest import shared_or_skip
-from project import Project, default_params
+from pipeline.lib.exports import FORMATS
+from project import RUNNING_STAGE, Project, default_params
+
+pytestmark = pytest.mark.integration
 
 PER_SPLIT = {"train": 20, "validation": 5, "test": 8}  # images per class
 
@@ -47,15 +50,16 @@ def test_imagenet_weights_beat_random_weights(clothing):
     # Same data and params, random backbone: only the stages from extract-features on rerun.
     # (up to evaluate: exporting a random model would only cost time)
     out = clothing.run("dvc", "exp", "run", "-S", "base.weights=none", "evaluate").stdout
-    assert "Running stage 'extract_features'" in out and "Running stage 'augment'" not in out
+    ran = RUNNING_STAGE.findall(out)
+    assert "extract_features" in ran and "augment" not in ran, out
     random = clothing.metrics()
     print(f"fine-tuned test accuracy: imagenet {pretrained['finetune']['accuracy']:.3f}, "
           f"random init {random['finetune']['accuracy']:.3f}")
-    assert pretrained["finetune"]["accuracy"] >= 0.4, pretrained  # chance is 0.1; measured 0.575
+    assert pretrained["finetune"]["accuracy"] >= 0.4, pretrained  # chance is 0.1
     assert pretrained["finetune"]["accuracy"] >= random["finetune"]["accuracy"] + 0.25, (pretrained, random)
     # Exported files of the real model: the float formats give the Keras model's answers.
     print("agreement with Keras:", {k: v["agreement"] for k, v in export.items() if isinstance(v, dict) and "agreement" in v})
-    for name in ("saved_model", "tflite_float32"):
-        assert export[name]["agreement"] >= 0.99, export
-    assert export["tflite_float16"]["agreement"] >= 0.95, export  # half-precision weights
-    assert export["tflite_int8"]["agreement"] >= 0.8, export  # measured 0.97 on the full test split
+    for name in ("keras", "saved_model", "onnx", "tflite_float32", "tflite_float16"):
+        assert export[name]["agreement"] >= FORMATS[name].min_agreement, (name, export)
+    # int8 rounds, and 80 test images make each one 1.25%: looser than export's warning limit (0.9)
+    assert export["tflite_int8"]["agreement"] >= 0.8, export

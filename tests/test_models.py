@@ -113,9 +113,12 @@ def _batchnorm_stats(backbone):
 
 
 def _one_fit_step(model):
-    model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    """One step of the pipeline's own training loop (training.Trainer, as finetune runs it)."""
+    from pipeline.lib import training
+
+    trainer = training.Trainer(model, tf.distribute.get_strategy(), 1e-3)
     x = np.random.default_rng(3).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
-    model.fit(x, np.arange(8) % 3, epochs=1, batch_size=8, verbose=0)
+    trainer.train_epoch(tf.data.Dataset.from_tensor_slices((x, np.arange(8, dtype="int32") % 3)).batch(8))
 
 
 def test_finetune_step_leaves_batchnorm_statistics_unchanged(classifier):
@@ -132,7 +135,8 @@ def test_finetune_step_leaves_batchnorm_statistics_unchanged(classifier):
 
 
 def test_without_the_freeze_batchnorm_drifts(classifier):
-    """The control: plain `trainable = True` lets fit() update moving statistics (keras#20285)."""
+    """The control: plain `trainable = True` lets a training step update moving statistics, the base's
+    `training=False` notwithstanding (keras#20285)."""
     backbone = models.backbone_of(classifier)
     backbone.trainable = True  # the usual recipe line, with nothing done about BatchNorm
     assert all(layer.trainable for layer in backbone.layers)

@@ -14,7 +14,7 @@ import pytest
 
 from project import Project, default_params
 from shapes import make_dataset
-from tiny_run import TINY, tiny_project
+from tiny_run import TINY
 
 MOVED = ("data/images/square/005.png", "data/images/triangle/from-square-005.png")  # a relabelled image
 ADDED = [f"data/images/circle/new-{i}.png" for i in range(3)]
@@ -33,18 +33,23 @@ def status(project: Project, *targets: str) -> dict:
     return json.loads(project.run("dvc", "status", "--json", *targets).stdout)
 
 
+pytestmark = pytest.mark.e2e
+
+
 @pytest.fixture(scope="module")
-def team(tmp_path_factory):
+def team(tmp_path_factory, finished):
+    """A: a copy of the finished tiny project (its first run done and committed), pushed to a bare
+    origin and a folder remote. These tests share it, in order, as a team shares a repository."""
     tmp = tmp_path_factory.mktemp("team")
     origin = tmp / "origin.git"
-    a = tiny_project(tmp / "a", make_dataset(tmp / "shapes", per_class=40, size=40))
+    a = finished.copy(tmp / "a")
+    assert status(a) == {}
     branch = a.run("git", "branch", "--show-current").stdout.strip()
     a.run("git", "init", "-q", "--bare", f"--initial-branch={branch}", str(origin))
     a.run("dvc", "remote", "add", "-d", "team", str(tmp / "remote"))
     a.run("git", "remote", "add", "origin", str(origin))
-    assert a.repro()[0] == "ingest"
     a.run("git", "add", "-A")
-    a.run("git", "commit", "-qm", "first model")
+    a.run("git", "commit", "-qm", "the team's remote")
     a.run("git", "push", "-q", "origin", "HEAD")
     a.run("dvc", "push")
     return tmp, a, origin
@@ -113,14 +118,17 @@ def test_a_pulls_b_s_data_model_and_metrics_bit_for_bit(team, b_changed):
     assert "data/images/circle/new-0.png" in got and "models/model.keras" in got
 
 
-def test_registered_model_version_comes_back_with_dvc_artifacts_get(team, b_changed):
-    tmp, a, origin = team
+def test_registered_model_version_comes_back_with_dvc_artifacts_get(team, b_changed, tmp_path):
+    _, a, origin = team
+    c = Project.attach(tmp_path / "c", a.env)  # a third member, on the team's latest commit
+    a.run("git", "clone", "-q", str(origin), str(c.path))
+    c.run("dvc", "pull")
     for name, path in (("image-classifier", "models/model.keras"),
                        ("image-classifier-tflite-int8", "models/export/model_int8.tflite")):
-        a.run("gto", "register", name, "--push")  # the git tag <name>@v0.0.1, pushed to origin
-        out = tmp / "got" / Path(path).name
-        a.run("dvc", "artifacts", "get", str(origin), name, "--rev", "v0.0.1", "-o", str(out))
-        assert out.read_bytes() == (a.path / path).read_bytes(), name
+        c.run("gto", "register", name, "--push")  # the git tag <name>@v0.0.1, pushed to origin
+        out = tmp_path / "got" / Path(path).name
+        c.run("dvc", "artifacts", "get", str(origin), name, "--rev", "v0.0.1", "-o", str(out))
+        assert out.read_bytes() == (c.path / path).read_bytes(), name
 
 
 def test_data_registry_import_then_update_reruns_from_ingest(tmp_path):

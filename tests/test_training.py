@@ -90,7 +90,7 @@ def test_lr_find_range_test_stops_when_the_loss_explodes():
     inputs = keras.Input((8,))
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
     batches = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(32)
-    rates, losses = lr_find.range_test(model, batches, training.loss(), np.ones(2), 1e-5, 1e4, 200)
+    rates, losses = lr_find.range_test(model, batches, 0.0, None, 1e-5, 1e4, 200)
     assert len(rates) < 200  # diverged before the last, absurd rates
     assert np.isfinite(losses).all()  # a NaN step ends the curve without entering it (JSON has no NaN)
     assert 1e-4 < lr_find.suggest(rates, losses) < 10
@@ -183,6 +183,24 @@ def test_fit_keeps_the_epoch_with_the_lowest_val_loss(tmp_path):
         np.testing.assert_array_equal(kept, first)  # epoch 1's weights, though no early stop came
     metrics = json.loads((tmp_path / "four" / "log" / "metrics.json").read_text())
     assert metrics["step"] == 3 and metrics["eval"]["loss"] == pytest.approx(log.history["val_loss"][-1])
+
+
+def test_class_weights_scale_each_example_s_loss_by_its_class():
+    """training.weighted_losses, the one way the loop and lr_find apply class weights."""
+    loss = training.loss(0.0, reduction=None)
+    labels, probabilities = tf.constant([0, 1, 1]), tf.constant([[0.5, 0.5]] * 3)
+    weights = training.weight_vector({0: 1.0, 1: 3.0}, 2)
+    plain = loss(labels, probabilities).numpy()
+    np.testing.assert_allclose(training.weighted_losses(loss, weights, labels, probabilities).numpy(),
+                               plain * [1, 3, 3], rtol=1e-6)
+    assert training.weight_vector(None, 2).numpy().tolist() == [1.0, 1.0]  # None: equal weights
+
+
+def test_patience_zero_acts_as_one(tmp_path):
+    x, y = problem()
+    runs = [fit(new_trainer(dropout=0.0), x, y, tmp_path / str(p), epochs=10, patience=p, val=(x, (y + 1) % 3))
+            for p in (0, 1)]
+    assert len(runs[0].history["val_loss"]) == len(runs[1].history["val_loss"]) == 2
 
 
 def test_fit_stops_after_patience_epochs_without_improvement(tmp_path, caplog):

@@ -57,12 +57,12 @@ def test_ci_runs_on_every_push_and_pull_request():
     assert set(load("ci.yml")["on"]) == {"push", "pull_request"}
 
 
-@pytest.mark.parametrize("job", ["test", "pipeline"])
+@pytest.mark.parametrize("job", ["fast", "test", "pipeline"])
 def test_ci_installs_the_pinned_requirements_with_pip_caching(job):
     setup = uses(load("ci.yml"), job, "actions/setup-python")
     assert setup["python-version"] == "3.11"
     assert setup["cache"] == "pip" and setup["cache-dependency-path"] == "requirements.txt"
-    assert re.search(r"^make (test|setup)$", runs(load("ci.yml"), job), re.M)  # pip install -r requirements.txt
+    assert re.search(r"^make (test|test-fast|setup)$", runs(load("ci.yml"), job), re.M)  # pip install -r requirements.txt
     pins = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line and line[0] != "#"]
     assert pins and all("==" in line for line in pins)
 
@@ -71,6 +71,7 @@ def test_ci_test_job_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert re.search(r"^make test +# the test suite", readme, re.M)  # "The two commands"
     assert "make test" in runs(load("ci.yml"), "test")
+    assert "make test-fast" in runs(load("ci.yml"), "fast")  # the fast tier, its answer first
     assert (ROOT / ".ci" / "run").read_text().strip().endswith("make test")
 
 
@@ -86,7 +87,7 @@ def test_ci_pipeline_job_checks_runs_tiny_and_reports_diffs():
     for path in ("tests/tiny_run.py", "scripts/ci-report.sh"):
         assert (ROOT / path).is_file()
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^check: .*\n\tpython -m pipeline\.check \$\(ARGS\)$", makefile, re.M)
+    assert re.search(r"^check: .*\n\tpython -m pipeline check \$\(ARGS\)$", makefile, re.M)
 
 
 def test_full_run_pulls_runs_pushes_with_secrets_only():
