@@ -114,7 +114,8 @@ def pytest_addoption(parser):
 # The longest modules first, so that the two xdist workers finish together (pytest.ini turns
 # off xdist's own order, most tests first, which left the pipelines for the end). test_e2e
 # builds the finished project that test_team and test_scaling copy: they come after it.
-FIRST = ("test_e2e", "test_integration", "test_team", "test_scaling", "test_no_traceback", "test_distribution")
+FIRST = ("test_e2e", "test_integration", "test_team", "test_scaling", "test_no_traceback", "test_models",
+         "test_distribution", "test_bad_input", "test_logs", "test_training", "test_explain", "test_inference")
 
 
 def pytest_collection_modifyitems(config, items):
