@@ -208,8 +208,19 @@ def test_download_into_keras_cache_once(served, tmp_path, monkeypatch):
     assert sources.download(served).read_bytes() == b"cached"  # the cached copy, not fetched again
 
 
-def test_fetch_moves_the_named_folders_of_an_archive(served, tmp_path, monkeypatch):
+def other_disk(path: Path) -> Path | None:
+    """A temporary folder on another file system than ``path``'s (tmpfs), or None if there is none."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != path.stat().st_dev else None
+
+
+@pytest.mark.parametrize("where", ["same disk", "another disk"])
+def test_fetch_moves_the_named_folders_of_an_archive(served, tmp_path, monkeypatch, where):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    if where == "another disk":  # the archive unpacks in the temporary folder, then moves to data/images
+        if other_disk(tmp_path) is None:
+            pytest.skip(f"no writable file system other than {tmp_path}'s (/dev/shm) on this machine")
+        monkeypatch.setattr(sources.tempfile, "tempdir", str(other_disk(tmp_path)))
     sources.fetch(served, tmp_path / "images", ["circle", "square"])
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["circle", "square"]
     assert len(list((tmp_path / "images" / "circle").iterdir())) == 8

@@ -394,7 +394,7 @@ def fetch(url: str, dest: Path, folders: list[str]) -> None:
         for name in folders:
             if not (root / name).is_dir():
                 raise StageError(f"{url} has no folder {name}/ (found: {sorted(p.name for p in root.iterdir())})")
-            (root / name).rename(dest / name)
+            shutil.move(root / name, dest / name)  # not rename: the temporary folder may be on another disk
 
 
 if __name__ == "__main__":  # scripts/get-data.sh: python -m pipeline.lib.sources URL DEST FOLDER...
