@@ -48,7 +48,7 @@ def install() -> None:
 
     if not compat.matches("tensorflow", WRITTEN_FOR):
         print(f"pipeline: the stderr filter was written for tensorflow {WRITTEN_FOR}, not "
-              f"{compat.installed('tensorflow')}: TensorFlow's start-up lines are shown as they are "
+              f"{compat.installed('tensorflow') or 'none installed'}: TensorFlow's start-up lines are shown as they are "
               "(pipeline/lib/quiet.py, docs/internals.md)", file=sys.stderr)
         return
     try:
