@@ -106,9 +106,9 @@ def finished(tmp_path_factory):
 def pytest_addoption(parser):
     parser.addoption("--shuffle", metavar="SEED", type=int, default=None,
                      help="run the tests in a random order, seeded (every xdist worker draws the same)")
-    parser.addoption("--inject-failure", metavar="TEXT", default=None,
-                     help="fail every test whose id contains TEXT: at its first Project.set_param "
-                          "(after the change is written), else after its body")
+    parser.addoption("--inject-failure", metavar="TEXT[,TEXT...]", default=None,
+                     help="fail every test whose id contains one of the TEXTs: at its first "
+                          "Project.set_param (after the change is written), else after its body")
 
 
 # The longest modules first, so that the two xdist workers finish together (pytest.ini turns
@@ -129,20 +129,32 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.stem, len(FIRST)))  # stable: the rest keep their order
 
 
+def _injected(item) -> bool:
+    texts = (item.config.getoption("--inject-failure") or "").split(",")
+    return any(text and text in item.nodeid for text in texts)
+
+
 @pytest.fixture(autouse=True)
-def _injected_failure(request, monkeypatch):
-    text = request.config.getoption("--inject-failure")
-    if not text or text not in request.node.nodeid:
-        yield
-        return
-    from project import Project
+def _fail_at_the_first_change(request, monkeypatch):
+    """--inject-failure: the test fails right after its first Project.set_param has written the change."""
+    if _injected(request.node):
+        from project import Project
 
-    original = Project.set_param
+        original = Project.set_param
 
-    def set_then_fail(self, key, value):
-        original(self, key, value)
-        raise AssertionError(f"injected failure, after setting {key} (--inject-failure)")
+        def set_then_fail(self, key, value):
+            original(self, key, value)
+            request.node.failure_injected = True
+            raise AssertionError(f"injected failure, after setting {key} (--inject-failure)")
 
-    monkeypatch.setattr(Project, "set_param", set_then_fail)
+        monkeypatch.setattr(Project, "set_param", set_then_fail)
     yield
-    pytest.fail("injected failure, after the test's body (--inject-failure)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """--inject-failure, for a test that sets no param: it fails after its body."""
+    result = yield
+    if _injected(item) and not getattr(item, "failure_injected", False):
+        raise AssertionError("injected failure, after the test's body (--inject-failure)")
+    return result
