@@ -4,39 +4,46 @@
 #   make test    install pinned dependencies, run the test suite
 PYTHON ?= python3
 VENV := .venv
+# TensorFlow's CUDA build where an NVIDIA driver answers (nvidia-smi), else tensorflow-cpu;
+# `make setup TENSORFLOW=cpu` or `TENSORFLOW=cuda` forces one (docs/scaling.md#gpus).
+TENSORFLOW ?= auto
+TF_BUILD := $(shell bash scripts/tensorflow-build.sh $(TENSORFLOW))
+ifeq ($(TF_BUILD),invalid)
+$(error TENSORFLOW=$(TENSORFLOW): use auto, cpu or cuda)
+endif
+INSTALLED := $(VENV)/installed-$(TF_BUILD)
 SHARED ?= ../shared
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
 .PHONY: setup repro test test-fast offline-cache data check
 
-$(VENV)/installed: requirements.txt
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.txt
+$(INSTALLED): requirements.txt scripts/setup-venv.sh
+	bash scripts/setup-venv.sh $(PYTHON) $(VENV) $(TF_BUILD)
+	rm -f $(VENV)/installed*
 	touch $@
 
-setup: $(VENV)/installed
+setup: $(INSTALLED)
 
-offline-cache: $(VENV)/installed
+offline-cache: $(INSTALLED)
 	bash scripts/offline-cache.sh $(SHARED)
 
-data: $(VENV)/installed
+data: $(INSTALLED)
 	bash scripts/get-data.sh $(SHARED)
 
 repro: offline-cache data
 	dvc repro
 
-test: $(VENV)/installed
+test: $(INSTALLED)
 	python -m pytest
 
 # The fast tier (docs/testing.md): every test that does not run a pipeline, in a few minutes.
-test-fast: $(VENV)/installed
+test-fast: $(INSTALLED)
 	python -m pytest -m "not e2e and not integration"
 
 # Verify the project without training (params, stage contract, DAG, lock, backbone, data
 # source, remote); e.g. `make check ARGS="--skip remote"` where no remote is needed.
-check: $(VENV)/installed
+check: $(INSTALLED)
 	python -m pipeline check $(ARGS)
 
 # Experiments side by side: the key params and metrics as columns (plain `dvc exp show`
@@ -53,7 +60,7 @@ exps:
 # the reports/finetune/metrics.json:best_val_accuracy column of `make exps`.
 SWEEP_GRID := -S 'finetune.learning_rate=3e-5,1e-4' -S 'finetune.epochs=10,13' -S 'finetune.unfreeze_layers=54,80'
 .PHONY: sweep
-sweep: $(VENV)/installed
+sweep: $(INSTALLED)
 	dvc exp run --queue $(SWEEP_GRID)
 	dvc exp run --queue -S base.image_size=192 -S finetune.learning_rate=1e-4 -S finetune.epochs=10 \
 	  -S finetune.unfreeze_layers=54

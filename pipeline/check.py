@@ -39,12 +39,12 @@ from pipeline.lib import artifacts, params
 EXPECTED_DAG: dict[str, set[str]] = {
     "ingest": set(),
     "split": {"ingest"},
-    "augment": {"ingest", "split"},
+    "augment": {"split"},  # and the source (data/images), through split's record of it
     "extract_features": {"augment"},
     "train_head": {"extract_features", "split"},
     "finetune": {"augment", "extract_features", "train_head"},
-    "evaluate": {"ingest", "split", "extract_features", "train_head", "finetune"},
-    "export": {"ingest", "split", "augment", "finetune"},
+    "evaluate": {"split", "extract_features", "train_head", "finetune"},
+    "export": {"split", "augment", "finetune"},
     "summary": {"ingest", "split", "train_head", "finetune", "evaluate", "export"},
 }
 # DVC's optional packages for each kind of remote storage (dvc itself speaks local paths).

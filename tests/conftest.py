@@ -38,7 +38,7 @@ def shapes_dir(tmp_path: Path) -> Path:
 # --- the tiny finished project, built once per test session --------------------------------
 
 # What a test of the finished project may not change: the artifacts, params and lock.
-WATCHED = ("params.yaml", "dvc.lock", "data/split", "data/augmented", "data/features", "models", "reports")
+WATCHED = ("params.yaml", "dvc.lock", "data/images", "data/manifest.csv", "data/split", "data/augmented", "data/features", "models", "reports")
 
 
 def digests(root: Path, names=WATCHED) -> dict[str, str]:

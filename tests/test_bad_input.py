@@ -69,10 +69,10 @@ def test_ingest_report_lists_every_case(corpus):
 
 def test_odd_images_are_kept_and_the_source_untouched(corpus):
     project, _ = corpus
-    manifest = (project.path / "data" / "raw" / "manifest.csv").read_text(encoding="utf-8")
+    manifest = (project.path / "data" / "manifest.csv").read_text(encoding="utf-8")
     for name in ("square/ünïcødé 画像.png", "circle/cmyk.jpg", "square/sixteen.png", "triangle/huge.jpg"):
         assert name in manifest
-        assert (project.path / "data" / "raw" / name).is_file()
+        assert (project.path / "data" / "images" / name).is_file()
     huge = next(line for line in manifest.splitlines() if line.startswith("triangle/huge.jpg,"))
     assert huge.endswith(",9000,7000")  # width and height of the original, decoded at 1/8 scale
 
@@ -128,14 +128,14 @@ def test_bad_params_stop_ingest_with_a_message(own_corpus, edit, message):
     assert "Traceback" not in out.stdout + out.stderr
     # DVC removes a stage's outputs before running it; the failed run left nothing half-written,
     # and the last good output comes back from the DVC cache.
-    assert not list((project.path / "data").glob(".raw.tmp-*"))
+    assert not list((project.path / "data").glob(".manifest.tmp-*"))
     project.run("dvc", "checkout", "ingest")
-    assert (project.path / "data" / "raw" / "manifest.csv").exists()
+    assert (project.path / "data" / "manifest.csv").exists()
 
 
 def ingest(project: Project, source: str, check: bool = True):
     """The ingest stage's command with another --source (dvc.yaml always passes data/images)."""
-    return project.run("python", "-m", "pipeline", "ingest", "--source", source, "--out", "data/raw",
+    return project.run("python", "-m", "pipeline", "ingest", "--source", source, "--manifest", "data/manifest.csv",
                        "--report", "reports/ingest.json", check=check)
 
 
@@ -146,11 +146,11 @@ def ingest(project: Project, source: str, check: bool = True):
 ])
 def test_missing_sources_stop_ingest_with_a_message(corpus, source, message):
     project, _ = corpus
-    manifest = (project.path / "data" / "raw" / "manifest.csv").read_bytes()
+    manifest = (project.path / "data" / "manifest.csv").read_bytes()
     out = ingest(project, source, check=False)
     assert out.returncode != 0 and message in out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
-    assert (project.path / "data" / "raw" / "manifest.csv").read_bytes() == manifest  # untouched
+    assert (project.path / "data" / "manifest.csv").read_bytes() == manifest  # untouched
 
 
 def _idx(path, array, header):
@@ -170,7 +170,7 @@ def test_keras_dataset_source_uses_the_keras_cache(tmp_path):
     ingest(project, "keras:fashion_mnist")
     report = json.loads((project.path / "reports" / "ingest.json").read_text())
     assert {k: v["kept"] for k, v in report["per_class"].items()} == {"pullover": 6, "t-shirt_top": 6, "trouser": 6}
-    manifest = (project.path / "data" / "raw" / "manifest.csv").read_text()
+    manifest = (project.path / "data" / "manifest.csv").read_text()
     assert "train/trouser/00001.png,trouser,train," in manifest and "test/pullover/00002.png,pullover,test," in manifest
     shutil.rmtree(cache)
     out = ingest(project, "keras:mnist", check=False)

@@ -22,7 +22,7 @@ from tiny_run import tiny_project
 pytestmark = pytest.mark.e2e
 
 # The reproducible artifacts: the same seed gives the same bytes
-ARTIFACTS = ("data/split", "data/augmented", "data/features", "models/extractor.keras", "models/head.keras",
+ARTIFACTS = ("data/manifest.csv", "data/split", "data/augmented", "data/features", "models/extractor.keras", "models/head.keras",
              "models/model.keras", "reports/metrics.json", "reports/ingest.json")
 
 
@@ -93,22 +93,22 @@ def test_predict_agrees_with_evaluate_on_the_test_images(finished):
     project = finished
     rows = list(csv.DictReader(open(project.path / "reports/evaluate/predictions.csv")))
     out = project.run("python", "-m", "pipeline", "predict", "models/model.keras",
-                      *(f"data/raw/{r['path']}" for r in rows), "--labels", "data/split/labels.json", "--json")
+                      *(f"data/images/{r['path']}" for r in rows), "--labels", "data/split/labels.json", "--json")
     predicted = json.loads(out.stdout)
     assert len(predicted) == len(rows) == 30
     for row, result in zip(rows, predicted):
-        assert result["path"] == f"data/raw/{row['path']}"
+        assert result["path"] == f"data/images/{row['path']}"
         assert result["predictions"][0]["label"] == row["predicted"]
         assert result["predictions"][0]["probability"] == pytest.approx(float(row["confidence"]), abs=1e-5)
     # the exported TFLite file, with the labels.txt beside it, gives the same answers
     out = project.run("python", "-m", "pipeline", "predict", "models/export/model_float32.tflite",
-                      *(f"data/raw/{r['path']}" for r in rows), "--json", "-k", "1")
+                      *(f"data/images/{r['path']}" for r in rows), "--json", "-k", "1")
     assert [r["predictions"][0]["label"] for r in json.loads(out.stdout)] == [r["predicted"] for r in rows]
 
 
 def test_predict_tta_and_explain(finished, tmp_path):
     project = finished
-    paths = sorted((project.path / "data/raw").rglob("*.png"))[:3]
+    paths = sorted((project.path / "data/images").rglob("*.png"))[:3]
     out = project.run("python", "-m", "pipeline", "predict", "models/model.keras", *map(str, paths), "--labels",
                       "data/split/labels.json", "--json", "--tta", "--explain", str(tmp_path / "why"))
     results = json.loads(out.stdout)
@@ -157,6 +157,40 @@ def test_nothing_to_do_after_a_full_run(finished):
     out = pipeline_check(project, "remote")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok    lock      dvc.lock matches dvc.yaml, params.yaml and the code\n" in out.stdout
+
+
+def test_no_output_holds_a_copy_of_a_source_image(finished):
+    """Ingest records the images; nothing the pipeline writes is one of them, byte for byte."""
+    p = finished.path
+    source = {hashlib.sha256(f.read_bytes()).hexdigest(): f for f in (p / "data/images").rglob("*") if f.is_file()}
+    outputs = [f for name in ("data", "models", "reports") for f in (p / name).rglob("*")
+               if f.is_file() and not f.is_relative_to(p / "data/images") and f.name != "images.dvc"]
+    assert len(outputs) > 30 and len(source) == 121
+    copies = [f"{f.relative_to(p)} = {source[h].relative_to(p)}" for f in outputs
+              if (h := hashlib.sha256(f.read_bytes()).hexdigest()) in source]
+    assert not copies
+    manifest = images.read_csv(p / "data/manifest.csv")
+    assert len(manifest) == 120 and {r["sha256"] for r in manifest} <= set(source)
+    assert all(int(r["bytes"]) == (p / "data/images" / r["path"]).stat().st_size for r in manifest)
+
+
+def test_a_changed_source_image_reruns_from_ingest_and_is_never_read_stale(project):
+    row = images.read_csv(project.path / "data/split/train.csv")[0]
+    image = project.path / "data/images" / row["path"]
+    Image.open(image).transpose(Image.Transpose.ROTATE_90).save(image)  # same path, other content
+    assert project.changed_stages() == {"ingest", "augment", "evaluate", "export", "data/images.dvc"}
+    dry = RUNNING_STAGE.findall(project.run("dvc", "repro", "--dry").stdout)
+    assert dry[0] == "ingest"
+    # A stage run by hand, before ingest has recorded the change, refuses the image
+    before = digests(project.path, ["data/augmented"])
+    out = project.run("python", "-m", "pipeline", "augment", "--source", "data/images", "--split", "data/split",
+                      "--out", "data/augmented", check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"data/images/{row['path']} changed since ingest recorded it" in out.stderr
+    assert digests(project.path, ["data/augmented"]) == before  # nothing lost
+    assert project.repro("ingest") == ["ingest"]
+    recorded = {r["path"]: r["sha256"] for r in images.read_csv(project.path / "data/manifest.csv")}
+    assert recorded[row["path"]] == hashlib.sha256(image.read_bytes()).hexdigest() != row["sha256"]
 
 
 def test_a_finetune_param_marks_only_finetune_and_summary(project):
@@ -315,7 +349,7 @@ def test_push_clone_pull_gives_identical_files(project, tmp_path):
     assert f"ok    remote    remote 'shared': folder {tmp_path / 'remote'}" in out.stdout
     cloned.run("dvc", "pull")
     assert cloned.changed_stages() == set()
-    files = ["models/model.keras", "models/head.keras", "models/extractor.keras", "data/raw/manifest.csv"]
+    files = ["models/model.keras", "models/head.keras", "models/extractor.keras", "data/manifest.csv"]
     assert digests(clone, ARTIFACTS) == digests(project.path, ARTIFACTS)
     for name in files:
         assert (clone / name).read_bytes() == (project.path / name).read_bytes()

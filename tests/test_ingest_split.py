@@ -27,6 +27,13 @@ from pipeline.lib.artifacts import StageError
 DiskUsage = collections.namedtuple("DiskUsage", "total used free")  # what shutil.disk_usage returns
 
 
+@pytest.fixture(autouse=True)
+def keras_home(tmp_path, monkeypatch):
+    """Archives unpack (once) under $KERAS_HOME/datasets/unpacked: here, not in the user's ~/.keras."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    return tmp_path / "keras-home"
+
+
 def ingest_params(**overrides) -> SimpleNamespace:
     return SimpleNamespace(**{**default_params()["ingest"], **overrides})
 
@@ -72,8 +79,8 @@ def test_dataset_root_descends_a_lone_folder(tmp_path):
 def test_zip_and_tar_sources_unpack(shapes_dir, tmp_path):
     for kind in ("zip", "gztar"):
         archive = shutil.make_archive(str(tmp_path / "data"), kind, shapes_dir.parent, "shapes")
-        with sources.open_source(archive, ingest_params()) as (root, files, skipped):
-            assert root.name == "shapes" and len(files) == 24 and not skipped
+        _, root, files, skipped = sources.open_source(archive, ingest_params())
+        assert root.name == "shapes" and len(files) == 24 and not skipped
 
 
 @pytest.mark.parametrize("member", ["../evil.png", "/abs/evil.png"])
@@ -182,8 +189,7 @@ def test_damaged_archives_are_named(tmp_path):
 
 def test_missing_source_is_named(tmp_path):
     with pytest.raises(StageError, match="does not exist"):
-        with sources.open_source(str(tmp_path / "nope"), ingest_params()):
-            pass
+        sources.open_source(str(tmp_path / "nope"), ingest_params())
 
 
 @pytest.fixture
@@ -269,8 +275,8 @@ def test_csv_source_with_stems_subfolders_and_split_column(shapes_dir):
         "triangle/001.png,pointy,holdout\n"   # unknown split
         "../outside.png,boxy,train\n")
     p = ingest_params(csv_image_column="file", csv_label_column="kind", csv_split_column="part")
-    with sources.open_source(str(shapes_dir / "labels.csv"), p) as (root, files, skipped):
-        assert root == shapes_dir
+    _, root, files, skipped = sources.open_source(str(shapes_dir / "labels.csv"), p)
+    assert root == shapes_dir
     assert [(f["path"], f["label"], f["split"]) for f in files] == [
         ("circle/000.png", "round", "train"), ("circle/001.png", "round", "val"), ("square/000.png", "boxy", "test")]
     assert [s["reason"] for s in skipped] == [
@@ -283,15 +289,14 @@ def test_csv_inside_an_archive_with_image_dir(shapes_dir, tmp_path):
     (shapes_dir / "meta" / "labels.csv").write_text("image,label\ncircle/000.png,c\nsquare/000.png,s\n")
     archive = shutil.make_archive(str(tmp_path / "ds"), "zip", shapes_dir.parent, "shapes")
     p = ingest_params(labels_csv="meta/labels.csv", image_dir="..")  # inside the lone top folder
-    with sources.open_source(archive, p) as (root, files, skipped):
-        assert root.name == "shapes" and [f["label"] for f in files] == ["c", "s"]
+    _, root, files, skipped = sources.open_source(archive, p)
+    assert root.name == "shapes" and [f["label"] for f in files] == ["c", "s"]
 
 
 def test_csv_with_a_wrong_column_names_the_param(shapes_dir):
     (shapes_dir / "labels.csv").write_text("path,label\ncircle/000.png,c\n")
     with pytest.raises(StageError, match="ingest.csv_image_column 'image' is not a column.*columns: path, label"):
-        with sources.open_source(str(shapes_dir / "labels.csv"), ingest_params()):
-            pass
+        sources.open_source(str(shapes_dir / "labels.csv"), ingest_params())
 
 
 def _labelled(counts: dict) -> list[dict]:
@@ -359,8 +364,7 @@ def test_csv_short_rows_bad_labels_and_encodings_are_named(shapes_dir, caplog):
         "circle/001.png\n"                      # short row
         'square/000.png,"two\nlines"\n'         # a label with a line break
         "square/001.png, round \n")            # the same label with spaces: one class
-    with sources.open_source(str(shapes_dir / "labels.csv"), ingest_params()) as (_, files, skipped):
-        pass
+    _, _, files, skipped = sources.open_source(str(shapes_dir / "labels.csv"), ingest_params())
     assert [(f["path"], f["label"]) for f in files] == [("circle/000.png", "round"), ("square/001.png", "round")]
     assert [(s["path"], s["reason"]) for s in skipped] == [
         ("labels.csv:3", "short row in the CSV (1 of 2 columns)"),
@@ -369,16 +373,15 @@ def test_csv_short_rows_bad_labels_and_encodings_are_named(shapes_dir, caplog):
     assert "labels.csv: spaces around the label removed on row(s) 5" in caplog.text
     (shapes_dir / "labels.csv").write_bytes("image,label\ncircle/000.png,rond\ncircle/001.png,carré\n".encode("latin-1"))
     with pytest.raises(StageError, match=r"labels\.csv is not UTF-8 text \(line 3: b'\\xe9\\n'\); save it as UTF-8"):
-        with sources.open_source(str(shapes_dir / "labels.csv"), ingest_params()):
-            pass
+        sources.open_source(str(shapes_dir / "labels.csv"), ingest_params())
 
 
 def test_ingest_on_odd_files_prints_no_traceback(shapes_dir, tmp_path):
     (shapes_dir / "circle" / "loop.png").symlink_to(shapes_dir / "circle" / "loop.png")
     os.close(os.open(bytes(shapes_dir) + b"/square/\xff.png", os.O_CREAT | os.O_WRONLY))
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    out = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--source", str(shapes_dir), "--out",
-                          str(tmp_path / "raw"), "--report", str(tmp_path / "ingest.json")],
+    out = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--source", str(shapes_dir), "--manifest",
+                          str(tmp_path / "manifest.csv"), "--report", str(tmp_path / "ingest.json")],
                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     report = json.loads((tmp_path / "ingest.json").read_text())

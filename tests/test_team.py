@@ -91,7 +91,7 @@ def test_dvc_diff_names_exactly_the_added_and_moved_images(b_changed):
     diff = json.loads(b.run("dvc", "diff", "--json", "HEAD~1", "HEAD").stdout)
     assert sorted(d["path"] for d in diff["added"] if d["path"].startswith("data/images/")) == ADDED
     assert [d for d in diff["renamed"] if d["path"]["old"].startswith("data/images/")] == [
-        {"path": {"old": MOVED[0], "new": MOVED[1]}}]  # and data/raw, ingest's copy, the same
+        {"path": {"old": MOVED[0], "new": MOVED[1]}}]  # the only copy: ingest copies nothing
     assert not [d for d in diff["deleted"] if d["path"].startswith("data/images/")]
 
 
@@ -112,7 +112,7 @@ def test_a_pulls_b_s_data_model_and_metrics_bit_for_bit(team, b_changed):
     a.run("git", "pull", "-q", "origin", "HEAD")
     a.run("dvc", "pull")
     assert status(a) == {}
-    shared = ("data/images", "data/raw", "models", "reports/metrics.json", "reports/ingest.json", "dvc.lock")
+    shared = ("data/images", "data/manifest.csv", "models", "reports/metrics.json", "reports/ingest.json", "dvc.lock")
     got, expected = files(a.path, *shared), files(b.path, *shared)
     assert set(got) == set(expected) and got == expected
     assert "data/images/circle/new-0.png" in got and "models/model.keras" in got

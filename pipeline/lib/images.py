@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,14 +13,18 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipeline.lib.artifacts import StageError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
-MANIFEST_FIELDS = ["path", "label", "split", "sha256", "width", "height"]
+# What ingest records of each image it keeps: its path inside the source, label, the source's own
+# split (or ""), content hash, size in bytes and pixels. Later stages read the source through it.
+MANIFEST_FIELDS = ["path", "label", "split", "sha256", "bytes", "width", "height"]
 SPLITS = ("train", "val", "test")
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
+def load_image(path: Path | io.BytesIO, size: int) -> np.ndarray:
     """Decode any Pillow-readable image to a ``(size, size, 3)`` uint8 RGB array.
 
     The same function prepares training, evaluation and prediction inputs, so
@@ -42,7 +47,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def thumbnail(path: Path, size: int) -> np.ndarray:
+def thumbnail(path: Path | io.BytesIO, size: int) -> np.ndarray:
     """The image upright and in its own aspect ratio, at most ``size`` pixels a side: for people to look at."""
     with Image.open(path) as im:
         im.draft("RGB", (size, size))
@@ -81,6 +86,22 @@ def inspect_image(path: Path) -> tuple[int, int]:
     return width, height
 
 
+def read_recorded(root: Path, row: dict) -> io.BytesIO:
+    """The bytes of the image ``row`` records (``root / row["path"]``), checked against the content
+    hash ingest recorded: a source changed behind the pipeline's back stops the stage, never
+    trains on images the manifest does not describe."""
+    path = Path(root) / row["path"]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise StageError(f"{path}: recorded by ingest but missing. Fetch the source with `dvc pull`, "
+                         "or run `dvc repro`, which reruns ingest on the source as it is") from err
+    if hashlib.sha256(data).hexdigest() != row["sha256"]:
+        raise StageError(f"{path} changed since ingest recorded it (its content hash differs); "
+                         "run `dvc repro`, which reruns ingest first")
+    return io.BytesIO(data)
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -102,8 +123,10 @@ def write_csv(path: Path, rows: Iterable[dict], fields: list[str]) -> None:
         writer.writerows(rows)
 
 
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 4) -> Iterator[R]:
-    """``map`` over threads, in order. Pillow and hashlib release the GIL while decoding."""
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
+    """``map`` over threads, in order, so the result never depends on the thread count. Pillow and
+    hashlib release the GIL while decoding and hashing, so threads use every core; the default
+    (``ThreadPoolExecutor``'s: cores + 4, at most 32) keeps them busy while others wait on disk."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         yield from pool.map(fn, items)
 

@@ -215,14 +215,20 @@ def load_images(paths: Iterable[Path], size: int) -> tuple[np.ndarray, list[int]
     return array, ok, errors
 
 
-def load_test_split(raw: Path, split: Path, size: int) -> tuple[list[dict], np.ndarray, np.ndarray, list[str]]:
-    """(test rows, their pixels decoded as predict does, integer labels, class names)."""
+def load_test_split(source: Path, split: Path, size: int) -> tuple[list[dict], np.ndarray, np.ndarray, list[str]]:
+    """(test rows, their pixels decoded as predict does, integer labels, class names). The images
+    are read from the source folder ``source``, each checked against the hash ingest recorded."""
     labels = artifacts.read_json(split / "labels.json")
     rows = images.read_csv(split / "test.csv")
-    pixels, _, errors = load_images([raw / r["path"] for r in rows], size)
-    if errors:
-        first = next(iter(errors))
-        raise artifacts.StageError(f"{len(errors)} test image(s) in {raw} no longer decode, e.g. "
-                                   f"{rows[first]['path']}: {errors[first]}; rerun ingest (dvc repro -f ingest)")
+
+    def decode(row: dict) -> np.ndarray:
+        recorded = images.read_recorded(source, row)
+        try:
+            return images.load_image(recorded, size)
+        except Exception as err:  # ingest decoded it: only a changed Pillow can get here
+            raise artifacts.StageError(f"{source / row['path']} no longer decodes ({type(err).__name__}: "
+                                       f"{err}); rerun ingest (dvc repro -f ingest)") from err
+
+    pixels = np.stack(list(images.parallel_map(decode, rows)))
     index = {label: i for i, label in enumerate(labels)}
     return rows, pixels, np.array([index[r["label"]] for r in rows]), labels

@@ -1,12 +1,12 @@
 """Where images come from: folders, archives, URLs, labels CSVs and ``keras.datasets``.
 
-``open_source`` turns any of them into a local folder plus a list of candidate
-files ``{path, label, split}`` (paths relative to that folder) and a list of
-entries skipped on the way ``{path, label, reason}``. Decoding is ingest's job.
+``locate`` turns any of them into a local folder without copying a folder source;
+``open_source`` adds a list of candidate files ``{path, label, split}`` and a
+list of entries skipped on the way ``{path, label, reason}``. Decoding is
+ingest's job.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import logging
@@ -22,7 +22,6 @@ import zipfile
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 from tqdm import tqdm
 
@@ -47,39 +46,79 @@ KERAS_CLASS_NAMES = {  # keras:<name> sources
 log = logging.getLogger("pipeline.lib.sources")
 
 
-@contextlib.contextmanager
-def open_source(source: str, p: SimpleNamespace) -> Iterator[tuple[Path, list[dict], list[dict]]]:
-    """Yield ``(root, candidates, skipped)`` for ``source`` read with the ``ingest.*`` params ``p``."""
-    with contextlib.ExitStack() as stack:
-        csv_path, csv_is_source = p.labels_csv, False
-        if source.startswith("keras:"):
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ingest-")))
-            write_keras_dataset(source[len("keras:"):], folder)
-        else:
-            path = download(source) if is_url(source) else Path(source).expanduser()
-            if not path.exists():
-                raise StageError(f"source {source!r} does not exist (resolved to {path.resolve()}). Fetch the "
-                                 f"tracked data with `dvc pull`, or put images there and `dvc add {source}`")
-            if path.suffix.lower() == ".csv":  # a labels CSV beside (or above) its images
-                folder, csv_path, csv_is_source = path.parent, path.name, True
-            elif path.is_dir():
-                folder = path
-            else:
-                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ingest-")))
-                log.info("unpacking %s", path)
-                extract(path, folder, p.max_unpacked_mb, p.max_expansion_ratio)
-        if csv_path:
-            base = folder if csv_is_source else dataset_root(folder)
-            csv_file = base / csv_path
-            if not csv_file.is_file():
-                raise StageError(f"ingest.labels_csv {csv_path!r} not found in {base}")
-            root = ((csv_file.parent / p.image_dir) if p.image_dir else csv_file.parent).resolve()
-            if not root.is_dir():
-                raise StageError(f"ingest.image_dir {p.image_dir!r}: no folder {root}")
-            yield (root, *from_csv(csv_file, root, p))
-        else:
-            root = dataset_root(folder)
-            yield (root, *scan(root))
+def open_source(source: str, p: SimpleNamespace) -> tuple[Path, Path, list[dict], list[dict]]:
+    """``(folder, root, candidates, skipped)`` for ``source`` read with the ``ingest.*`` params ``p``:
+    ``folder`` is ``locate(source)``, ``root`` the folder the candidates' paths are relative to
+    (the dataset inside ``folder``, or a labels CSV's image folder)."""
+    folder = locate(source, p)
+    csv_path, csv_is_source = p.labels_csv, False
+    if Path(source).suffix.lower() == ".csv" and not source.startswith("keras:"):  # a CSV beside its images
+        csv_path, csv_is_source = Path(urllib.parse.urlparse(source).path).name, True
+    if csv_path:
+        base = folder if csv_is_source else dataset_root(folder)
+        csv_file = base / csv_path
+        if not csv_file.is_file():
+            raise StageError(f"ingest.labels_csv {csv_path!r} not found in {base}")
+        root = ((csv_file.parent / p.image_dir) if p.image_dir else csv_file.parent).resolve()
+        if not root.is_dir():
+            raise StageError(f"ingest.image_dir {p.image_dir!r}: no folder {root}")
+        return (folder, root, *from_csv(csv_file, root, p))
+    root = dataset_root(folder)
+    return (folder, root, *scan(root))
+
+
+def locate(source: str, p: SimpleNamespace) -> Path:
+    """The local folder that holds ``source``'s files; the manifest's paths are relative to it.
+
+    A folder is itself and a labels CSV its folder: the images are read where they are. An
+    archive (or the URL of one) is unpacked once, within the ``ingest.max_unpacked_mb`` and
+    ``ingest.max_expansion_ratio`` caps, into ``$KERAS_HOME/datasets/unpacked/<name>-<content
+    hash>/``, and a ``keras:<name>`` dataset is written once beside it: outside the project, so
+    it costs no DVC-tracked files, and found again by every later stage that reads the images.
+    """
+    if source.startswith("keras:"):
+        name = source[len("keras:"):]
+        if name not in KERAS_CLASS_NAMES:
+            raise StageError(f"source {source}: the keras datasets are "
+                             + ", ".join(f"keras:{n}" for n in KERAS_CLASS_NAMES))
+        return _once(unpacked_dir() / f"keras-{name}", lambda tmp: write_keras_dataset(name, tmp))
+    path = download(source) if is_url(source) else Path(source).expanduser()
+    if not path.exists():
+        raise StageError(f"source {source!r} does not exist (resolved to {path.resolve()}). Fetch the "
+                         f"tracked data with `dvc pull`, or put images there and `dvc add {source}`")
+    if path.suffix.lower() == ".csv":
+        return path.parent
+    if path.is_dir():
+        return path
+    digest = images.sha256_file(path)[:16]  # a changed archive is unpacked anew
+    return _once(unpacked_dir() / f"{path.name}-{digest}",
+                 lambda tmp: extract(path, tmp, p.max_unpacked_mb, p.max_expansion_ratio))
+
+
+def unpacked_dir() -> Path:
+    """Where archives are unpacked and keras datasets written: ``$KERAS_HOME/datasets/unpacked``.
+    Each folder is named by its source's content; delete any of them at will (remade when needed)."""
+    return keras_cache_dir() / "datasets" / "unpacked"
+
+
+def _once(target: Path, make) -> Path:
+    """``target``, made by ``make(folder)`` the first time. The folder is renamed into place only
+    when complete, and two processes making it at once both end with one complete copy."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        log.info("unpacking into %s (once)", target)
+        make(tmp)
+        os.rename(tmp, target)
+    except OSError as err:
+        if not target.is_dir():  # not another process's copy landing first: a real failure
+            raise StageError(f"could not write {target} ({err.strerror or err}); free space there "
+                             "or set KERAS_HOME to a folder on a larger disk") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def cache_path(url: str) -> Path:
@@ -354,9 +393,6 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
 
 def write_keras_dataset(name: str, dest: Path) -> None:
     """Write a ``keras.datasets`` set as ``train|test/<class>/<n>.png`` under ``dest``."""
-    if name not in KERAS_CLASS_NAMES:
-        raise StageError(f"source keras:{name}: the keras datasets are "
-                         + ", ".join(f"keras:{n}" for n in KERAS_CLASS_NAMES))
     import keras  # only this source needs TensorFlow; the others start in a second
 
     log.info("loading keras.datasets.%s (cache: %s)", name, keras_cache_dir() / "datasets")

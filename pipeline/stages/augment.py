@@ -1,11 +1,12 @@
-"""augment: data/split + data/raw -> data/augmented/ (train and val TFRecord shards + meta.json).
+"""augment: data/split + the source (data/images) -> data/augmented/ (train and val TFRecord shards + meta.json).
 
 Every image is resized to base.image_size. Training images are written once
 as they are (``train``) and ``augment.copies`` more times through seeded Keras
 preprocessing layers (``train_aug``): features are cached once, so random
 augmentation has to happen here, before extraction. Val images are resized
-only. Test images are not packed: evaluate and export decode them from
-data/raw exactly as ``pipeline.predict`` decodes a user's images.
+only. Each image is read from the source and checked against the hash ingest
+recorded. Test images are not packed: evaluate and export decode them from the
+source exactly as ``pipeline.predict`` decodes a user's images.
 """
 from __future__ import annotations
 
@@ -15,16 +16,19 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, images, models, params, shards
+from pipeline.lib import artifacts, images, models, params, shards, sources
 
-PARAMS = ["augment", "base.image_size", "seed"]
+PARAMS = ["augment", "base.image_size", "seed", "ingest.max_unpacked_mb",
+          "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
 BATCH = 64  # images decoded and augmented together; bounds memory, not a hyperparameter
 log = logging.getLogger("pipeline.stages.augment")
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "raw", "split", "out")
+    args = artifacts.start(__doc__, "source", "split", "out")
     p = params.load(PARAMS)
+    models.log_devices()
+    source = sources.locate(str(args.source), p.ingest)
     models.set_seed(p.seed)
     size, copies = p.base.image_size, p.augment.copies
     labels = artifacts.read_json(args.split / "labels.json")
@@ -41,7 +45,7 @@ def main() -> None:
                 for start in range(0, len(rows), BATCH):
                     batch = rows[start:start + BATCH]
                     pixels = np.stack(list(images.parallel_map(
-                        lambda r: images.load_image(args.raw / r["path"], size), batch)))
+                        lambda r: images.load_image(images.read_recorded(source, r), size), batch)))
                     y = [index[r["label"]] for r in batch]
                     for image, label in zip(pixels, y):
                         plain.write(image, label)

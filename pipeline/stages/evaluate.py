@@ -1,6 +1,7 @@
 """evaluate: test images + extractor/head/model .keras -> reports/metrics.json + reports/evaluate/.
 
-Both models are scored on the test split, decoded from data/raw exactly as
+Both models are scored on the test split, read from the source (each image
+checked against the hash ingest recorded) and decoded exactly as
 ``pipeline.predict`` decodes a user's images (inference.py): the head-only
 model (extractor + head, the frozen backbone) and the fine-tuned model.
 Accuracy and macro-F1 go to the DVC metrics file; per-class precision, recall
@@ -18,9 +19,10 @@ import logging
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipeline.lib import artifacts, explain, images, inference, models, params, plots
+from pipeline.lib import artifacts, explain, images, inference, models, params, plots, sources
 
-PARAMS = ["evaluate.batch_size", "evaluate.tta"]
+PARAMS = ["evaluate.batch_size", "evaluate.tta", "ingest.max_unpacked_mb",
+          "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
 TITLES = {"head": "Head only (frozen backbone)", "finetune": "Fine-tuned"}
 GALLERY = 12  # most confident mistakes shown
 log = logging.getLogger("pipeline.stages.evaluate")
@@ -38,12 +40,14 @@ def scores(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> tuple[dict, di
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "raw", "split", "extractor", "head", "model", "metrics", "out")
+    args = artifacts.start(__doc__, "source", "split", "extractor", "head", "model", "metrics", "out")
     p = params.load(PARAMS)
+    models.log_devices()
+    source = sources.locate(str(args.source), p.ingest)
     classifiers = {"head": inference.KerasClassifier(models.assemble(models.load(args.extractor),
                                                                      models.load(args.head))),
                    "finetune": inference.load(args.model)}
-    rows, pixels, y, labels = inference.load_test_split(args.raw, args.split, classifiers["finetune"].image_size)
+    rows, pixels, y, labels = inference.load_test_split(source, args.split, classifiers["finetune"].image_size)
     log.info("scoring both models on %d test images", len(y))
 
     metrics, per_class, probs = {}, {}, {}
@@ -74,7 +78,7 @@ def main() -> None:
     mistakes = sorted(np.flatnonzero(pred != y), key=lambda i: -confidence[i])[:GALLERY]
     heat, _ = explain.GradCam(classifiers["finetune"].model)(pixels[mistakes])
     with artifacts.atomic_file(args.out / "mistakes.png") as tmp:
-        plots.gallery([explain.overlay(images.thumbnail(args.raw / rows[i]["path"], 200), h)
+        plots.gallery([explain.overlay(images.thumbnail(images.read_recorded(source, rows[i]), 200), h)
                        for i, h in zip(mistakes, heat)],
                       [f"{rows[i]['path'].rsplit('/', 1)[-1]}\ntrue: {labels[y[i]]}\n"
                        f"predicted: {labels[pred[i]]} ({confidence[i]:.0%})" for i in mistakes],

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.lib import artifacts, formats, inference, models, params, shards
+from pipeline.lib import artifacts, formats, inference, models, params, shards, sources
 from pipeline.lib.exports import FORMATS, TFLITE_KINDS, file_name
 
-PARAMS = ["export.representative_images", "evaluate.batch_size", "seed", "base.backbone"]
+PARAMS = ["export.representative_images", "evaluate.batch_size", "seed", "base.backbone",
+          "ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
 log = logging.getLogger("pipeline.stages.export")
 
 
@@ -85,11 +86,13 @@ def score(files: dict[str, Path], pixels, test_files: list[Path], labels: list[s
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "model", "augmented", "raw", "split", "out", "metrics")
+    args = artifacts.start(__doc__, "model", "augmented", "source", "split", "out", "metrics")
     p = params.load(PARAMS)
+    models.log_devices()
+    source = sources.locate(str(args.source), p.ingest)
     models.set_seed(p.seed)
     model = models.load(args.model)
-    rows, pixels, y, labels = inference.load_test_split(args.raw, args.split, int(model.input_shape[1]))
+    rows, pixels, y, labels = inference.load_test_split(source, args.split, int(model.input_shape[1]))
     description = (f"{p.base.backbone} fine-tuned to classify {len(labels)} classes; RGB pixels in [0, 255] "
                    f"at {model.input_shape[1]} px")
 
@@ -103,7 +106,7 @@ def main() -> None:
 
     with artifacts.atomic_dir(args.out) as tmp:
         files = write_formats(args.model, model, labels, tmp, description, representative)
-        predictions, not_checked = score(files, pixels, [args.raw / r["path"] for r in rows], labels,
+        predictions, not_checked = score(files, pixels, [source / r["path"] for r in rows], labels,
                                          p.evaluate.batch_size)
         files.update(saved_model_bytes=files["saved_model"],
                      **{f"mediapipe_{kind}": files[f"tflite_{kind}"] for kind in TFLITE_KINDS})

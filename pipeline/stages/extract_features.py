@@ -52,6 +52,7 @@ def in_order(forward, batches: tf.data.Dataset, n: int, batch_size: int, strateg
 def main() -> None:
     args = artifacts.start(__doc__, "augmented", "out", "extractor")
     p = params.load(PARAMS)
+    models.log_devices()
     # Extraction is split across machines only: one machine's devices run it as one device.
     strategy = distribution.strategy("multi_worker") if p.distribution.strategy == "multi_worker" \
         else tf.distribute.get_strategy()

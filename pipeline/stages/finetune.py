@@ -46,6 +46,7 @@ def training_batches(augmented: Path, p, batch: int, epoch: int):
 def main() -> None:
     args = artifacts.start(__doc__, "augmented", "extractor", "head", "model", "live", "backup")
     p = params.load(PARAMS)
+    models.log_devices()
     hp = p.finetune
     strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
     models.set_seed(p.seed)

@@ -1,18 +1,23 @@
-"""ingest: the source (data/images) -> data/raw/ (images + manifest.csv) + reports/ingest.json.
+"""ingest: the source (data/images) -> data/manifest.csv + reports/ingest.json.
 
 The source is a DVC-tracked folder of class folders (optionally below train/,
 validation/ or val/, test/) or a .zip/.tar archive of one (``dvc import-url``
 keeps it as a file), optionally with a labels CSV. On the command line it may
 also be an http(s) URL or ``keras:<dataset>``, which DVC does not track. Every
-file is fully decoded; what is not a readable image is skipped. Byte-identical images are one image: kept once under one label,
-excluded when they carry two labels. Everything skipped is listed with its
-reason in the report, counted per class. The source is never modified.
+file is fully decoded; what is not a readable image is skipped. Byte-identical
+images are one image: kept once under one label, excluded when they carry two
+labels. Everything skipped is listed with its reason in the report, counted
+per class. The source is never modified, and never copied: the manifest
+records each kept image (its path inside the source, label, the source's own
+split, content hash, size), and later stages read the source through it,
+checking each image against its hash.
 """
 from __future__ import annotations
 
 import collections
 import logging
-import shutil
+import os
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -59,38 +64,38 @@ def summarize(source: str, kept: list[dict], skipped: list[dict], version: str) 
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "out", "report")
+    args = artifacts.start(__doc__, "source", "manifest", "report")
     source = str(args.source)  # a path, or a URL / keras:<dataset> for one-off runs
     p = params.load(PARAMS)
-    with sources.open_source(source, p.ingest) as (root, candidates, skipped):
-        log.info("%s: %d candidate files, decoding each one", root, len(candidates))
+    folder, root, candidates, skipped = sources.open_source(source, p.ingest)
+    # Paths inside the source (the folder later stages locate), not inside the dataset root in it
+    prefix = Path(os.path.relpath(root, folder))
+    log.info("%s: %d candidate files, decoding each one", root, len(candidates))
 
-        def check(entry: dict) -> dict:
-            path = root / entry["path"]
-            try:
-                width, height = images.inspect_image(path)
-            except images.ImageTooLarge as err:
-                return {**entry, "reason": "image too large to decode", "detail": str(err)}
-            except Exception as err:  # Pillow raises many types for bad files
-                return {**entry, "reason": "not a readable image", "detail": f"{type(err).__name__}: {err}"}
-            return {**entry, "sha256": images.sha256_file(path), "width": width, "height": height}
+    def check(entry: dict) -> dict:
+        path = root / entry["path"]
+        try:
+            width, height = images.inspect_image(path)
+        except images.ImageTooLarge as err:
+            return {**entry, "reason": "image too large to decode", "detail": str(err)}
+        except Exception as err:  # Pillow raises many types for bad files
+            return {**entry, "reason": "not a readable image", "detail": f"{type(err).__name__}: {err}"}
+        return {**entry, "path": (prefix / entry["path"]).as_posix(), "sha256": images.sha256_file(path),
+                "bytes": path.stat().st_size, "width": width, "height": height}
 
-        readable = []
-        for row in tqdm(images.parallel_map(check, candidates), total=len(candidates), desc="ingest", unit="file"):
-            (skipped if "reason" in row else readable).append(row)
-        kept, duplicates = deduplicate(readable)
-        skipped += duplicates
-        labels = sorted({row["label"] for row in kept})
-        if len(labels) < 2:
-            raise StageError(f"source {source!r}: found {len(labels)} class(es) with "
-                             f"readable images under {root}; need at least 2")
-        with artifacts.atomic_dir(args.out) as tmp:
-            for row in tqdm(kept, desc="copy", unit="file", leave=False):
-                (tmp / row["path"]).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(root / row["path"], tmp / row["path"])
-            images.write_csv(tmp / "manifest.csv", kept, images.MANIFEST_FIELDS)
-            # The data version: every kept image's path, label and content, in one digest.
-            version = images.sha256_file(tmp / "manifest.csv")[:16]
+    readable = []
+    for row in tqdm(images.parallel_map(check, candidates), total=len(candidates), desc="ingest", unit="file"):
+        (skipped if "reason" in row else readable).append(row)
+    kept, duplicates = deduplicate(readable)
+    skipped += duplicates
+    labels = sorted({row["label"] for row in kept})
+    if len(labels) < 2:
+        raise StageError(f"source {source!r}: found {len(labels)} class(es) with "
+                         f"readable images under {root}; need at least 2")
+    with artifacts.atomic_file(args.manifest) as tmp:
+        images.write_csv(tmp, kept, images.MANIFEST_FIELDS)
+        # The data version: every kept image's path, label and content, in one digest.
+        version = images.sha256_file(tmp)[:16]
 
     report = summarize(source, kept, skipped, version)
     artifacts.write_json(args.report, report)

@@ -1,4 +1,4 @@
-"""split: data/raw/manifest.csv -> data/split/{train,val,test}.csv + labels.json + reports/split.json.
+"""split: data/manifest.csv -> data/split/{train,val,test}.csv + labels.json + reports/split.json.
 
 Labels are first dropped, merged and checked for size (split.drop_labels,
 split.merge_labels, split.min_images_per_class, split.small_classes). Then
@@ -18,7 +18,7 @@ from pipeline.lib import artifacts, images, params
 from pipeline.lib.artifacts import StageError
 
 PARAMS = ["split", "seed"]
-FIELDS = ["path", "label", "sha256"]
+FIELDS = ["path", "label", "sha256"]  # the hash: later stages check each image they read against it
 OTHER = "other"  # where split.small_classes: merge puts the small classes
 log = logging.getLogger("pipeline.stages.split")
 
@@ -67,9 +67,9 @@ def stratified(rows: list[dict], fraction: float, seed: int, what: str) -> tuple
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "raw", "out", "report")
+    args = artifacts.start(__doc__, "manifest", "out", "report")
     p = params.load(PARAMS)
-    rows, changes = relabel(images.read_csv(args.raw / "manifest.csv"), p.split)
+    rows, changes = relabel(images.read_csv(args.manifest), p.split)
     has_predefined = any(r["split"] for r in rows)
     strategy = p.split.strategy
     if strategy == "auto":

@@ -24,6 +24,7 @@ log = logging.getLogger("pipeline.stages.train_head")
 def main() -> None:
     args = artifacts.start(__doc__, "features", "labels", "model", "live", "backup")
     p = params.load(PARAMS)
+    models.log_devices()
     strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
     models.set_seed(p.seed)
     hp = p.train_head
