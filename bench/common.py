@@ -38,8 +38,10 @@ def environment(tmp: Path) -> dict:
             "DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
 
 
-def make_project(path: Path, env: dict, **sections) -> Path:
-    """A scratch git + DVC copy of the project on the offline clothing photos, params overridden."""
+def make_project(path: Path, env: dict, fill=None, timings: dict | None = None, **sections) -> Path:
+    """A scratch git + DVC copy of the project, params overridden, its data/images made by
+    ``fill(folder)`` (default: the offline clothing photos) and tracked with `dvc add`, whose
+    wall seconds go to ``timings["dvc add"]``."""
     shutil.copytree(ROOT / "pipeline", path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(ROOT / name, path / name)
@@ -47,15 +49,23 @@ def make_project(path: Path, env: dict, **sections) -> Path:
     for name, values in sections.items():
         params[name].update(values)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for split in ("train", "validation", "test"):  # what data/images.dvc pins
-        shutil.copytree(CLOTHING / split, path / "data" / "images" / split, copy_function=shutil.copyfile)
-    run(["chmod", "-R", "u+w", "data/images"], path, env)  # ../shared is read-only; copytree kept that
+    (fill or copy_clothing)(path / "data" / "images")
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
                 ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"],
-                ["dvc", "config", "core.analytics", "false"], ["dvc", "add", "-q", "data/images"],
-                ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+                ["dvc", "config", "core.analytics", "false"]):
         run(cmd, path, env)
+    seconds, _ = run(["dvc", "add", "-q", "data/images"], path, env)
+    if timings is not None:
+        timings["dvc add"] = seconds
+    run(["git", "add", "-A"], path, env)
+    run(["git", "commit", "-qm", "bench"], path, env)
     return path
+
+
+def copy_clothing(folder: Path) -> None:
+    for split in ("train", "validation", "test"):  # what data/images.dvc pins
+        shutil.copytree(CLOTHING / split, folder / split, copy_function=shutil.copyfile)
+    subprocess.run(["chmod", "-R", "u+w", str(folder)], check=True)  # ../shared is read-only; copytree kept that
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, str]:

@@ -83,6 +83,31 @@ def test_zip_and_tar_sources_unpack(shapes_dir, tmp_path):
         assert root.name == "shapes" and len(files) == 24 and not skipped
 
 
+def test_an_archive_is_unpacked_once_and_anew_when_it_changes(shapes_dir, tmp_path, keras_home, monkeypatch):
+    unpacks = []
+    real = sources.extract
+    monkeypatch.setattr(sources, "extract", lambda *a: unpacks.append(a[0]) or real(*a))
+    archive = shutil.make_archive(str(tmp_path / "data"), "zip", shapes_dir.parent, "shapes")
+    first = sources.locate(archive, ingest_params())
+    assert sources.locate(archive, ingest_params()) == first and len(unpacks) == 1  # found, not unpacked again
+    assert first.parent == keras_home / "datasets" / "unpacked" and first.name.startswith("data.zip-")
+    assert (first / "shapes" / "circle" / "000.png").read_bytes() == (shapes_dir / "circle" / "000.png").read_bytes()
+    (shapes_dir / "circle" / "extra.png").write_bytes((shapes_dir / "circle" / "000.png").read_bytes())
+    changed = shutil.make_archive(str(tmp_path / "data"), "zip", shapes_dir.parent, "shapes")
+    second = sources.locate(changed, ingest_params())
+    assert second != first and (second / "shapes" / "circle" / "extra.png").is_file() and len(unpacks) == 2
+    with pytest.raises(StageError, match="over the"):  # refused: nothing left behind, complete or not
+        sources.locate(str(zeros_zip(tmp_path / "bomb.zip", 30)), ingest_params())
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, second.name])
+
+
+def test_a_folder_source_is_read_where_it_is(shapes_dir, keras_home):
+    assert sources.locate(str(shapes_dir), ingest_params()) == shapes_dir
+    (shapes_dir / "labels.csv").write_text("image,label\ncircle/000.png,c\n")
+    assert sources.locate(str(shapes_dir / "labels.csv"), ingest_params()) == shapes_dir
+    assert not (keras_home / "datasets").exists()
+
+
 @pytest.mark.parametrize("member", ["../evil.png", "/abs/evil.png"])
 def test_unsafe_archive_members_are_refused(tmp_path, member):
     zpath = tmp_path / "bad.zip"

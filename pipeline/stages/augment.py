@@ -11,6 +11,7 @@ source exactly as ``pipeline.predict`` decodes a user's images.
 from __future__ import annotations
 
 import logging
+import time
 
 import keras
 import numpy as np
@@ -36,7 +37,7 @@ def main() -> None:
     augmenter = models.augmenter(p.augment, p.seed)
 
     with artifacts.atomic_dir(args.out) as tmp:
-        counts, class_counts = {}, {}
+        counts, class_counts, started = {}, {}, time.perf_counter()
         for split in ("train", "val"):  # evaluate and export read the test images as predict does
             rows = images.read_csv(args.split / f"{split}.csv")
             plain = shards.ShardWriter(tmp, split)
@@ -62,7 +63,10 @@ def main() -> None:
             class_counts[split] = [sum(r["label"] == label for r in rows) for label in labels]
         artifacts.write_json(tmp / "meta.json", {"image_size": size, "counts": counts, "labels": labels,
                                                  "class_counts": class_counts})
+        seconds = time.perf_counter() - started
     log.info("wrote %s", ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    log.info("wrote %d images in %.1f s (%.0f images/s)", sum(counts.values()), seconds,
+             sum(counts.values()) / max(seconds, 1e-9))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -83,9 +84,12 @@ def main() -> None:
         return {**entry, "path": (prefix / entry["path"]).as_posix(), "sha256": images.sha256_file(path),
                 "bytes": path.stat().st_size, "width": width, "height": height}
 
-    readable = []
+    readable, started = [], time.perf_counter()
     for row in tqdm(images.parallel_map(check, candidates), total=len(candidates), desc="ingest", unit="file"):
         (skipped if "reason" in row else readable).append(row)
+    seconds = time.perf_counter() - started
+    log.info("decoded and hashed %d images in %.1f s (%.0f images/s)", len(candidates), seconds,
+             len(candidates) / max(seconds, 1e-9))
     kept, duplicates = deduplicate(readable)
     skipped += duplicates
     labels = sorted({row["label"] for row in kept})
