@@ -2,11 +2,15 @@
 so ingest and split start in a second instead of paying TensorFlow's import."""
 from __future__ import annotations
 
+import collections
 import csv
+import functools
 import hashlib
 import io
+import multiprocessing
+import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -121,6 +125,64 @@ def write_csv(path: Path, rows: Iterable[dict], fields: list[str]) -> None:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def examine(path: Path) -> dict:
+    """What ingest records of one file: ``{sha256, bytes, width, height}`` of a readable image, or
+    ``{reason, detail}`` of one it skips."""
+    try:
+        width, height = inspect_image(path)
+    except ImageTooLarge as err:
+        return {"reason": "image too large to decode", "detail": str(err)}
+    except Exception as err:  # Pillow raises many types for bad files
+        return {"reason": "not a readable image", "detail": f"{type(err).__name__}: {err}"}
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "width": width, "height": height}
+
+
+def decode_recorded(root: Path, size: int, row: dict) -> np.ndarray:
+    """``load_image`` of the image ``row`` records, checked against its hash (``read_recorded``)."""
+    return load_image(read_recorded(root, row), size)
+
+
+def cores() -> int:
+    """The cores this process may run on (``taskset`` and cgroup cpusets count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def process_batches(fn: Callable[[T], R], items: list[T], size: int, ahead: int = 2) -> Iterator[list[R]]:
+    """``fn`` over ``items`` in worker processes, one per core, yielded ``size`` results at a time,
+    in order (so the output never depends on the core count), with ``ahead`` batches in flight:
+    the workers decode the next batches while the caller works on this one, and memory holds a
+    few batches, never all results.
+
+    Processes, not threads: decoding a small image is mostly Python-side work (Pillow's wrappers,
+    NumPy conversion, the per-image calls) that holds the GIL, so threads share one core.
+    ``fn`` must be picklable: a module-level function, or a ``functools.partial`` of one. The
+    workers are spawned, never forked, since the caller may have TensorFlow's threads running.
+    One core: everything runs here, with no workers."""
+    starts = range(0, len(items), size)
+    if cores() == 1:
+        yield from ([fn(item) for item in items[start:start + size]] for start in starts)
+        return
+    workers = cores()
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: collections.deque = collections.deque()
+        for start in starts:
+            part = items[start:start + size]
+            pending.append(pool.map(fn, part, chunksize=max(1, len(part) // (4 * workers))))
+            if len(pending) > ahead:
+                yield list(pending.popleft())
+        while pending:
+            yield list(pending.popleft())
+
+
+def process_map(fn: Callable[[T], R], items: list[T], size: int = 256) -> Iterator[R]:
+    """``process_batches`` one result at a time."""
+    for batch in process_batches(fn, items, size):
+        yield from batch
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:

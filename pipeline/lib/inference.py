@@ -9,6 +9,7 @@ files run on LiteRT (``ai_edge_litert``), the runtime that replaces
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -221,14 +222,7 @@ def load_test_split(source: Path, split: Path, size: int) -> tuple[list[dict], n
     labels = artifacts.read_json(split / "labels.json")
     rows = images.read_csv(split / "test.csv")
 
-    def decode(row: dict) -> np.ndarray:
-        recorded = images.read_recorded(source, row)
-        try:
-            return images.load_image(recorded, size)
-        except Exception as err:  # ingest decoded it: only a changed Pillow can get here
-            raise artifacts.StageError(f"{source / row['path']} no longer decodes ({type(err).__name__}: "
-                                       f"{err}); rerun ingest (dvc repro -f ingest)") from err
-
-    pixels = np.stack(list(images.parallel_map(decode, rows)))
+    decode = functools.partial(images.decode_recorded, source, size)
+    pixels = np.stack([image for batch in images.process_batches(decode, rows, 256) for image in batch])
     index = {label: i for i, label in enumerate(labels)}
     return rows, pixels, np.array([index[r["label"]] for r in rows]), labels

@@ -10,6 +10,7 @@ source exactly as ``pipeline.predict`` decodes a user's images.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -42,12 +43,11 @@ def main() -> None:
             rows = images.read_csv(args.split / f"{split}.csv")
             plain = shards.ShardWriter(tmp, split)
             varied = shards.ShardWriter(tmp, "train_aug") if split == "train" and copies else None
+            decoded = images.process_batches(functools.partial(images.decode_recorded, source, size), rows, BATCH)
             with tqdm(total=len(rows), desc=f"augment {split}", unit="img") as bar:
-                for start in range(0, len(rows), BATCH):
-                    batch = rows[start:start + BATCH]
-                    pixels = np.stack(list(images.parallel_map(
-                        lambda r: images.load_image(images.read_recorded(source, r), size), batch)))
-                    y = [index[r["label"]] for r in batch]
+                for start, batch in zip(range(0, len(rows), BATCH), decoded):
+                    pixels = np.stack(batch)
+                    y = [index[r["label"]] for r in rows[start:start + BATCH]]
                     for image, label in zip(pixels, y):
                         plain.write(image, label)
                     for _ in range(copies if varied else 0):

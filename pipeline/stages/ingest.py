@@ -73,20 +73,13 @@ def main() -> None:
     prefix = Path(os.path.relpath(root, folder))
     log.info("%s: %d candidate files, decoding each one", root, len(candidates))
 
-    def check(entry: dict) -> dict:
-        path = root / entry["path"]
-        try:
-            width, height = images.inspect_image(path)
-        except images.ImageTooLarge as err:
-            return {**entry, "reason": "image too large to decode", "detail": str(err)}
-        except Exception as err:  # Pillow raises many types for bad files
-            return {**entry, "reason": "not a readable image", "detail": f"{type(err).__name__}: {err}"}
-        return {**entry, "path": (prefix / entry["path"]).as_posix(), "sha256": images.sha256_file(path),
-                "bytes": path.stat().st_size, "width": width, "height": height}
-
     readable, started = [], time.perf_counter()
-    for row in tqdm(images.parallel_map(check, candidates), total=len(candidates), desc="ingest", unit="file"):
-        (skipped if "reason" in row else readable).append(row)
+    examined = images.process_map(images.examine, [root / entry["path"] for entry in candidates])
+    for entry, found in tqdm(zip(candidates, examined), total=len(candidates), desc="ingest", unit="file"):
+        if "reason" in found:
+            skipped.append({**entry, **found})
+        else:
+            readable.append({**entry, "path": (prefix / entry["path"]).as_posix(), **found})
     seconds = time.perf_counter() - started
     log.info("decoded and hashed %d images in %.1f s (%.0f images/s)", len(candidates), seconds,
              len(candidates) / max(seconds, 1e-9))
