@@ -56,6 +56,7 @@ def install() -> None:
         original = os.dup(2)
     except (OSError, ValueError, AttributeError):
         return
+    _start_resource_tracker()
     read_end, write_end = os.pipe()
     # -I: the filter needs nothing but the standard library, and no site or environment
     child = subprocess.Popen([sys.executable, "-I", __file__], stdin=read_end, stdout=original)
@@ -75,6 +76,22 @@ def install() -> None:
             pass
 
     atexit.register(restore)
+
+
+TRACKER_WRITTEN_FOR = (3, 11)  # Python: multiprocessing.resource_tracker.ensure_running
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker now, on the real stderr. Worker processes spawned
+    later (images.process_batches) would start it on the filter's pipe, and since it lives until
+    this process ends, ``restore`` would wait its whole timeout for the filter. An undocumented
+    function, written for Python 3.11: elsewhere this does nothing, and a stage that spawns
+    workers ends up to 10 s later (docs/internals.md)."""
+    if sys.version_info[:2] != TRACKER_WRITTEN_FOR:
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
 
 
 def pump(read_end: int, out: int) -> None:
