@@ -9,8 +9,12 @@ files DVC tracks, no-op `dvc status` / `dvc repro` (median of 3) and `dvc push` 
 a local remote. With --cores, ingest and augment are also run by hand on the
 first size under `taskset -c 0` (one core) and on every core, for images/s.
 
-    python bench/scale.py                       # 10,000 and 100,000 images, 100 classes
+    python bench/scale.py --cores               # 10,000 and 100,000 images, 100 classes
     python bench/scale.py --images 2000 --classes 10 --cores
+    python bench/scale.py --images 100000 --source-only --name scale-source
+
+--source-only runs no pipeline: it measures what the source alone costs DVC, as a folder
+of files and as one tar archive (dvc add, no-op dvc status, dvc push).
 """
 from __future__ import annotations
 
@@ -131,6 +135,33 @@ def measure(size: int, classes: int, seed: int, tmp: Path, env: dict) -> tuple[d
     return result, path
 
 
+def source_only(size: int, classes: int, seed: int, tmp: Path, env: dict) -> dict:
+    """What the source alone costs DVC, as a folder of files and as one tar archive: `dvc add`,
+    no-op `dvc status` (median of 3) and `dvc push` to a local remote, no pipeline."""
+    out = {}
+    folder = tmp / "source-images"
+    generate(folder, size, classes, seed)
+    for kind in ("folder", "tar archive"):
+        repo = tmp / f"source-{kind.split()[0]}"
+        (repo / "data").mkdir(parents=True)
+        for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                    ["dvc", "remote", "add", "-d", "local", str(repo / "remote")]):
+            run(cmd, repo, env)
+        if kind == "folder":
+            shutil.move(folder, repo / "data" / "images")
+            target = "data/images"
+        else:
+            run(["tar", "cf", "data/images.tar", "-C", str(tmp / "source-folder" / "data"), "images"], repo, env)
+            target = "data/images.tar"
+        added, _ = run(["dvc", "add", "-q", target], repo, env)
+        status = median([run(["dvc", "status"], repo, env)[0] for _ in range(3)])
+        pushed, _ = run(["dvc", "push", "-q"], repo, env)
+        out[kind] = {"dvc_add_s": added, "noop_status_s": status, "dvc_push_s": pushed}
+        print(f"  source as a {kind}: dvc add {added:.1f} s, no-op status {status:.2f} s, push {pushed:.1f} s",
+              flush=True)
+    return out
+
+
 def cores(path: Path, env: dict) -> dict:
     """ingest and augment by hand (outputs to a scratch folder) on one core and on every core: the
     images/s each logs for its own work (decode and hash; decode, augment, encode), start-up excluded."""
@@ -160,10 +191,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cores", action="store_true", help="also ingest and augment on one core vs all")
     parser.add_argument("--keep", action="store_true", help="keep the scratch projects")
+    parser.add_argument("--source-only", action="store_true",
+                        help="only what the source costs DVC, as a folder and as a tar archive (largest size)")
+    parser.add_argument("--name", default="scale", help="results file: bench/results/NAME.json")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     env = environment(tmp)
     results, core_results = [], {}
+    if args.source_only:
+        try:
+            save(args.name, {"images": max(args.images), "source_only": source_only(
+                max(args.images), args.classes, args.seed, tmp, env)})
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     try:
         for size in args.images:
             result, path = measure(size, args.classes, args.seed, tmp, env)
@@ -193,7 +234,7 @@ def main() -> None:
     if core_results:
         table("One core (taskset -c 0) vs all cores, same images", ["run", "wall s", "images/s (logged)"],
               [[k, v["seconds"], v["images_per_s"]] for k, v in core_results.items()])
-    save("scale", {"params": PARAMS, "source_side_px": SIDE, "runs": results, "cores": core_results})
+    save(args.name, {"params": PARAMS, "source_side_px": SIDE, "runs": results, "cores": core_results})
 
 
 if __name__ == "__main__":
