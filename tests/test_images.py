@@ -105,3 +105,19 @@ def test_a_png_cut_off_in_its_last_chunks_is_refused(tmp_path):
         (tmp_path / "cut.png").write_bytes(data[:-cut])
         with pytest.raises(OSError):
             images.inspect_image(tmp_path / "cut.png")
+
+
+def test_a_worker_process_error_reaches_the_user_as_its_own_one_line(tmp_path, monkeypatch):
+    """images.process_batches re-raises a worker's StageError as the worker raised it; the worker's
+    traceback (which concurrent.futures chains as a cause) is kept as a note, for PIPELINE_DEBUG."""
+    import functools
+
+    from pipeline.lib import artifacts
+
+    monkeypatch.setattr(images, "cores", lambda: 2)  # workers even on a one-core machine
+    rows = [{"path": "gone.png", "sha256": "0"}] * 3
+    with pytest.raises(artifacts.StageError) as caught:
+        list(images.process_batches(functools.partial(images.decode_recorded, tmp_path, 32), rows, 2))
+    assert artifacts.describe(caught.value) == str(caught.value)  # no "[cause: ...]"
+    assert str(caught.value).startswith(f"{tmp_path / 'gone.png'}: recorded by ingest but missing")
+    assert "in a worker process:" in caught.value.__notes__[0] and "read_recorded" in caught.value.__notes__[0]

@@ -174,9 +174,22 @@ def process_batches(fn: Callable[[T], R], items: list[T], size: int, ahead: int 
             part = items[start:start + size]
             pending.append(pool.map(fn, part, chunksize=max(1, len(part) // (4 * workers))))
             if len(pending) > ahead:
-                yield list(pending.popleft())
+                yield _results(pending.popleft())
         while pending:
-            yield list(pending.popleft())
+            yield _results(pending.popleft())
+
+
+def _results(batch: Iterator[R]) -> list[R]:
+    """A worker's results; its exception as the worker raised it. concurrent.futures chains the
+    worker's traceback text to it as a cause; that text becomes a note instead (shown with the
+    whole traceback under PIPELINE_DEBUG=1), so the user's one line stays the error's own."""
+    try:
+        return list(batch)
+    except Exception as err:
+        if err.__cause__ is not None:
+            err.add_note(f"in a worker process:{err.__cause__}")
+            err.__cause__ = None
+        raise
 
 
 def process_map(fn: Callable[[T], R], items: list[T], size: int = 256) -> Iterator[R]:
