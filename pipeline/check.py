@@ -38,14 +38,16 @@ from pipeline.lib import artifacts, params
 # must be added here on purpose: that is the point of the check.
 EXPECTED_DAG: dict[str, set[str]] = {
     "ingest": set(),
-    "split": {"ingest"},
+    "embed": {"ingest"},
+    "split": {"ingest", "embed"},
+    "audit": {"embed", "split"},
     "augment": {"split"},  # and the source (data/images), through split's record of it
     "extract_features": {"augment"},
     "train_head": {"extract_features", "split"},
     "finetune": {"augment", "extract_features", "train_head"},
     "evaluate": {"split", "extract_features", "train_head", "finetune"},
     "export": {"split", "augment", "finetune"},
-    "summary": {"ingest", "split", "train_head", "finetune", "evaluate", "export"},
+    "summary": {"ingest", "split", "audit", "train_head", "finetune", "evaluate", "export"},
 }
 # DVC's optional packages for each kind of remote storage (dvc itself speaks local paths).
 REMOTE_PLUGINS = {"s3": "dvc_s3", "gs": "dvc_gs", "gcs": "dvc_gs", "azure": "dvc_azure", "ssh": "dvc_ssh",
@@ -288,11 +290,16 @@ def check_backbone(root: Path) -> str:
     return f"keras.applications.{p.backbone}, weights {p.weights}"
 
 
+def ingest_source(root: Path) -> str:
+    """The ingest stage's ``--source`` in dvc.yaml, e.g. ``data/images``."""
+    cmd = stages(root)["ingest"]["cmd"].split()
+    return cmd[cmd.index("--source") + 1]
+
+
 def check_source(root: Path) -> str:
     """The ingest stage's source (its --source in dvc.yaml) is tracked by DVC: a ``.dvc`` file
     beside it (``dvc add``, ``dvc import``, ``dvc import-url``) or inside it (several imports)."""
-    cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["ingest"]["cmd"].split()
-    source = cmd[cmd.index("--source") + 1]
+    source = ingest_source(root)
     path = root / source
     trackers = [path.with_name(path.name + ".dvc")] + (sorted(path.rglob("*.dvc")) if path.is_dir() else [])
     tracked = [f.relative_to(root).as_posix() for f in trackers if f.is_file()]

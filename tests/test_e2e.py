@@ -33,8 +33,8 @@ def project(finished, tmp_path):
 
 
 def test_the_first_run_ran_every_stage_in_order(finished):
-    assert finished.ran == ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate",
-                            "export", "summary"]
+    assert finished.ran == ["ingest", "embed", "split", "audit", "augment", "extract_features", "train_head",
+                            "finetune", "evaluate", "export", "summary"]
 
 
 def test_outputs_exist_with_the_right_shapes(finished):
@@ -53,7 +53,8 @@ def test_outputs_exist_with_the_right_shapes(finished):
               "reports/train_head/curves.png", "reports/finetune/curves.png", "reports/evaluate/mistakes.png",
               "reports/evaluate/per_class_f1.png", "models/export/saved_model/saved_model.pb",
               "models/export/model_float32.tflite", "models/export/model_float16.tflite",
-              "models/export/model_int8.tflite"):
+              "models/export/model_int8.tflite", "data/embeddings/features.npy", "reports/audit/label_issues.png",
+              "reports/audit/near_duplicates.csv"):
         assert (p / f).stat().st_size > 0, f
     assert (p / "models/export/labels.txt").read_text().split() == labels
     report = json.loads((p / "reports/ingest.json").read_text())
@@ -178,7 +179,7 @@ def test_a_changed_source_image_reruns_from_ingest_and_is_never_read_stale(proje
     row = images.read_csv(project.path / "data/split/train.csv")[0]
     image = project.path / "data/images" / row["path"]
     Image.open(image).transpose(Image.Transpose.ROTATE_90).save(image)  # same path, other content
-    assert project.changed_stages() == {"ingest", "augment", "evaluate", "export", "data/images.dvc"}
+    assert project.changed_stages() == {"ingest", "embed", "audit", "augment", "evaluate", "export", "data/images.dvc"}
     dry = RUNNING_STAGE.findall(project.run("dvc", "repro", "--dry").stdout)
     assert dry[0] == "ingest"
     # A stage run by hand, before ingest has recorded the change, refuses the image

@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -279,14 +280,37 @@ def test_deduplicate_keeps_one_copy_and_drops_conflicts():
                                                          "b/2": "same image under several labels"}
 
 
-def test_stratified_split_keeps_classes_and_explains_failure():
-    rows = _rows([(f"{c}/{i}", c, "", f"{c}{i}") for c in "abc" for i in range(10)])
-    rest, part = split.stratified(rows, 0.3, 0, "test")
-    assert len(part) == 9 and {r["label"] for r in part} == {"a", "b", "c"}
-    assert not {r["path"] for r in rest} & {r["path"] for r in part}
-    lonely = rows + _rows([("d/0", "d", "", "d0")])
-    with pytest.raises(StageError, match=r"Classes with fewest images: d \(1\)"):
-        split.stratified(lonely, 0.3, 0, "test")
+def _units(rows):
+    return [[r] for r in rows]
+
+
+def test_a_split_made_here_never_moves_an_image_when_images_are_added():
+    rows = _rows([(f"{c}/{i}", c, "", f"{c}{i:03d}") for c in "abc" for i in range(60)])
+    fractions = {"test": 0.2, "val": 0.1}
+    before = {r["path"]: name for name, part in split.assign(_units(rows), fractions, 7, "x").items() for r in part}
+    assert {name: sum(v == name for v in before.values()) for name in ("train", "val", "test")} == \
+        pytest.approx({"train": 126, "val": 18, "test": 36}, abs=12)  # the shares, in expectation
+    more = rows + _rows([(f"{c}/new{i}", c, "", f"new{c}{i}") for c in "abcd" for i in range(25)])
+    after = {r["path"]: name for name, part in split.assign(_units(more), fractions, 7, "x").items() for r in part}
+    assert {k: after[k] for k in before} == before
+    other_seed = {r["path"]: name for name, part in split.assign(_units(rows), fractions, 8, "x").items() for r in part}
+    assert other_seed != before
+
+
+def test_a_class_the_hash_leaves_out_of_a_split_gets_one_image_and_a_tiny_one_is_named(caplog):
+    rows = _rows([(f"a/{i}", "a", "", f"a{i}") for i in range(40)] + [(f"b/{i}", "b", "", f"b{i}") for i in range(3)])
+    parts = split.assign(_units(rows), {"test": 0.1, "val": 0.1}, 0, "val or test")
+    assert all({r["label"] for r in part} == {"a", "b"} for part in parts.values())
+    lonely = rows + _rows([("c/0", "c", "", "c0"), ("c/1", "c", "", "c1")])
+    with pytest.raises(StageError, match=r"cannot give the (train|test|val) split an image of class 'c'"):
+        split.assign(_units(lonely), {"test": 0.1, "val": 0.1}, 0, "val or test")
+
+
+def test_near_duplicates_in_the_sources_own_split_go_to_the_evaluation_side():
+    group = _rows([("train/a/1", "a", "train", "h1"), ("test/a/1b", "a", "test", "h2"), ("val/a/1c", "a", "val", "h3")])
+    together, moved = split.keep_together([group, _rows([("train/a/2", "a", "train", "h4")])])
+    assert [r["split"] for r in together[0]] == ["test"] * 3 and moved == 2
+    assert together[1][0]["split"] == "train"
 
 
 def test_csv_source_with_stems_subfolders_and_split_column(shapes_dir):
@@ -411,3 +435,18 @@ def test_ingest_on_odd_files_prints_no_traceback(shapes_dir, tmp_path):
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     report = json.loads((tmp_path / "ingest.json").read_text())
     assert report["skipped_by_reason"] == {"file name is not valid UTF-8": 1, "symbolic link loop": 1}
+
+
+def test_a_chain_of_look_alikes_is_not_grouped_and_the_warning_names_the_params(caplog):
+    from types import SimpleNamespace
+
+    rows = _rows([(f"a/{i}", "a", "", f"h{i:03d}") for i in range(30)])
+    alike = np.ones((30, 8)) + np.random.default_rng(0).normal(0, 0.01, (30, 8))
+    p = SimpleNamespace(audit=SimpleNamespace(neighbours=5, duplicate_similarity=0.9))
+    groups, grouping = split.near_duplicate_groups(rows, alike, p)
+    assert len(groups) == 30 and grouping == "refused: one group would hold 30 of 30 images"
+    assert "audit.duplicate_similarity" in caplog.text and "split.group_near_duplicates" in caplog.text
+    twins = np.random.default_rng(1).normal(size=(30, 64))
+    twins[7] = twins[3] * 1.01
+    groups, grouping = split.near_duplicate_groups(rows, twins, p)
+    assert grouping == "on" and [len(g) for g in groups].count(2) == 1 and len(groups) == 29

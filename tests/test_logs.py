@@ -138,8 +138,8 @@ def summary_inputs(tmp_path):
     """The summary stage's inputs, its metrics file damaged (not JSON)."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "metrics.json").write_text("{not json")
-    args = ["--ingest", "i.json", "--split", "s.json", "--head-log", "h", "--finetune-log", "f", "--evaluate", "e",
-            "--metrics", "metrics.json", "--export", "x.json", "--out", "summary.md"]
+    args = ["--ingest", "i.json", "--split", "s.json", "--audit", "a.json", "--head-log", "h", "--finetune-log", "f",
+            "--evaluate", "e", "--metrics", "metrics.json", "--export", "x.json", "--out", "summary.md"]
     return tmp_path, args
 
 

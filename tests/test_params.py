@@ -59,6 +59,10 @@ def test_default_params_are_valid():
     (lambda r: r["augment"].update(copies=1000), "augment.copies must be in [0, 100]"),
     (lambda r: r["base"].update(weights="weights.txt"), "base.weights must be imagenet, none or a Keras weights file"),
     (lambda r: r["ingest"].update(max_expansion_ratio=0.5), "ingest.max_expansion_ratio must be >= 1"),
+    (lambda r: r["audit"].update(duplicate_similarity=1.5), "audit.duplicate_similarity must be in (0, 1]"),
+    (lambda r: r["audit"].update(folds=1), "audit.folds must be in [2, 50]"),
+    (lambda r: r["audit"].update(dark=0.9, bright=0.5), "audit.dark (0.9) must be below audit.bright (0.5)"),
+    (lambda r: r["split"].update(group_near_duplicates="on"), "split.group_near_duplicates must be bool"),
 ])
 def test_mistakes_are_named(edit, message):
     with pytest.raises(ParamsError, match=re.escape(message)):

@@ -82,8 +82,8 @@ def test_b_sees_the_data_change_before_rerunning(b_changed):
     assert clean == {}
     assert changed["ingest"] == [{"changed deps": {"data/images": "modified"}}]
     assert changed["data/images.dvc"] == [{"changed outs": {"data/images": "modified"}}]
-    assert ran == ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate",
-                   "export", "summary"]  # the new images go through the whole pipeline
+    assert ran == ["ingest", "embed", "split", "audit", "augment", "extract_features", "train_head", "finetune",
+                   "evaluate", "export", "summary"]  # the new images go through the whole pipeline
 
 
 def test_dvc_diff_names_exactly_the_added_and_moved_images(b_changed):
@@ -145,7 +145,7 @@ def test_data_registry_import_then_update_reruns_from_ingest(tmp_path):
     project.run("dvc", "import", str(registry.path), "datasets/shapes", "-o", "data/images")
     project.run("git", "add", "-A")
     project.run("git", "commit", "-qm", "data from the registry")
-    assert project.repro("split") == ["ingest", "split"]
+    assert project.repro("split") == ["ingest", "embed", "split"]
     pinned = project.run("git", "show", "HEAD:data/images.dvc").stdout
     assert "rev_lock: " in pinned and str(registry.path) in pinned
 
@@ -156,14 +156,14 @@ def test_data_registry_import_then_update_reruns_from_ingest(tmp_path):
     registry.run("git", "commit", "-qam", "shapes v2: two more squares")
     registry.run("dvc", "push")
 
-    ran = ("data/images.dvc", "ingest", "split")  # the stages run so far
+    ran = ("data/images.dvc", "ingest", "embed", "split")  # the stages run so far
     # Pinned: the registry's new commit is announced, and nothing reruns until `dvc update`.
     assert status(project, *ran) == {"data/images.dvc": [{"changed deps": {
         f"datasets/shapes ({registry.path})": "update available"}}]}
     project.run("dvc", "update", "data/images.dvc")
     head = registry.run("git", "rev-parse", "HEAD").stdout.strip()
     assert f"+    rev_lock: {head}" in project.run("git", "diff", "data/images.dvc").stdout  # the new pin
-    assert status(project, *ran) == {"ingest": [{"changed deps": {"data/images": "modified"}}]}
-    assert project.repro("split") == ["ingest", "split"]
+    assert status(project, *ran) == {name: [{"changed deps": {"data/images": "modified"}}] for name in ("ingest", "embed")}
+    assert project.repro("split") == ["ingest", "embed", "split"]
     report = json.loads((project.path / "reports" / "ingest.json").read_text())
     assert report["per_class"]["square"]["kept"] == 14

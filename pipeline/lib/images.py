@@ -144,6 +144,36 @@ def decode_recorded(root: Path, size: int, row: dict) -> np.ndarray:
     return load_image(read_recorded(root, row), size)
 
 
+QUALITY_SIDE = 256  # image quality is measured on the image shrunk to at most this many pixels a side
+QUALITY_FIELDS = ["brightness", "contrast", "sharpness", "entropy"]
+
+
+def quality(im: Image.Image) -> dict[str, float]:
+    """What the audit's image-quality checks read: mean brightness and its standard deviation
+    (0-1 grey levels), sharpness (variance of the Laplacian, the usual blur measure) and the
+    grey-level histogram's entropy in bits (0 for a constant image, 8 at most), measured at one
+    size so that they compare across images of any resolution."""
+    grey = im.convert("L")
+    grey.thumbnail((QUALITY_SIDE, QUALITY_SIDE))
+    g = np.asarray(grey, dtype=np.float32) / 255
+    laplacian = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
+    hist = np.bincount(np.asarray(grey).ravel(), minlength=256) / g.size
+    hist = hist[hist > 0]
+    return {"brightness": float(g.mean()), "contrast": float(g.std()),
+            "sharpness": float(laplacian.var()) if laplacian.size else 0.0,
+            "entropy": float(-(hist * np.log2(hist)).sum())}
+
+
+def decode_and_measure(root: Path, size: int, row: dict) -> tuple[np.ndarray, dict[str, float]]:
+    """``decode_recorded`` and the image's ``quality``, from one read of the file."""
+    data = read_recorded(root, row)
+    pixels = load_image(data, size)
+    data.seek(0)
+    with Image.open(data) as im:
+        im.draft("RGB", (QUALITY_SIDE, QUALITY_SIDE))
+        return pixels, quality(ImageOps.exif_transpose(im))
+
+
 def cores() -> int:
     """The cores this process may run on (``taskset`` and cgroup cpusets count)."""
     try:

@@ -81,6 +81,8 @@ class Split:
     min_images_per_class: int = param("classes with fewer images (after dropping and merging) are small", low=1)
     small_classes: str = param("small classes are dropped (with a warning), merged into `other`, or fail "
                                "the stage (an error naming them)", choices=("drop", "merge", "fail"))
+    group_near_duplicates: bool = param("keep each group of near duplicates (`audit.duplicate_similarity`) "
+                                        "within one split, so no evaluation image has a near twin in train")
 
     def check(self) -> list[str]:
         if self.val_fraction + self.test_fraction >= 1:
@@ -177,6 +179,33 @@ class Export:
 
 
 @dataclasses.dataclass(frozen=True)
+class Audit:
+    """What the data audit flags ([The data audit](data.md#the-audit)); split reads the first two."""
+    duplicate_similarity: float = param("two images whose embeddings' cosine similarity reaches this are near "
+                                        "duplicates", low=0, high=1, low_open=True)
+    neighbours: int = param("nearest neighbours searched per image: for near duplicates and outliers", low=1,
+                            high=1000)
+    folds: int = param("folds of the out-of-sample classifier whose probabilities find label issues", low=2,
+                       high=50)
+    outlier_z: float = param("an image whose distance to its nearest neighbours lies this many robust standard "
+                             "deviations above the median is an outlier", low=0, low_open=True)
+    dark: float = param("mean brightness (0-1) below which an image is too dark", low=0, high=1)
+    bright: float = param("mean brightness (0-1) above which an image is overexposed", low=0, high=1)
+    blurred: float = param("sharpness (variance of the Laplacian at 256 px) below which an image is blurred",
+                           low=0)
+    low_information: float = param("grey-level entropy (bits, 0-8) below which an image is near-constant",
+                                   low=0, high=8)
+    max_aspect_ratio: float = param("long side / short side above which an image's shape is extreme", low=1)
+    min_side: int = param("an original whose short side has fewer pixels is tiny", low=1)
+    gallery: int = param("images shown per issue type in reports/audit/*.png", low=1, high=200)
+
+    def check(self) -> list[str]:
+        if self.dark >= self.bright:
+            return [f"audit.dark ({self.dark:g}) must be below audit.bright ({self.bright:g})"]
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
 class Distribution:
     strategy: str = param("where `train_head` and `finetune` run ([Beyond one machine](scaling.md))",
                           choices=("single", "auto", "mirrored", "multi_worker"))
@@ -188,7 +217,7 @@ class Distribution:
 SECTIONS: dict[str, type] = {
     "ingest": Ingest, "split": Split, "base": Base, "augment": Augment, "extract": Extract,
     "class_weights": ClassWeights, "distribution": Distribution, "train_head": TrainHead, "finetune": Finetune,
-    "evaluate": Evaluate, "export": Export,
+    "evaluate": Evaluate, "export": Export, "audit": Audit,
 }
 TOP_LEVEL = {"seed": (int, param("the one seed for every random step: split, augmentation, weight init, "
                                   "shuffling, dropout", low=0, high=2**32 - 1))}  # what numpy and TF take

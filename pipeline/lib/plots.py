@@ -63,7 +63,8 @@ def per_class_f1(scores: dict[str, dict[str, float]], path: Path, title: str) ->
     _save(fig, path)
 
 
-def gallery(thumbnails: list[np.ndarray], captions: list[str], path: Path, title: str, columns: int = 4) -> None:
+def gallery(thumbnails: list[np.ndarray], captions: list[str], path: Path, title: str, columns: int = 4,
+            empty: str = "no mistakes") -> None:
     """A grid of images with a caption under each (at least one cell, so the file always exists)."""
     rows = max(1, -(-len(thumbnails) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
@@ -73,7 +74,7 @@ def gallery(thumbnails: list[np.ndarray], captions: list[str], path: Path, title
         ax.imshow(image)
         ax.set_title(caption, fontsize=9)
     if not thumbnails:
-        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center", fontsize=14)
     fig.suptitle(title)
     _save(fig, path, dpi=80)
 

@@ -1,25 +1,43 @@
-"""split: data/manifest.csv -> data/split/{train,val,test}.csv + labels.json + reports/split.json.
+"""split: data/manifest.csv + data/embeddings -> data/split/{train,val,test}.csv + labels.json + reports/split.json.
 
 Labels are first dropped, merged and checked for size (split.drop_labels,
 split.merge_labels, split.min_images_per_class, split.small_classes). Then
 ``auto`` keeps the source's own train/validation/test folders when it has
-them, else makes a stratified split. Ingest already made every image unique,
-so no image can sit in two splits.
+them, else assigns the split here. Ingest already made every image unique.
+
+Near duplicates stay together (split.group_near_duplicates): images whose
+embeddings reach audit.duplicate_similarity form one group, so a test image
+never has a near twin in train. In the source's own split a group goes to its
+member's evaluation split (test before val before train), as ingest keeps an
+exact duplicate's evaluation copy.
+
+A split made here is stable: each image (or group) goes where a seeded hash of
+its content falls (``position``), not where a shuffle of the whole set puts it,
+so adding or removing images never moves another image to another split. Every
+class gets its share in expectation; a class the hash leaves without a val or
+test image gets its nearest one moved there (logged), the one case an addition
+can undo.
 """
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 from types import SimpleNamespace
 
-from sklearn.model_selection import train_test_split
+import numpy as np
 
-from pipeline.lib import artifacts, images, params
+from pipeline.lib import artifacts, audit, images, params
 from pipeline.lib.artifacts import StageError
 
-PARAMS = ["split", "seed"]
+PARAMS = ["split", "seed", "audit.duplicate_similarity", "audit.neighbours"]
 FIELDS = ["path", "label", "sha256"]  # the hash: later stages check each image they read against it
 OTHER = "other"  # where split.small_classes: merge puts the small classes
+PRIORITY = {"test": 0, "val": 1, "train": 2, "": 3}  # a group spanning the source's splits goes to the first
+# A near-duplicate group this big (a share of all images, and at least MIN_BIG images) is no set of copies
+# but a chain of look-alikes joined pair by pair: images the backbone finds all alike at this threshold.
+# Split then groups nothing, saying so, rather than put most of the data in one split.
+MAX_GROUP_SHARE, MIN_BIG = 0.05, 20
 log = logging.getLogger("pipeline.stages.split")
 
 
@@ -51,23 +69,88 @@ def relabel(rows: list[dict], p: SimpleNamespace) -> tuple[list[dict], dict[str,
     return rows, changes
 
 
-def stratified(rows: list[dict], fraction: float, seed: int, what: str) -> tuple[list[dict], list[dict]]:
-    """Split off ``fraction`` of ``rows`` keeping class proportions; clear error when impossible."""
-    counts = collections.Counter(r["label"] for r in rows)
-    try:
-        rest, part = train_test_split(rows, test_size=fraction, random_state=seed,
-                                      stratify=[r["label"] for r in rows])
-    except ValueError as err:
-        fewest = ", ".join(f"{k} ({v})" for k, v in sorted(counts.items(), key=lambda kv: kv[1])[:3])
-        raise StageError(f"cannot split off {what} ({fraction:g} of {len(rows)} images, "
-                         f"{len(counts)} classes) keeping every class on both sides: {err}. "
-                         f"Classes with fewest images: {fewest}. Raise split.min_images_per_class, "
-                         "add images, or change split.val_fraction / split.test_fraction") from err
-    return sorted(rest, key=lambda r: r["path"]), sorted(part, key=lambda r: r["path"])
+def position(seed: int, key: str) -> float:
+    """Where ``key`` (a content hash) falls in [0, 1) for this seed: the same on every machine and run."""
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:15], 16) / 16 ** 15
+
+
+def near_duplicate_groups(rows: list[dict], embeddings, p: SimpleNamespace) -> tuple[list[list[dict]], str]:
+    """``rows`` in groups of near duplicates (single images mostly), in a stable order, and what was done."""
+    if embeddings is None:
+        return [[r] for r in rows], "off (split.group_near_duplicates)"
+    x = audit.normalized(embeddings)
+    idx, sim = audit.nearest(x, x, p.audit.neighbours, same=True)
+    found = collections.defaultdict(list)
+    for row, group in zip(rows, audit.groups(idx, sim, p.audit.duplicate_similarity)):
+        found[group].append(row)
+    biggest = max(map(len, found.values()))
+    if biggest > max(MIN_BIG, MAX_GROUP_SHARE * len(rows)):
+        log.warning("near duplicates NOT kept together: one group would hold %d of %d images (at "
+                    "audit.duplicate_similarity %g the backbone finds these images alike enough to chain "
+                    "them; with base.weights: none it always does). Raise audit.duplicate_similarity, or set "
+                    "split.group_near_duplicates: false to silence this", biggest, len(rows),
+                    p.audit.duplicate_similarity)
+        return [[r] for r in rows], f"refused: one group would hold {biggest} of {len(rows)} images"
+    return sorted(found.values(), key=lambda g: min(r["sha256"] for r in g)), "on"
+
+
+def assign(units: list[list[dict]], fractions: dict[str, float], seed: int, what: str) -> dict[str, list[dict]]:
+    """Each unit (a group of rows) to a split by ``position`` of its smallest content hash: the first
+    ``fractions[test]`` of [0, 1) is test, the next ``fractions[val]`` val, the rest train. Then a
+    class left without an image in one of the splits gets the unit of that class nearest to the
+    split's interval moved in, from a split that has two or more; a class too small for that is an
+    error naming it."""
+    bounds, low = {}, 0.0
+    for name, share in fractions.items():
+        bounds[name] = (low, low + share)
+        low += share
+    bounds["train"] = (low, 1.0)
+    pos = [position(seed, min(r["sha256"] for r in unit)) for unit in units]
+    where = [next(n for n, (a, b) in bounds.items() if a <= u < b or n == "train") for u in pos]
+    by_label = collections.defaultdict(list)
+    for i, unit in enumerate(units):
+        for label in sorted({r["label"] for r in unit}):
+            by_label[label].append(i)
+    for label, members in sorted(by_label.items()):
+        for name, (a, b) in bounds.items():
+            if any(where[i] == name for i in members):
+                continue
+            spare = [i for i in members if sum(where[j] == where[i] for j in members) >= 2]
+            if not spare:
+                raise StageError(f"cannot give the {name} split an image of class {label!r} when splitting off "
+                                 f"{what}: it has {len(members)} image group(s). Add images, raise "
+                                 "split.min_images_per_class, or list it in split.drop_labels")
+            chosen = min(spare, key=lambda i: (min(abs(pos[i] - a), abs(pos[i] - b)), pos[i]))
+            log.warning("class %r had no %s image by hash; moved %s there (adding images may move it back)",
+                        label, name, units[chosen][0]["path"])
+            where[chosen] = name
+    parts = {name: [] for name in ("train", *fractions)}
+    for unit, name in zip(units, where):
+        parts[name] += unit
+    return {name: sorted(part, key=lambda r: r["path"]) for name, part in parts.items()}
+
+
+def keep_together(groups: list[list[dict]]) -> tuple[list[list[dict]], int]:
+    """In the source's own split: every member of a group into its members' first split by PRIORITY."""
+    moved, out = 0, []
+    for group in groups:
+        target = min((r["split"] for r in group), key=PRIORITY.__getitem__)
+        moved += sum(r["split"] != target for r in group)
+        out.append([{**r, "split": target} for r in group])
+    return out, moved
+
+
+def read_embeddings(folder, rows: list[dict]) -> np.ndarray:
+    """The embedding of each row, checked to be embed's output for this very manifest."""
+    recorded = images.read_csv(folder / "images.csv")
+    by_path = {r["path"]: i for i, r in enumerate(recorded)}
+    if any(r["path"] not in by_path or recorded[by_path[r["path"]]]["sha256"] != r["sha256"] for r in rows):
+        raise StageError(f"{folder} does not match the manifest (embed ran on other images): run `dvc repro`")
+    return np.load(folder / "features.npy", mmap_mode="r")[[by_path[r["path"]] for r in rows]]
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "manifest", "out", "report")
+    args = artifacts.start(__doc__, "manifest", "embeddings", "out", "report")
     p = params.load(PARAMS)
     rows, changes = relabel(images.read_csv(args.manifest), p.split)
     has_predefined = any(r["split"] for r in rows)
@@ -78,20 +161,28 @@ def main() -> None:
         raise StageError("split.strategy is 'predefined' but the source has no train/validation/test "
                          "folders (or split column); use 'auto' or 'stratified'")
     log.info("strategy: %s", strategy)
-
+    embeddings = read_embeddings(args.embeddings, rows) if p.split.group_near_duplicates else None
+    groups, grouping = near_duplicate_groups(rows, embeddings, p)
+    grouped = [g for g in groups if len(g) > 1]
+    if grouping == "on":
+        log.info("%d near-duplicate groups (%d images) kept within one split", len(grouped), sum(map(len, grouped)))
+    moved = 0
+    fractions = {"test": p.split.test_fraction, "val": p.split.val_fraction}
     if strategy == "predefined":
-        parts = {s: [r for r in rows if r["split"] == s] for s in images.SPLITS}
+        groups, moved = keep_together(groups)
+        if moved:
+            log.info("moved %d images into their near twin's split", moved)
+        parts = {s: [r for g in groups for r in g if r["split"] == s] for s in images.SPLITS}
         if not parts["train"]:
             raise StageError("the source's own split has no training images")
-        if not parts["test"]:  # a source with only train/ and validation/: carve the test split
-            parts["train"], parts["test"] = stratified(parts["train"], p.split.test_fraction, p.seed, "test")
-        if not parts["val"]:
-            parts["train"], parts["val"] = stratified(parts["train"], p.split.val_fraction, p.seed, "val")
+        missing = {name: share for name, share in fractions.items() if not parts[name]}
+        if missing:  # e.g. a source with only train/ and validation/: carve the rest out of train
+            carved = assign([g for g in groups if g[0]["split"] == "train"], missing, p.seed,
+                            " and ".join(missing))
+            parts.update(carved)
     else:
-        train_val, test = stratified(rows, p.split.test_fraction, p.seed, "test")
-        val_share = p.split.val_fraction / (1 - p.split.test_fraction)
-        train, val = stratified(train_val, val_share, p.seed, "val")
-        parts = {"train": train, "val": val, "test": test}
+        parts = assign(groups, fractions, p.seed, "val or test")
+    parts = {name: parts[name] for name in images.SPLITS}
 
     labels = sorted({r["label"] for r in rows})
     if len(labels) < 2:
@@ -109,6 +200,9 @@ def main() -> None:
               for name, part in parts.items()}
     artifacts.write_json(args.report, {"strategy": strategy, "labels": labels, "label_changes": changes,
                                        "images": {n: len(part) for n, part in parts.items()},
+                                       "near_duplicate_grouping": grouping,
+                                       "near_duplicate_groups": len(grouped),
+                                       "moved_to_a_twin's_split": moved,
                                        "per_class": counts})
     log.info("%d classes; train %d, val %d, test %d images", len(labels),
              *(len(parts[s]) for s in images.SPLITS))

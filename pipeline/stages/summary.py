@@ -1,6 +1,7 @@
 """summary: the stages' reports -> reports/summary.md, a model card readable on its own.
 
-Data (images per class and split, what was skipped and why), backbone and
+Data (images per class and split, what was skipped and why, what the audit
+found), backbone and
 key params, head-only against fine-tuned results, every exported file with
 its size and parity, and the figures' file names. Plain Markdown, short
 enough to post as a CI comment (``cat reports/summary.md``).
@@ -45,6 +46,21 @@ def data_section(ingest: dict, split: dict) -> list[str]:
     if split["label_changes"]:
         lines += ["", "Label changes: " + "; ".join(f"{k}: {v}" for k, v in split["label_changes"].items()) + "."]
     return lines
+
+
+def audit_section(audit: dict) -> list[str]:
+    """What the data audit found: counts per issue type, where to look, and the leakage rate."""
+    quality = ", ".join(f"{k} {v}" for k, v in audit["quality_by_issue"].items())
+    rows = [["label issues (given label probably wrong)", audit["label_issues"], "label_issues"],
+            ["near-duplicate pairs (of them across splits)",
+             f"{audit['near_duplicates']} ({audit['cross_split_duplicates']})", "near_duplicates"],
+            ["outliers (far from every other image)", audit["outliers"], "outliers"],
+            ["image quality" + (f" ({quality})" if quality else ""), audit["quality"], "quality"]]
+    leaked = audit["leaked"]
+    return ["## Data audit", "", f"Of {audit['images']} images; the audit stage lists each row's images, worst "
+            "first, in `<file>.csv` and shows them in `<file>.png`. Leakage: {leaked['test']} test and {leaked['val']} validation "
+            f"images have a near twin in train (rate {audit['leakage_rate']:.3f}).", ""] + \
+        table(["issue", "images", "file"], rows)
 
 
 def model_section(p, split: dict, class_weights: str) -> list[str]:
@@ -96,7 +112,7 @@ def export_section(export: dict) -> list[str]:
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "ingest", "split", "head_log", "finetune_log", "evaluate", "metrics",
+    args = artifacts.start(__doc__, "ingest", "split", "audit", "head_log", "finetune_log", "evaluate", "metrics",
                            "export", "out")
     p = params.load(PARAMS)
     read = artifacts.read_json
@@ -111,6 +127,7 @@ def main() -> None:
              f"{metrics['head']['macro_f1']:.3f}). Classes: {', '.join(split['labels'])}.", ""]
     head_log = read(args.head_log / "metrics.json")
     lines += data_section(read(args.ingest), split) + [""]
+    lines += audit_section(read(args.audit)) + [""]
     lines += model_section(p, split, head_log["class_weights"]) + [""]
     lines += results_section(metrics, head_log, read(args.finetune_log / "metrics.json"),
                              read(args.evaluate / "per_class.json")) + [""]
