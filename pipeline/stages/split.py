@@ -172,7 +172,8 @@ def main() -> None:
         groups, moved = keep_together(groups)
         if moved:
             log.info("moved %d images into their near twin's split", moved)
-        parts = {s: [r for g in groups for r in g if r["split"] == s] for s in images.SPLITS}
+        parts = {s: sorted((r for g in groups for r in g if r["split"] == s), key=lambda r: r["path"])
+                 for s in images.SPLITS}
         if not parts["train"]:
             raise StageError("the source's own split has no training images")
         missing = {name: share for name, share in fractions.items() if not parts[name]}
