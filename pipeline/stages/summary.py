@@ -57,10 +57,10 @@ def audit_section(audit: dict) -> list[str]:
             ["outliers (far from every other image)", audit["outliers"], "outliers"],
             ["image quality" + (f" ({quality})" if quality else ""), audit["quality"], "quality"]]
     leaked = audit["leaked"]
-    return ["## Data audit", "", f"Of {audit['images']} images; the audit stage lists each row's images, worst "
-            "first, in `<file>.csv` and shows them in `<file>.png`. Leakage: {leaked['test']} test and {leaked['val']} validation "
-            f"images have a near twin in train (rate {audit['leakage_rate']:.3f}).", ""] + \
-        table(["issue", "images", "file"], rows)
+    text = (f"Of {audit['images']} images; the audit stage lists each row's images, worst first, in "
+            f"`<file>.csv` and shows them in `<file>.png`. Leakage: {leaked['test']} test and {leaked['val']} "
+            f"validation images have a near twin in train (rate {audit['leakage_rate']:.3f}).")
+    return ["## Data audit", "", text, ""] + table(["issue", "images", "file"], rows)
 
 
 def model_section(p, split: dict, class_weights: str) -> list[str]:
