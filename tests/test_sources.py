@@ -52,13 +52,16 @@ def test_each_source_goes_through_ingest_split_and_augment_without_a_copy(kind, 
     source = make_source(kind, tmp_path)
     project = tmp_path / "project"
     project.mkdir()
-    params = default_params(base={"image_size": 32}, split={"val_fraction": 0.25, "test_fraction": 0.25})
+    # Grouping near duplicates would read embed's output; embed finds the source as augment does.
+    params = default_params(base={"image_size": 32}, split={"val_fraction": 0.25, "test_fraction": 0.25,
+                                                             "group_near_duplicates": False})
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_HOME": str(tmp_path / "keras-home"),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     logs = []
     for stage, args in (("ingest", ["--source", source, "--manifest", "data/manifest.csv", "--report", "ingest.json"]),
-                        ("split", ["--manifest", "data/manifest.csv", "--out", "data/split", "--report", "split.json"]),
+                        ("split", ["--manifest", "data/manifest.csv", "--embeddings", "data/embeddings",
+                                   "--out", "data/split", "--report", "split.json"]),
                         ("augment", ["--source", source, "--split", "data/split", "--out", "data/augmented"])):
         out = subprocess.run([sys.executable, "-m", "pipeline", stage, *args], cwd=project, env=env,
                              capture_output=True, text=True, timeout=300)
