@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.lib import images
 from project import Project, default_params
 from shapes import make_dataset
 from tiny_run import TINY
@@ -84,6 +85,17 @@ def test_b_sees_the_data_change_before_rerunning(b_changed):
     assert changed["data/images.dvc"] == [{"changed outs": {"data/images": "modified"}}]
     assert ran == ["ingest", "embed", "split", "audit", "augment", "extract_features", "train_head", "finetune",
                    "evaluate", "export", "summary"]  # the new images go through the whole pipeline
+
+
+def test_no_image_changed_split_when_b_added_and_moved_images(b_changed, finished):
+    """The split is a seeded hash of each image's content: new images, and a relabelled one (same
+    content, another folder), leave every earlier image where it was."""
+    def where(project):
+        return {r["sha256"]: name for name in ("train", "val", "test")
+                for r in images.read_csv(project.path / "data" / "split" / f"{name}.csv")}
+    before, after = where(finished), where(b_changed[0])
+    assert len(after) == len(before) + len(ADDED)
+    assert {h: after[h] for h in before} == before
 
 
 def test_dvc_diff_names_exactly_the_added_and_moved_images(b_changed):
