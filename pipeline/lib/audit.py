@@ -8,11 +8,15 @@ time against all rows, so memory holds ``BLOCK_BYTES`` of similarities, never an
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
+
+from pipeline.lib import images
+from pipeline.lib.artifacts import StageError
 
 # Similarities held at once while searching neighbours; the search's scratch (their top-k partition's
 # int64 indices) takes twice this beside them, so memory stays bounded at any number of images.
@@ -20,6 +24,20 @@ BLOCK_BYTES = 64 << 20
 # The k-fold classifier's inverse regularisation. Strong: its ranking of the given labels is what
 # finds label issues, and an over-confident probe ranks worse (bench/audit.py chose it).
 PROBE_C = 0.003
+
+
+def read_embeddings(folder: Path, rows: list[dict]) -> tuple[list[dict], np.ndarray]:
+    """Embed's record (``images.csv``: manifest fields and measured quality) and embedding of each of
+    ``rows``, checked by path and content hash to be embed's output for these very images."""
+    recorded = images.read_csv(folder / "images.csv")
+    by_path = {r["path"]: i for i, r in enumerate(recorded)}
+    for row in rows:
+        i = by_path.get(row["path"])
+        if i is None or recorded[i]["sha256"] != row["sha256"]:
+            raise StageError(f"{folder} has no embedding of {row['path']} as recorded here (embed ran on other "
+                             "images): run `dvc repro`")
+    at = [by_path[r["path"]] for r in rows]
+    return [recorded[i] for i in at], np.load(folder / "features.npy", mmap_mode="r")[at]
 
 
 def normalized(x: np.ndarray) -> np.ndarray:

@@ -37,17 +37,9 @@ log = logging.getLogger("pipeline.stages.audit")
 
 def read(embeddings, split) -> tuple[list[dict], np.ndarray, list[str]]:
     """The images of every split (with the split's labels), their embeddings and the labels."""
-    recorded = images.read_csv(embeddings / "images.csv")
-    by_path = {r["path"]: (i, r) for i, r in enumerate(recorded)}
-    rows = []
-    for name in images.SPLITS:
-        for row in images.read_csv(split / f"{name}.csv"):
-            i, seen = by_path.get(row["path"], (None, None))
-            if seen is None or seen["sha256"] != row["sha256"]:
-                raise artifacts.StageError(f"{embeddings} has no embedding of {row['path']} as split recorded it: "
-                                           "run `dvc repro`")
-            rows.append({**seen, **row, "split": name, "index": i})
-    x = np.load(embeddings / "features.npy", mmap_mode="r")[[r["index"] for r in rows]]
+    rows = [{**row, "split": name} for name in images.SPLITS for row in images.read_csv(split / f"{name}.csv")]
+    recorded, x = audit.read_embeddings(embeddings, rows)
+    rows = [{**seen, **row} for seen, row in zip(recorded, rows)]
     return rows, audit.normalized(x), artifacts.read_json(split / "labels.json")
 
 

@@ -25,7 +25,6 @@ import hashlib
 import logging
 from types import SimpleNamespace
 
-import numpy as np
 
 from pipeline.lib import artifacts, audit, images, params
 from pipeline.lib.artifacts import StageError
@@ -140,15 +139,6 @@ def keep_together(groups: list[list[dict]]) -> tuple[list[list[dict]], int]:
     return out, moved
 
 
-def read_embeddings(folder, rows: list[dict]) -> np.ndarray:
-    """The embedding of each row, checked to be embed's output for this very manifest."""
-    recorded = images.read_csv(folder / "images.csv")
-    by_path = {r["path"]: i for i, r in enumerate(recorded)}
-    if any(r["path"] not in by_path or recorded[by_path[r["path"]]]["sha256"] != r["sha256"] for r in rows):
-        raise StageError(f"{folder} does not match the manifest (embed ran on other images): run `dvc repro`")
-    return np.load(folder / "features.npy", mmap_mode="r")[[by_path[r["path"]] for r in rows]]
-
-
 def main() -> None:
     args = artifacts.start(__doc__, "manifest", "embeddings", "out", "report")
     p = params.load(PARAMS)
@@ -161,7 +151,7 @@ def main() -> None:
         raise StageError("split.strategy is 'predefined' but the source has no train/validation/test "
                          "folders (or split column); use 'auto' or 'stratified'")
     log.info("strategy: %s", strategy)
-    embeddings = read_embeddings(args.embeddings, rows) if p.split.group_near_duplicates else None
+    embeddings = audit.read_embeddings(args.embeddings, rows)[1] if p.split.group_near_duplicates else None
     groups, grouping = near_duplicate_groups(rows, embeddings, p)
     grouped = [g for g in groups if len(g) > 1]
     if grouping == "on":
