@@ -114,7 +114,8 @@ def assign(units: list[list[dict]], fractions: dict[str, float], seed: int, what
         for name, (a, b) in bounds.items():
             if any(where[i] == name for i in members):
                 continue
-            spare = [i for i in members if sum(where[j] == where[i] for j in members) >= 2]
+            held = collections.Counter(where[i] for i in members)  # this class's units per split
+            spare = [i for i in members if held[where[i]] >= 2]
             if not spare:
                 raise StageError(f"cannot give the {name} split an image of class {label!r} when splitting off "
                                  f"{what}: it has {len(members)} image group(s). Add images, raise "
