@@ -1,4 +1,4 @@
-"""Apply reviewed audit findings to the images: ``python -m pipeline relabel CSV [--accept FILE...] [--reject FILE...]``.
+"""Apply reviewed audit findings: ``python -m pipeline relabel CSV [--accept FILE...] [--reject FILE...]``.
 
 CSV is one of the audit's reports (reports/audit/label_issues.csv, near_duplicates.csv,
 outliers.csv, quality.csv); FILE is a value of its ``file`` column, as reviewed.
@@ -18,34 +18,32 @@ next ``dvc repro`` reruns from ingest (docs/team.md#fixing-what-the-audit-found)
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 from pathlib import Path
 
 from pipeline import check
 from pipeline.lib import artifacts
+from pipeline.lib.images import read_csv
 from pipeline.lib.artifacts import StageError
-
-
-def inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
 
 
 def plan(rows: dict[str, dict], images: Path, quarantine: Path, accept: list[str],
          reject: list[str]) -> list[tuple[Path, Path]]:
     """``(from, to)`` of every move, each checked; a StageError naming the first problem."""
     root, moves = images.resolve(), []
-    if inside(quarantine.resolve(), root):
-        raise StageError(f"--quarantine {quarantine} is inside {images}: rejected images must leave the tracked data")
+    if quarantine.resolve().is_relative_to(root):
+        raise StageError(f"--quarantine {quarantine} is inside {images}: rejected images must leave the "
+                         "tracked data")
     for name, action in [(f, "accept") for f in accept] + [(f, "reject") for f in reject]:
         path = (images / name).resolve()
-        if not inside(path, root) or path == root:
+        if not path.is_relative_to(root) or path == root:
             raise StageError(f"{name}: outside {images}; relabel moves only images inside it")
         if name not in rows:
             raise StageError(f"{name}: not a row of the CSV; give its `file` column as written")
         if not path.is_file():
-            raise StageError(f"{name}: no such image in {images} (already moved? run `dvc repro` to refresh the audit)")
+            raise StageError(f"{name}: no such image in {images} (already moved? run `dvc repro` to refresh "
+                             "the audit)")
         if action == "accept":
             row = rows[name]
             if not row.get("suggested"):
@@ -66,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline relabel", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("csv", type=Path, help="an audit report: reports/audit/<issue>.csv")
-    parser.add_argument("--accept", nargs="+", action="extend", default=[], metavar="FILE", help="move to the suggested label")
+    parser.add_argument("--accept", nargs="+", action="extend", default=[], metavar="FILE",
+                        help="move to the suggested label")
     parser.add_argument("--accept-all", action="store_true", help="accept every row that suggests a label")
-    parser.add_argument("--reject", nargs="+", action="extend", default=[], metavar="FILE", help="move out into --quarantine")
+    parser.add_argument("--reject", nargs="+", action="extend", default=[], metavar="FILE",
+                        help="move out into --quarantine")
     parser.add_argument("--images", type=Path, help="the images folder (default: ingest's --source in dvc.yaml)")
     parser.add_argument("--quarantine", type=Path, help="where rejected images go (default: quarantine/ beside it)")
     parser.add_argument("--dry-run", action="store_true", help="print the moves, move nothing")
@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         raise StageError(f"{images} is not a folder: relabel edits a folder of class folders "
                          "(unpack an archive source and `dvc add` the folder first)")
     try:
-        with open(args.csv, newline="", encoding="utf-8") as f:
-            rows = {r["file"]: r for r in csv.DictReader(f)}
+        rows = {r["file"]: r for r in read_csv(args.csv)}
     except (OSError, KeyError) as err:
         raise StageError(f"{args.csv}: not an audit report with a `file` column ({err})") from err
     accept = list(args.accept) + ([f for f, r in rows.items() if r.get("suggested")] if args.accept_all else [])
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     moves = plan(rows, images, quarantine, accept, args.reject)
     cwd = Path.cwd().resolve()
     for source, target in moves:
-        shown = [p.relative_to(cwd) if inside(p, cwd) else p for p in (source, target)]
+        shown = [p.relative_to(cwd) if p.is_relative_to(cwd) else p for p in (source, target)]
         print(f"{'would move' if args.dry_run else 'moved'} {shown[0]} -> {shown[1]}")
         if not args.dry_run:
             target.parent.mkdir(parents=True, exist_ok=True)
