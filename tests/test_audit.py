@@ -68,7 +68,7 @@ def test_an_image_far_from_every_other_is_an_outlier():
     x, _ = clusters()
     x = audit.normalized(np.vstack([x, -x.mean(axis=0, keepdims=True)]))  # opposite to every cluster
     idx, sim = audit.nearest(x, x, 10, same=True)
-    found = [f["i"] for f in audit_stage.outliers([{}] * len(x), idx, sim, DEFAULTS)]
+    found = [f["i"] for f in audit_stage.outliers(idx, sim, DEFAULTS)]
     assert found[0] == len(x) - 1 and len(found) <= 3  # the far one first; a Gaussian's tail may follow
 
 

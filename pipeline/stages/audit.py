@@ -77,7 +77,7 @@ def near_duplicates(rows, x, idx, sim, p) -> tuple[list[dict], dict]:
     return found, leakage
 
 
-def outliers(rows, idx, sim, p) -> list[dict]:
+def outliers(idx, sim, p) -> list[dict]:
     distance = 1 - sim.mean(axis=1)
     z = audit.robust_z(distance)
     found = [{"i": i, "score": float(z[i]), "twin": int(idx[i, 0])} for i in np.flatnonzero(z > p.audit.outlier_z)]
@@ -85,22 +85,23 @@ def outliers(rows, idx, sim, p) -> list[dict]:
 
 
 def quality(rows, p) -> list[dict]:
+    """One finding per image and issue it has: the measured value against its audit.* threshold."""
     a = p.audit
-    checks = {  # issue: (measured value, is it a problem)
-        "too dark": lambda r: (float(r["brightness"]), float(r["brightness"]) < a.dark),
-        "overexposed": lambda r: (float(r["brightness"]), float(r["brightness"]) > a.bright),
-        "blurred": lambda r: (float(r["sharpness"]), float(r["sharpness"]) < a.blurred),
-        "low information": lambda r: (float(r["entropy"]), float(r["entropy"]) < a.low_information),
-        "extreme aspect ratio": lambda r: (ratio := max(int(r["width"]), int(r["height"])) /
-                                           max(1, min(int(r["width"]), int(r["height"]))), ratio > a.max_aspect_ratio),
-        "tiny": lambda r: (min(int(r["width"]), int(r["height"])), min(int(r["width"]), int(r["height"])) < a.min_side),
-    }
+    checks = [  # issue, the measure it reads, when that is a problem
+        ("too dark", "brightness", lambda v: v < a.dark),
+        ("overexposed", "brightness", lambda v: v > a.bright),
+        ("blurred", "sharpness", lambda v: v < a.blurred),
+        ("low information", "entropy", lambda v: v < a.low_information),
+        ("extreme aspect ratio", "aspect_ratio", lambda v: v > a.max_aspect_ratio),
+        ("tiny", "short_side", lambda v: v < a.min_side),
+    ]
     found = []
     for i, row in enumerate(rows):
-        for issue, check in checks.items():
-            value, bad = check(row)
-            if bad:
-                found.append({"i": i, "issue": issue, "score": value})
+        sides = sorted((int(row["width"]), int(row["height"])))
+        measured = {**{k: float(row[k]) for k in images.QUALITY_FIELDS},
+                    "aspect_ratio": sides[1] / max(1, sides[0]), "short_side": sides[0]}
+        found += [{"i": i, "issue": issue, "score": measured[key]}
+                  for issue, key, bad in checks if bad(measured[key])]
     return found
 
 
@@ -146,7 +147,7 @@ def main() -> None:
     idx, sim = audit.nearest(x, x, p.audit.neighbours, same=True)
     labelled, accuracy = label_issues(rows, x, labels, p)
     duplicates, leakage = near_duplicates(rows, x, idx, sim, p)
-    found = {"label_issues": labelled, "near_duplicates": duplicates, "outliers": outliers(rows, idx, sim, p),
+    found = {"label_issues": labelled, "near_duplicates": duplicates, "outliers": outliers(idx, sim, p),
              "quality": quality(rows, p)}
     seconds = time.perf_counter() - started
 
