@@ -4,8 +4,9 @@ Every image ingest kept, of every split, goes once through the frozen backbone
 (base.*), un-augmented: ``features.npy`` holds one embedding per manifest row,
 in manifest order: the sum of the image's and its mirror image's features,
 so that a mirrored copy has the very same embedding (and a cropped one a
-closer one) while distinct images come no closer (docs/data.md#the-audit), and ``images.csv`` the manifest with each image's measured
-quality (brightness, contrast, sharpness, entropy: images.quality). Split reads
+closer one) while distinct images come no closer (docs/data.md#the-audit).
+``images.csv`` is the manifest with each image's measured quality
+(brightness, contrast, sharpness, entropy: images.quality). Split reads
 them to keep near duplicates together, the audit to find what is wrong with
 the data. Features are written batch by batch into a memory-mapped file, so
 memory holds a few batches, never the dataset.
