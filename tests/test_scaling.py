@@ -3,8 +3,11 @@ second worker's `python -m pipeline worker`, side by side in one project folder 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -29,17 +32,28 @@ def test_two_workers_extract_and_train_with_the_chief_writing_everything(finishe
     assert project.changed_stages() == set(WORKER_STAGES)
     cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
     # The docs' `dvc repro`, less export and summary (not distributed; the e2e tests cover them)
-    chief = subprocess.Popen([str(BIN / "dvc"), "repro", "evaluate"], cwd=project.path, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True,
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("chief", "worker")}
+    chief = subprocess.Popen([str(BIN / "dvc"), "repro", "evaluate"], cwd=project.path, stdout=logs["chief"],
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                              env={**project.env, "TF_CONFIG": tf_config(cluster, 0)})
     worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker", *WORKER_STAGES], cwd=project.path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              stdout=logs["worker"], stderr=subprocess.STDOUT, text=True, start_new_session=True,
                               env={**project.env, "TF_CONFIG": tf_config(cluster, 1)})
-    chief_log, worker_log = (p.communicate(timeout=900)[0] for p in (chief, worker))
+    # When one side fails, the other waits on its collectives for ever (docs/scaling.md): stop both at
+    # once, and show both logs, rather than wait out the timeout with the failing side's log unread.
+    deadline = time.monotonic() + 900
+    while (chief.poll() is None or worker.poll() is None) and time.monotonic() < deadline \
+            and chief.poll() in (None, 0) and worker.poll() in (None, 0):
+        time.sleep(1)
+    for side in (chief, worker):
+        if side.poll() is None:
+            os.killpg(side.pid, signal.SIGKILL)  # the whole group: the stage processes under dvc and the worker
+        side.wait()
+    for f in logs.values():
+        f.close()
+    chief_log, worker_log = ((tmp_path / f"{name}.log").read_text() for name in ("chief", "worker"))
     assert chief.returncode == 0 and worker.returncode == 0, chief_log[-3000:] + worker_log[-3000:]
 
-    (tmp_path / "chief.log").write_text(chief_log)
-    (tmp_path / "worker.log").write_text(worker_log)
     assert worker_log.count("distribution: MultiWorkerMirroredStrategy, 2 replica(s) in sync") == 3
     assert worker_log.count("this is task 2 of 2\n") == 3 and chief_log.count("this is task 1 of 2 (the chief)") == 3
     for path in ("data/features", "models/extractor.keras", "models/head.keras", "models/model.keras"):
