@@ -350,3 +350,31 @@ def _policies(model: keras.Model) -> Iterator[str]:
         yield layer.dtype_policy.name
         if isinstance(layer, keras.Model):
             yield from _policies(layer)
+
+
+def output_layer(model: keras.Model) -> keras.layers.Dense:
+    """The softmax Dense layer that ends a classifier (``build_head``'s ``probabilities``),
+    looked for in the nested head as well."""
+    layer = model.layers[-1]
+    while isinstance(layer, keras.Model):
+        layer = layer.layers[-1]
+    if not isinstance(layer, keras.layers.Dense) or layer.activation is not keras.activations.softmax:
+        raise StageError(f"{model.name} does not end in a softmax Dense layer (it ends in {layer.name}, "
+                         f"{type(layer).__name__}): not a classifier built by this pipeline")
+    return layer
+
+
+def logits(model: keras.Model) -> keras.Model:
+    """A model that returns ``model``'s logits: the same layers, its output layer's softmax
+    removed (in place: ``model`` itself then returns logits too, once it is traced anew)."""
+    output_layer(model).activation = keras.activations.linear
+    return keras.Model(model.inputs, model.outputs, name=model.name)  # not traced yet: no softmax cached
+
+
+def apply_temperature(model: keras.Model, temperature: float) -> keras.Model:
+    """``model`` with its probabilities calibrated, in place: the output layer's kernel and bias
+    divided by ``temperature``, so softmax(z / T) comes out of the very same architecture, and
+    every exported format carries the calibration with no new operation."""
+    layer = output_layer(model)
+    layer.set_weights([w / np.float32(temperature) for w in layer.get_weights()])
+    return model

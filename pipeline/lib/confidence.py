@@ -1,0 +1,154 @@
+"""What the model knows it does not know: calibration, "unknown", operating points, what to label next.
+
+NumPy, SciPy and scikit-learn only (no TensorFlow), so the arithmetic is tested on
+synthetic logits in milliseconds. The calibrate stage, the export stage,
+``pipeline.predict``, ``pipeline.rank`` and bench/active_learning.py all go through it.
+
+- **Temperature scaling** (Guo et al. 2017, "On calibration of modern neural networks"):
+  one scalar T > 0 divides the logits, chosen to minimise the negative log-likelihood on
+  the validation split. It never reorders the classes of an image.
+- **Out-of-distribution scores**, higher meaning "more like the training data": the
+  maximum (calibrated) probability, and the negative free energy ``logsumexp(logits)``
+  (Liu et al. 2020, "Energy-based out-of-distribution detection").
+- **Uncertainty ranking** for active learning: margin (1 minus the gap between the two
+  most probable classes) or entropy, skipping near duplicates of images ranked above.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, logsumexp, softmax
+from sklearn.metrics import roc_auc_score, roc_curve
+
+BINS = 15  # equal-width confidence bins of the expected calibration error, as in Guo et al.
+TEMPERATURES = (0.05, 20.0)  # the search range of the fitted temperature
+TINY = 1e-30  # floor of a probability before its log: float32 softmax outputs can be exactly 0
+
+
+def logits_of(probabilities: np.ndarray) -> np.ndarray:
+    """Log-probabilities: the logits up to a per-image constant, which softmax ignores."""
+    return np.log(np.maximum(np.asarray(probabilities, np.float64), TINY))
+
+
+def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax of ``logits / temperature`` (float64)."""
+    return softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+
+
+def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the true classes."""
+    logp = log_softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+    return float(-logp[np.arange(len(y)), y].mean())
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature that minimises the NLL of ``logits`` (validation images) for labels ``y``.
+    Searched over log T, where the NLL is smooth and unimodal in practice."""
+    if not len(y):
+        raise ValueError("no images to fit a temperature on")
+    result = minimize_scalar(lambda log_t: nll(logits, y, float(np.exp(log_t))),
+                             bounds=np.log(TEMPERATURES), method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(result.x))
+
+
+def reliability(probabilities: np.ndarray, y: np.ndarray, bins: int = BINS) -> list[dict]:
+    """Per equal-width confidence bin: its range, image count, mean confidence and accuracy."""
+    confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)  # (lo, hi] bins
+    rows = []
+    for b in range(bins):
+        mask = which == b
+        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "images": int(mask.sum()),
+                     "confidence": float(confidence[mask].mean()) if mask.any() else None,
+                     "accuracy": float(correct[mask].mean()) if mask.any() else None})
+    return rows
+
+
+def ece(probabilities: np.ndarray, y: np.ndarray, bins: int = BINS) -> float:
+    """Expected calibration error: the image-weighted mean gap between confidence and accuracy."""
+    total = max(len(y), 1)
+    return float(sum(r["images"] / total * abs(r["confidence"] - r["accuracy"])
+                     for r in reliability(probabilities, y, bins) if r["images"]))
+
+
+def brier(probabilities: np.ndarray, y: np.ndarray) -> float:
+    """Mean squared distance of the probability vector from the one-hot truth (summed over classes)."""
+    onehot = np.eye(probabilities.shape[1])[y]
+    return float(((probabilities - onehot) ** 2).sum(axis=1).mean())
+
+
+def quality(logits: np.ndarray, y: np.ndarray, temperature: float) -> dict[str, float]:
+    """ECE, NLL, Brier score and accuracy of ``logits`` at ``temperature``."""
+    p = calibrated(logits, temperature)
+    return {"ece": ece(p, y), "nll": nll(logits, y, temperature), "brier": brier(p, y),
+            "accuracy": float(np.mean(p.argmax(axis=1) == y))}
+
+
+def scores(logits: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
+    """Out-of-distribution scores per image, higher = more in-distribution: ``probability``
+    (the top calibrated probability) and ``energy`` (logsumexp of the raw logits, i.e. minus
+    the free energy at temperature 1, as Liu et al. use it)."""
+    return {"probability": calibrated(logits, temperature).max(axis=1),
+            "energy": logsumexp(np.asarray(logits, np.float64), axis=1)}
+
+
+def separation(inside: np.ndarray, outside: np.ndarray) -> dict[str, float]:
+    """How well a score (higher = in-distribution) separates in- from out-of-distribution images:
+    AUROC, and the share of outside images kept when 95% of inside ones are (FPR at 95% TPR)."""
+    truth = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+    values = np.r_[inside, outside]
+    fpr, tpr, _ = roc_curve(truth, values)
+    return {"auroc": float(roc_auc_score(truth, values)), "fpr_at_95_tpr": float(fpr[np.argmax(tpr >= 0.95)])}
+
+
+def threshold_for(values: np.ndarray, keep: float) -> float:
+    """The largest threshold that keeps (``value >= threshold``) at least ``keep`` of ``values``."""
+    ordered = np.sort(np.asarray(values, np.float64))[::-1]
+    return float(ordered[max(int(np.ceil(keep * len(ordered))) - 1, 0)])
+
+
+def coverage_curve(probabilities: np.ndarray, y: np.ndarray, points: int = 101) -> list[dict]:
+    """Accuracy on the images whose top probability reaches each threshold, and the share kept:
+    the operating points of an "unknown" threshold."""
+    confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == y
+    rows = []
+    for t in np.linspace(0, 1, points):
+        kept = confidence >= t
+        if kept.any():
+            rows.append({"threshold": round(float(t), 4), "coverage": float(kept.mean()),
+                         "accuracy": float(correct[kept].mean())})
+    return rows
+
+
+def uncertainty(probabilities: np.ndarray, by: str = "margin") -> np.ndarray:
+    """Per image, higher = less sure: ``margin`` (1 - (p1 - p2)) or ``entropy`` (in nats)."""
+    p = np.asarray(probabilities, np.float64)
+    if by == "margin":
+        top = np.sort(p, axis=1)[:, ::-1]
+        return 1 - (top[:, 0] - (top[:, 1] if p.shape[1] > 1 else 0))
+    if by == "entropy":
+        return -(p * np.log(np.maximum(p, TINY))).sum(axis=1)
+    raise ValueError(f"uncertainty by {by!r}: use margin or entropy")
+
+
+def rank(probabilities: np.ndarray, features: np.ndarray, similarity: float, by: str = "margin",
+         limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, most uncertain first, of the images to label; their uncertainty). An image whose
+    feature vector has cosine similarity >= ``similarity`` with one ranked above it is skipped,
+    so the top of the list is diverse. Stops after ``limit`` images (default: all that are kept)."""
+    u = uncertainty(probabilities, by)
+    f = np.asarray(features, np.float32)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    order = np.argsort(-u, kind="stable")
+    limit = len(order) if limit is None else min(limit, len(order))
+    kept: list[int] = []
+    chosen = np.empty((limit, f.shape[1]), np.float32)  # the kept images' features, in rank order
+    for i in order:
+        if len(kept) >= limit:
+            break
+        if kept and float((chosen[:len(kept)] @ f[i]).max()) >= similarity:
+            continue
+        chosen[len(kept)] = f[i]
+        kept.append(int(i))
+    return np.array(kept, dtype=int), u[kept]
