@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python 3.11):
 #   make repro   install pinned dependencies, seed the offline Keras cache if ../shared exists,
-#                fetch data/images if missing (dvc pull, else the pinned default), dvc repro
+#                fetch data/images and data/ood if missing (dvc pull, else the pinned defaults), dvc repro
 #   make test    install pinned dependencies, run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -28,8 +28,9 @@ setup: $(INSTALLED)
 offline-cache: $(INSTALLED)
 	bash scripts/offline-cache.sh $(SHARED)
 
-data: $(INSTALLED)
+data: offline-cache
 	bash scripts/get-data.sh $(SHARED)
+	bash scripts/get-ood.sh
 
 repro: offline-cache data
 	dvc repro

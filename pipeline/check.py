@@ -46,8 +46,9 @@ EXPECTED_DAG: dict[str, set[str]] = {
     "train_head": {"extract_features", "split"},
     "finetune": {"augment", "extract_features", "train_head"},
     "evaluate": {"split", "extract_features", "train_head", "finetune"},
-    "export": {"split", "augment", "finetune"},
-    "summary": {"ingest", "split", "audit", "train_head", "finetune", "evaluate", "export"},
+    "calibrate": {"split", "finetune"},  # and data/ood, tracked like the source
+    "export": {"split", "augment", "finetune", "calibrate"},
+    "summary": {"ingest", "split", "audit", "train_head", "finetune", "evaluate", "calibrate", "export"},
 }
 # DVC's optional packages for each kind of remote storage (dvc itself speaks local paths).
 REMOTE_PLUGINS = {"s3": "dvc_s3", "gs": "dvc_gs", "gcs": "dvc_gs", "azure": "dvc_azure", "ssh": "dvc_ssh",

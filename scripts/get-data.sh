@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Bring data/images (pinned by data/images.dvc) into the workspace when it is missing:
+# Bring data/images (pinned by data/images.dvc) into the workspace when it is missing
+# (data/ood: scripts/get-ood.sh):
 #   1. `dvc pull`: from the DVC cache, or the team's remote;
 #   2. for the default dataset only: the offline copy in ../shared (or $1) where it exists,
 #      else the pinned archive from GitHub. DVC then checks the files against the hash in

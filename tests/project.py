@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from conftest import ROOT
+from shapes import make_ood
 
 BIN = Path(sys.executable).parent  # the environment running the tests: python and dvc
 # What `dvc repro` prints as it starts a stage, and when nothing is to be done. DVC's output,
@@ -23,7 +24,8 @@ UP_TO_DATE = ("is cached - skipping run", "didn't change, skipping", "Data and p
 class Project:
     def __init__(self, path: Path, params: dict, env: dict | None = None, data: Path | None = None):
         """The project's code, dvc.yaml and ``params`` at ``path``, in a fresh git + DVC repo;
-        ``data`` (a folder of images) is copied to data/images and tracked with `dvc add`."""
+        ``data`` (a folder of images) is copied to data/images and tracked with `dvc add`, and
+        data/ood (the calibrate stage's out-of-distribution set) is generated (shapes.make_ood)."""
         self.path = path
         shutil.copytree(ROOT / "pipeline", path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
         for name in ("dvc.yaml", ".gitignore", "Makefile"):
@@ -37,6 +39,8 @@ class Project:
         # the project's DVC config (analytics off, the offline plots page) and that page
         shutil.copy(ROOT / ".dvc" / "config", path / ".dvc" / "config")
         shutil.copytree(ROOT / ".dvc" / "plots", path / ".dvc" / "plots")
+        make_ood(path / "data" / "ood")
+        self.run("dvc", "add", "-q", "data/ood")
         if data is not None:
             shutil.copytree(data, path / "data" / "images", symlinks=True)
             self.run("dvc", "add", "-q", "data/images")

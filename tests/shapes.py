@@ -35,3 +35,21 @@ def make_dataset(root: Path, per_class: int = 30, size: int = 48, seed: int = 0)
         for i in range(per_class):
             draw(kind, colour, size, rng).save(root / kind / f"{i:03d}.png")
     return root
+
+
+def make_ood(root: Path, count: int = 12, size: int = 40, seed: int = 1) -> Path:
+    """Images of another kind, for the out-of-distribution set: colour noise and soft grey
+    stripes or checkerboards of random frequency and phase, none of the shape classes.
+    Writes ``root/<i>.png``."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(count):
+        if i % 2:
+            pixels = rng.integers(0, 256, (size, size, 3))
+        else:
+            f, phase = rng.uniform(0.15, 0.6), rng.uniform(0, np.pi)
+            wave = np.sin(f * xx + phase) * (np.sin(f * yy + phase) if i % 4 else 1)
+            pixels = np.stack([127 + 60 * wave] * 3, axis=-1)
+        Image.fromarray(np.uint8(pixels)).save(root / f"{i:03d}.png")
+    return root

@@ -1,4 +1,5 @@
-"""scripts/get-data.sh: a missing data/images is filled and checked against data/images.dvc."""
+"""scripts/get-data.sh and get-ood.sh: a missing data/images or data/ood is filled and checked
+against its .dvc file."""
 from __future__ import annotations
 
 import shutil
@@ -16,7 +17,8 @@ def checkout(path: Path) -> Path:
     """A git + DVC repository holding what the script reads: data/images.dvc and the script."""
     (path / "data").mkdir(parents=True)
     (path / "scripts").mkdir()
-    for name in ("data/images.dvc", "data/.gitignore", "scripts/get-data.sh"):
+    for name in ("data/images.dvc", "data/ood.dvc", "data/.gitignore", "scripts/get-data.sh", "scripts/get-ood.sh",
+                 "scripts/fashion_mnist_ood.py"):
         shutil.copy(ROOT / name, path / name)
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
                 ["git", "config", "user.name", "ci"], [str(BIN / "dvc"), "init", "-q"],
@@ -60,3 +62,19 @@ def test_another_dataset_is_pulled_not_guessed(tmp_path):
     out = get_data(repo, tmp_path / "no-shared")
     assert out.returncode == 1
     assert "could not fetch it; configure the team's remote" in out.stderr
+
+
+def test_the_default_ood_set_is_exactly_the_pinned_version(tmp_path):
+    """Fashion-MNIST's bags, from Debian's copy as scripts/offline-cache.sh links it for Keras."""
+    debian = Path("/usr/share/datasets/fashion-mnist")
+    if not debian.is_dir():
+        pytest.skip(f"{debian} missing: Debian's dataset-fashion-mnist package (.ci/run installs it as root)")
+    repo = checkout(tmp_path / "repo")
+    (tmp_path / "keras" / "datasets").mkdir(parents=True)
+    (tmp_path / "keras" / "datasets" / "fashion-mnist").symlink_to(debian)
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "DVC_NO_ANALYTICS": "1", "HOME": str(repo), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "KERAS_HOME": str(tmp_path / "keras")}
+    out = subprocess.run(["bash", "scripts/get-ood.sh"], cwd=repo, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "get-ood: data/ood matches data/ood.dvc" in out.stdout, out.stdout + out.stderr
+    assert len(list((repo / "data" / "ood").glob("fashion-mnist-bag-*.png"))) == 500
+    assert subprocess.run(["git", "diff", "--quiet"], cwd=repo).returncode == 0  # the pin is untouched

@@ -69,6 +69,13 @@ class ImageTooLarge(ValueError):
     """The image would decode to more than MAX_DECODE_PIXELS pixels."""
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (any extension Pillow knows), sorted; hidden ones left out."""
+    extensions = set(Image.registered_extensions())
+    return sorted(f for f in Path(folder).rglob("*") if f.is_file() and f.suffix.lower() in extensions
+                  and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+
+
 def inspect_image(path: Path) -> tuple[int, int]:
     """Fully decode ``path`` (so truncated files fail here, not in training); return (width, height)."""
     with warnings.catch_warnings():  # Pillow warns of large images at open; the limit below decides

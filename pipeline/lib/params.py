@@ -176,6 +176,15 @@ class Evaluate:
 class Export:
     representative_images: int = param("training images (seeded sample) that calibrate the int8 TFLite model",
                                        low=1, high=10_000)
+    timing_runs: int = param("batch-1 calls timed per exported format (after 3 untimed); a quarter as many "
+                             "batches of `evaluate.batch_size` time the throughput", low=8, high=10_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibrate:
+    """Calibrated probabilities and "unknown" ([Knowing what it does not know](evaluation.md))."""
+    unknown_keep: float = param("share of the validation images kept (not called unknown): the unknown threshold "
+                                "on the top calibrated probability is set to keep it", low=0, high=1, low_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +226,7 @@ class Distribution:
 SECTIONS: dict[str, type] = {
     "ingest": Ingest, "split": Split, "base": Base, "augment": Augment, "extract": Extract,
     "class_weights": ClassWeights, "distribution": Distribution, "train_head": TrainHead, "finetune": Finetune,
-    "evaluate": Evaluate, "export": Export, "audit": Audit,
+    "calibrate": Calibrate, "evaluate": Evaluate, "export": Export, "audit": Audit,
 }
 TOP_LEVEL = {"seed": (int, param("the one seed for every random step: split, augmentation, weight init, "
                                   "shuffling, dropout", low=0, high=2**32 - 1))}  # what numpy and TF take

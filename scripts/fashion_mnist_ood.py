@@ -1,0 +1,37 @@
+"""Write the default out-of-distribution set: Fashion-MNIST's test-set bags, as PNG files.
+
+    python scripts/fashion_mnist_ood.py OUT_DIR [COUNT]
+
+A bag is none of the ten clothing classes, and a 28 px greyscale product image is not
+a photo: images of another thing in another domain. The first COUNT (default 500)
+bags of the test set, in its order, so the files are the same on every machine
+(data/ood.dvc pins them). keras.datasets.fashion_mnist downloads the data, or reads
+it offline from $KERAS_HOME/datasets/fashion-mnist/ (scripts/offline-cache.sh fills
+it from Debian's dataset-fashion-mnist package). Fashion-MNIST: Zalando, MIT licence.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+BAG = 8  # Fashion-MNIST's class index of "Bag"
+
+
+def main(out: Path, count: int) -> None:
+    from keras.datasets import fashion_mnist
+
+    _, (x, y) = fashion_mnist.load_data()
+    bags = x[y == BAG][:count]
+    out.mkdir(parents=True)
+    for i, pixels in enumerate(bags):
+        Image.fromarray(np.asarray(pixels, np.uint8), mode="L").save(out / f"fashion-mnist-bag-{i:04d}.png")
+    print(f"fashion_mnist_ood: {len(bags)} bags written to {out}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__)
+    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) == 3 else 500)
