@@ -12,6 +12,7 @@ from pipeline import predict
 
 SIZE = 32
 LABELS = ["circle", "square", "triangle"]
+UNKNOWN_BELOW = 0.4  # the threshold built into the fixture's SavedModel
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     models.save(model, folder / "model.keras")
     inference.write_labels(folder / inference.LABELS_FILE, LABELS)
-    formats.saved_model(model, LABELS, folder / "saved_model")
+    formats.saved_model(model, LABELS, folder / "saved_model", unknown_threshold=UNKNOWN_BELOW)
     rng = np.random.default_rng(0)
 
     def representative():
@@ -151,7 +152,8 @@ def test_mediapipe_refuses_a_float_tflite_file_without_metadata(exported, tmp_pa
 
 
 def test_saved_model_signature_takes_image_bytes_and_returns_names(exported, tmp_path):
-    """Encoded files in, class names and probabilities out, as predict gets from the same files."""
+    """Encoded files in, class names, probabilities and the unknown flag out, as predict gets
+    from the same files."""
     rng = np.random.default_rng(3)
     paths = []
     for i, (fmt, mode) in enumerate([("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"),
@@ -161,11 +163,13 @@ def test_saved_model_signature_takes_image_bytes_and_returns_names(exported, tmp
         im = Image.fromarray(rng.integers(0, 256, (*size[::-1], 4 if mode == "RGBA" else 3), dtype=np.uint8))
         paths.append(tmp_path / f"{i}.{fmt.lower()}")
         im.convert(mode).save(paths[-1], format=fmt)
-    names, probs = inference.SavedModelClassifier(exported / "saved_model").classify_files(paths, batch_size=3)
+    names, probs, unknown = inference.SavedModelClassifier(exported / "saved_model").classify_files(paths, batch_size=3)
     reference = inference.load(exported / "model.keras").predict(
         np.stack([images.load_image(path, SIZE) for path in paths]))
     np.testing.assert_allclose(probs, reference, atol=2e-3)  # pixels within one level of Pillow's
     assert names == [LABELS[i] for i in probs.argmax(axis=1)]
+    assert unknown.tolist() == (probs.max(axis=1) < UNKNOWN_BELOW).tolist()
+    assert unknown.any() and not unknown.all()  # the random model's images fall on both sides
 
 
 def test_the_signature_decodes_as_pillow_does(tmp_path):

@@ -21,7 +21,7 @@ import tensorflow as tf
 from pipeline.lib import compat
 from pipeline.lib.artifacts import StageError
 
-BYTES_SIGNATURE = "serving_default"  # encoded images -> {"classes", "probabilities"}
+BYTES_SIGNATURE = "serving_default"  # encoded images -> {"classes", "probabilities", "unknown"}
 PIXELS_SIGNATURE = "serving_pixels"  # (n, size, size, 3) float32 pixels -> {"probabilities"}
 
 
@@ -56,17 +56,18 @@ def decode_image(data: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
-def saved_model(model: keras.Model, labels: list[str], path: Path) -> None:
+def saved_model(model: keras.Model, labels: list[str], path: Path, unknown_threshold: float = 0.0) -> None:
     """A SavedModel for TF Serving or any SavedModel host, with two signatures.
 
     ``serving_default`` takes ``image_bytes``, a batch of encoded JPEG/PNG/GIF/BMP files
     (TF Serving's REST API base64-decodes inputs named ``*_bytes``), and returns
-    ``classes`` (the top class names) and ``probabilities``; ``serving_pixels`` takes
-    decoded pixels. The model itself is not ``track``ed: Keras would then store every
+    ``classes`` (the top class names), ``probabilities`` and ``unknown`` (true where the
+    top probability is below ``unknown_threshold``: none of the classes, as far as the
+    model can tell); ``serving_pixels`` takes decoded pixels and returns probabilities. The model itself is not ``track``ed: Keras would then store every
     weight twice, once per wrapper (keras-team/keras#23553), doubling the files.
     """
     size = int(model.input_shape[1])
-    names = tf.constant(labels)
+    names, threshold = tf.constant(labels), tf.constant(unknown_threshold, tf.float32)
 
     def pixels(x):
         return {"probabilities": model(x, training=False)}
@@ -75,7 +76,8 @@ def saved_model(model: keras.Model, labels: list[str], path: Path) -> None:
         batch = tf.map_fn(lambda data: decode_image(data, size), image_bytes,
                           fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8))
         probabilities = pixels(tf.cast(batch, tf.float32))["probabilities"]
-        return {"classes": tf.gather(names, tf.argmax(probabilities, axis=-1)), "probabilities": probabilities}
+        return {"classes": tf.gather(names, tf.argmax(probabilities, axis=-1)), "probabilities": probabilities,
+                "unknown": tf.reduce_max(probabilities, axis=-1) < threshold}
 
     archive = keras.export.ExportArchive()
     archive.add_endpoint(BYTES_SIGNATURE, encoded, [tf.TensorSpec([None], tf.string, name="image_bytes")])

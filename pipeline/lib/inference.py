@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -23,6 +24,9 @@ from ai_edge_litert import interpreter as litert
 from pipeline.lib import artifacts, formats, images, models
 
 LABELS_FILE = "labels.txt"  # one class name per line, in output order; written beside exported models
+# {"temperature", "temperature_in_model", "unknown_score", "unknown_threshold"}: written by calibrate
+# (models/, temperature not yet in the model) and export (beside the files, temperature built in)
+CALIBRATION_FILE = "calibration.json"
 
 
 class Classifier:
@@ -66,14 +70,16 @@ class SavedModelClassifier(Classifier):
         out = self.serve(tf.constant(batch, tf.float32))
         return next(iter(out.values())).numpy().astype(np.float32)
 
-    def classify_files(self, paths: list[Path], batch_size: int = 64) -> tuple[list[str], np.ndarray]:
-        """(top class names, probabilities) for image files, decoded by the SavedModel itself."""
-        names, parts = [], []
+    def classify_files(self, paths: list[Path], batch_size: int = 64) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(top class names, probabilities, unknown flags) for image files, decoded by the
+        SavedModel itself. Exports from before the flag have none: all false."""
+        names, parts, unknown = [], [], []
         for i in range(0, len(paths), batch_size):
             out = self.serve_bytes(image_bytes=tf.constant([Path(p).read_bytes() for p in paths[i:i + batch_size]]))
             names += [name.decode() for name in out["classes"].numpy()]
             parts.append(out["probabilities"].numpy().astype(np.float32))
-        return names, np.concatenate(parts)
+            unknown.append(out["unknown"].numpy() if "unknown" in out else np.zeros(len(parts[-1]), bool))
+        return names, np.concatenate(parts), np.concatenate(unknown)
 
 
 class TFLiteClassifier(Classifier):
@@ -216,13 +222,37 @@ def load_images(paths: Iterable[Path], size: int) -> tuple[np.ndarray, list[int]
     return array, ok, errors
 
 
-def load_test_split(source: Path, split: Path, size: int) -> tuple[list[dict], np.ndarray, np.ndarray, list[str]]:
-    """(test rows, their pixels decoded as predict does, integer labels, class names). The images
-    are read from the source folder ``source``, each checked against the hash ingest recorded."""
+def load_split(source: Path, split: Path, size: int, part: str = "test") -> tuple[list[dict], np.ndarray, np.ndarray, list[str]]:
+    """(rows of split ``part``: train, val or test; their pixels decoded as predict does, integer
+    labels, class names). The images are read from the source folder ``source``, each checked
+    against the hash ingest recorded."""
     labels = artifacts.read_json(split / "labels.json")
-    rows = images.read_csv(split / "test.csv")
+    rows = images.read_csv(split / f"{part}.csv")
 
     decode = functools.partial(images.decode_recorded, source, size)
-    pixels = np.stack([image for batch in images.process_batches(decode, rows, 256) for image in batch])
+    batches = [image for batch in images.process_batches(decode, rows, 256) for image in batch]
+    pixels = np.stack(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
     index = {label: i for i, label in enumerate(labels)}
-    return rows, pixels, np.array([index[r["label"]] for r in rows]), labels
+    return rows, pixels, np.array([index[r["label"]] for r in rows], dtype=int), labels
+
+
+def timing(classifier: Classifier, pixels: np.ndarray, batch_size: int, runs: int, warmup: int = 3) -> dict[str, float]:
+    """Latency at batch 1 (median and 95th percentile of ``runs`` calls, in ms) and throughput
+    at ``batch_size`` (images per second over ``runs`` // 4 batches, at least 2), each after
+    ``warmup`` untimed calls, on this machine: the runtime as an application calls it."""
+    def timed(batch, n):
+        for _ in range(warmup):
+            classifier.probabilities(batch)
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            classifier.probabilities(batch)
+            times.append(time.perf_counter() - start)
+        return np.array(times)
+
+    one = timed(pixels[:1], runs)
+    batch = np.resize(pixels, (batch_size, *pixels.shape[1:]))  # the test images, repeated if fewer
+    many = timed(batch, max(runs // 4, 2))
+    return {"latency_ms_median": round(float(np.median(one)) * 1e3, 3),
+            "latency_ms_p95": round(float(np.percentile(one, 95)) * 1e3, 3),
+            "images_per_s": round(batch_size / float(np.median(many)), 1)}

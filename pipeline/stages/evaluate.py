@@ -47,7 +47,7 @@ def main() -> None:
     classifiers = {"head": inference.KerasClassifier(models.assemble(models.load(args.extractor),
                                                                      models.load(args.head))),
                    "finetune": inference.load(args.model)}
-    rows, pixels, y, labels = inference.load_test_split(source, args.split, classifiers["finetune"].image_size)
+    rows, pixels, y, labels = inference.load_split(source, args.split, classifiers["finetune"].image_size)
     log.info("scoring both models on %d test images", len(y))
 
     metrics, per_class, probs = {}, {}, {}

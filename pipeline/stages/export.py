@@ -1,12 +1,15 @@
-"""export: models/model.keras -> models/export/ (SavedModel, TFLite x3, ONNX, labels) + reports/export.json.
+"""export: models/model.keras + calibration -> models/export/ (SavedModel, TFLite x3, ONNX) + reports/export.json.
 
-The fine-tuned model in every format an application needs, each with
-``labels.txt`` (class names in output order) beside it:
+The fine-tuned model, its temperature built in (calibrate: its output layer's weights
+divided by it, so every file serves calibrated probabilities), in every format an
+application needs, each with ``labels.txt`` (class names in output order) and
+``calibration.json`` (the temperature, and the unknown threshold on the top
+probability) beside it:
 
 - ``model.keras``: the Keras model itself, for Python;
 - ``saved_model/``: for TensorFlow Serving and other SavedModel hosts; its default
-  signature takes encoded images (JPEG/PNG bytes) and returns class names and
-  probabilities (formats.py);
+  signature takes encoded images (JPEG/PNG bytes) and returns class names,
+  probabilities and the unknown flag (formats.py);
 - ``model_float32.tflite``, ``model_float16.tflite`` (half-size weights) and
   ``model_int8.tflite`` (integer ops, uint8 pixels in, calibrated on
   ``export.representative_images`` training images): for phones and edge devices,
@@ -18,12 +21,13 @@ Every format is then scored on the test split, decoded exactly as
 ``pipeline.predict`` does (the SavedModel's image-bytes signature decodes the files
 itself; the TFLite files run on LiteRT and again through MediaPipe): accuracy,
 agreement with the Keras model (share of identical top-1 predictions) and file size
-go to the DVC metrics file.
+go to the DVC metrics file, with each file's speed through its runtime on the machine
+that ran the stage: latency at batch 1 (median and 95th percentile of
+``export.timing_runs`` calls) and throughput at ``evaluate.batch_size``.
 """
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +35,7 @@ import numpy as np
 from pipeline.lib import artifacts, formats, inference, models, params, shards, sources
 from pipeline.lib.exports import FORMATS, TFLITE_KINDS, file_name
 
-PARAMS = ["export.representative_images", "evaluate.batch_size", "seed", "base.backbone",
+PARAMS = ["export.representative_images", "export.timing_runs", "evaluate.batch_size", "seed", "base.backbone",
           "ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
 log = logging.getLogger("pipeline.stages.export")
 
@@ -41,14 +45,15 @@ def size_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in files) / 2**20, 3)
 
 
-def write_formats(model_file: Path, model, labels: list[str], folder: Path, description: str,
+def write_formats(model, labels: list[str], calibration: dict, folder: Path, description: str,
                   representative) -> dict[str, Path]:
-    """Every format of ``model`` (loaded from ``model_file``) into ``folder``, labels.txt beside
-    them: {metrics row: path}."""
+    """Every format of ``model`` (calibrated) into ``folder``, labels.txt and calibration.json
+    beside them: {metrics row: path}."""
     inference.write_labels(folder / inference.LABELS_FILE, labels)
+    artifacts.write_json(folder / inference.CALIBRATION_FILE, {**calibration, "temperature_in_model": True})
     files = {name: folder / file_name(name) for name in ("keras", "saved_model", "onnx")}
-    shutil.copyfile(model_file, files["keras"])
-    formats.saved_model(model, labels, files["saved_model"])
+    models.save(model, files["keras"])
+    formats.saved_model(model, labels, files["saved_model"], calibration["unknown_threshold"])
     for kind in TFLITE_KINDS:
         path = files[f"tflite_{kind}"] = folder / file_name(f"tflite_{kind}")
         log.info("converting to %s", path.name)
@@ -59,19 +64,37 @@ def write_formats(model_file: Path, model, labels: list[str], folder: Path, desc
     return files
 
 
-def score(files: dict[str, Path], pixels, test_files: list[Path], labels: list[str],
-          batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+class EncodedFiles(inference.Classifier):
+    """The SavedModel's image-bytes signature as a Classifier of ``len(batch)`` of ``files``
+    (the pixels themselves unused), so that it is timed as an application calls it: the
+    files read and decoded by the model."""
+
+    def __init__(self, saved_model: inference.SavedModelClassifier, files: list[Path]):
+        self.saved_model, self.files = saved_model, files
+
+    def probabilities(self, batch):
+        paths = [self.files[i % len(self.files)] for i in range(len(batch))]
+        return self.saved_model.classify_files(paths, len(paths))[1]
+
+
+def score(files: dict[str, Path], pixels, test_files: list[Path], labels: list[str], threshold: float,
+          batch_size: int, runs: int) -> tuple[dict[str, np.ndarray], dict[str, dict], dict[str, str]]:
     """Each file's probabilities on the test images through the runtime an app would use
-    (metrics row -> array), and the rows left out with the reason."""
-    predictions, refused, not_checked = {}, {}, {}
+    (metrics row -> array), its speed (metrics row -> inference.timing), and the rows left out
+    with the reason."""
+    predictions, speed, refused, not_checked = {}, {}, {}, {}
     for name, path in files.items():
         classifier = inference.load(path)
         predictions[name] = classifier.predict(pixels, batch_size)
         refused[name] = getattr(classifier, "xnnpack_refused", False)
-    names, predictions["saved_model_bytes"] = inference.SavedModelClassifier(
-        files["saved_model"]).classify_files(test_files, batch_size)
+        speed[name] = inference.timing(classifier, pixels, batch_size, runs)
+    saved_model = inference.SavedModelClassifier(files["saved_model"])
+    names, predictions["saved_model_bytes"], unknown = saved_model.classify_files(test_files, batch_size)
     if names != [labels[i] for i in predictions["saved_model_bytes"].argmax(axis=1)]:
         raise artifacts.StageError("the SavedModel's classes output does not match its probabilities")
+    if not np.array_equal(unknown, predictions["saved_model_bytes"].max(axis=1) < threshold):
+        raise artifacts.StageError("the SavedModel's unknown output does not match its probabilities and threshold")
+    speed["saved_model_bytes"] = inference.timing(EncodedFiles(saved_model, test_files), pixels, batch_size, runs)
     for kind in TFLITE_KINDS:
         row, path = f"mediapipe_{kind}", files[f"tflite_{kind}"]
         if refused[f"tflite_{kind}"]:  # MediaPipe would abort the whole process on it
@@ -81,20 +104,25 @@ def score(files: dict[str, Path], pixels, test_files: list[Path], labels: list[s
             continue
         mediapipe = inference.MediaPipeClassifier(path, labels)
         predictions[row] = mediapipe.predict(pixels)
+        speed[row] = inference.timing(mediapipe, pixels, batch_size, runs)
         mediapipe.close()
-    return predictions, not_checked
+    return predictions, speed, not_checked
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "model", "augmented", "source", "split", "out", "metrics")
+    args = artifacts.start(__doc__, "model", "calibration", "augmented", "source", "split", "out", "metrics")
     p = params.load(PARAMS)
     models.log_devices()
     source = sources.locate(str(args.source), p.ingest)
     models.set_seed(p.seed)
-    model = models.load(args.model)
-    rows, pixels, y, labels = inference.load_test_split(source, args.split, int(model.input_shape[1]))
+    calibration = artifacts.read_json(args.calibration)
+    model = models.apply_temperature(models.load(args.model), calibration["temperature"])
+    rows, pixels, y, labels = inference.load_split(source, args.split, int(model.input_shape[1]))
+    threshold = calibration["unknown_threshold"]
     description = (f"{p.base.backbone} fine-tuned to classify {len(labels)} classes; RGB pixels in [0, 255] "
-                   f"at {model.input_shape[1]} px")
+                   f"at {model.input_shape[1]} px; calibrated probabilities (temperature "
+                   f"{calibration['temperature']:.4g}): treat a top probability below {threshold:.4g} as unknown "
+                   "(MediaPipe: score_threshold)")
 
     def representative():
         # The first images of a seeded shuffle of the training shards: the same sample every run, but
@@ -105,27 +133,30 @@ def main() -> None:
             yield [image.numpy()]
 
     with artifacts.atomic_dir(args.out) as tmp:
-        files = write_formats(args.model, model, labels, tmp, description, representative)
-        predictions, not_checked = score(files, pixels, [source / r["path"] for r in rows], labels,
-                                         p.evaluate.batch_size)
+        files = write_formats(model, labels, calibration, tmp, description, representative)
+        predictions, speed, not_checked = score(files, pixels, [source / r["path"] for r in rows], labels,
+                                                threshold, p.evaluate.batch_size, p.export.timing_runs)
         files.update(saved_model_bytes=files["saved_model"],
                      **{f"mediapipe_{kind}": files[f"tflite_{kind}"] for kind in TFLITE_KINDS})
         sizes = {name: size_mb(path) for name, path in files.items()}
 
-    # The reference is the model this stage loaded from --model, in memory; the keras row is the
-    # exported copy, reloaded from its own file: a file that does not load back the same fails.
+    # The reference is the model this stage loaded from --model and calibrated, in memory; the keras
+    # row is the exported copy, reloaded from its own file: a file that does not load back the same fails.
     reference = inference.KerasClassifier(model).predict(pixels, p.evaluate.batch_size).argmax(axis=1)
     metrics = {}
     for name in (name for name in FORMATS if name in predictions):
         pred = predictions[name].argmax(axis=1)
         metrics[name] = {"accuracy": float(np.mean(pred == y)), "agreement": float(np.mean(pred == reference)),
-                         "size_mb": sizes[name]}
-        log.info("%-17s %8.2f MB  test accuracy %.4f  agreement with Keras %.4f", name,
-                 metrics[name]["size_mb"], metrics[name]["accuracy"], metrics[name]["agreement"])
+                         "size_mb": sizes[name], **speed[name]}
+        log.info("%-17s %8.2f MB  test accuracy %.4f  agreement with Keras %.4f  %7.2f ms at batch 1 (p95 %.2f)  "
+                 "%7.1f images/s at batch %d", name, metrics[name]["size_mb"], metrics[name]["accuracy"],
+                 metrics[name]["agreement"], speed[name]["latency_ms_median"], speed[name]["latency_ms_p95"],
+                 speed[name]["images_per_s"], p.evaluate.batch_size)
         if metrics[name]["agreement"] < FORMATS[name].min_agreement:
             log.warning("%s agrees with the Keras model on only %.1f%% of the test images: check it "
                         "before shipping it", name, 100 * metrics[name]["agreement"])
-    artifacts.write_json(args.metrics, {**metrics, "test_images": len(rows), "not_checked": not_checked})
+    artifacts.write_json(args.metrics, {**metrics, "test_images": len(rows), "timing_batch_size": p.evaluate.batch_size,
+                                        "not_checked": not_checked})
 
 
 if __name__ == "__main__":
