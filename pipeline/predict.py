@@ -5,7 +5,14 @@ from models/export/). IMAGES are files, folders (searched recursively for image
 files) or glob patterns. Each image is decoded and resized exactly as in
 training and evaluation (``images.load_image``); the model does its backbone's
 preprocessing itself. Prints the top-k labels with probabilities as a table,
-or as JSON with ``--json``. ``--tta`` averages each image's probabilities with its
+or as JSON with ``--json``; ``--csv FILE`` streams one row per image into FILE
+instead (bounded memory, a progress bar), for a spreadsheet or a labelling tool.
+
+Where ``calibration.json`` is beside the model (the export folder has one; the
+calibrate stage writes models/calibration.json beside models/model.keras), the
+probabilities are calibrated and an image whose top probability is below its
+unknown threshold is called ``unknown``, the best label still shown beside it
+(``--unknown-threshold`` overrides the threshold; 0 turns it off). ``--tta`` averages each image's probabilities with its
 mirror's (test-time augmentation); ``--explain DIR`` writes each image with its
 Grad-CAM heat map for the top class to DIR (a ``.keras`` model only). An unreadable
 file is reported and skipped; the exit status is 1 only if no image could be
@@ -14,28 +21,27 @@ classified.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import glob
 import json
 import sys
 from pathlib import Path
 
-from PIL import Image
-
-from pipeline.lib import artifacts
+from pipeline.lib import artifacts, images
 from pipeline.lib.artifacts import StageError
 
 CHUNK = 256  # images decoded at a time: bounds memory for big folders
+UNKNOWN = "unknown"
 
 
 def expand(patterns: list[str]) -> tuple[list[Path], list[str]]:
     """(files to classify, patterns that matched nothing). Folders give their image files, sorted."""
-    extensions = {ext for ext in Image.registered_extensions()}
     files, unmatched = [], []
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            files += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in extensions
-                            and not any(part.startswith(".") for part in f.relative_to(path).parts))
+            files += images.image_files(path)
         elif path.exists():
             files.append(path)
         elif glob.has_magic(pattern) and (matches := sorted(glob.glob(pattern, recursive=True))):
@@ -45,12 +51,15 @@ def expand(patterns: list[str]) -> tuple[list[Path], list[str]]:
     return files, unmatched
 
 
+def beside(model: Path, given: Path | None, name: str) -> Path | None:
+    """``given``, else ``name`` beside the model file or inside the SavedModel folder, if there."""
+    return next((path for path in ([given] if given else [model.parent / name, model / name]) if path.is_file()), None)
+
+
 def find_labels(model: Path, given: Path | None, name: str) -> Path:
     """``--labels``, else ``name`` beside the model file or inside the SavedModel folder."""
-    candidates = [given] if given else [model.parent / name, model / name]
-    for path in candidates:
-        if path.is_file():
-            return path
+    if path := beside(model, given, name):
+        return path
     raise SystemExit(f"predict: no {name} beside {model} (the export folder has one); "
                      "pass --labels FILE (a labels.txt, or the split stage's labels.json)")
 
@@ -61,8 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help=".keras, .tflite or .onnx file, or SavedModel folder")
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("-k", "--top-k", type=int, default=3, help="labels shown per image (default 3)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    output.add_argument("--csv", type=Path, metavar="FILE",
+                        help="write one row per image to FILE (file, top-k labels and probabilities, unknown)")
     parser.add_argument("--labels", type=Path, help="class names file (default: labels.txt beside MODEL)")
+    parser.add_argument("--calibration", type=Path,
+                        help="temperature and unknown threshold (default: calibration.json beside MODEL, if any)")
+    parser.add_argument("--unknown-threshold", type=float, metavar="P",
+                        help="call an image unknown below this top probability (0: never), instead of the calibration's")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tta", action="store_true",
                         help="average each image's probabilities with its left-right mirror's")
@@ -96,26 +112,110 @@ def main(argv: list[str] | None = None) -> int:
         except StageError as err:
             parser.error(artifacts.describe(err))
         args.explain.mkdir(parents=True, exist_ok=True)
-    results = []
-    for start in range(0, len(files), CHUNK):
-        chunk = files[start:start + CHUNK]
-        pixels, ok, errors = inference.load_images(chunk, classifier.image_size)
-        probs = classifier.predict(pixels, args.batch_size, tta=args.tta)
-        if args.explain and len(pixels):
-            write_explanations(gradcam, pixels, probs.argmax(axis=1), [chunk[i] for i in ok], labels, args.explain)
-        if probs.size and probs.shape[1] != len(labels):
-            raise SystemExit(f"predict: the model has {probs.shape[1]} outputs but {len(labels)} labels were given")
-        found = dict(zip(ok, probs))
-        for i, path in enumerate(chunk):
-            if i in errors:
-                print(f"predict: {path}: not a readable image ({errors[i]})", file=sys.stderr)
-                results.append({"path": str(path), "error": errors[i]})
-                continue
-            top = found[i].argsort()[::-1][:args.top_k]
-            results.append({"path": str(path), "predictions": [
-                {"label": labels[j], "probability": round(float(found[i][j]), 6)} for j in top]})
-    print(json.dumps(results, indent=2) if args.json else table(results))
-    return 0 if any("predictions" in r for r in results) else 1
+    calibration = read_calibration(args, parser)
+    results = [] if args.csv is None else None  # --csv streams: nothing is kept
+    with Rows(args.csv, args.top_k, len(files)) as rows:
+        for start in range(0, len(files), CHUNK):
+            chunk = files[start:start + CHUNK]
+            pixels, ok, errors = inference.load_images(chunk, classifier.image_size)
+            probs = calibrate(classifier.predict(pixels, args.batch_size, tta=args.tta), calibration)
+            if args.explain and len(pixels):
+                write_explanations(gradcam, pixels, probs.argmax(axis=1), [chunk[i] for i in ok], labels, args.explain)
+            if probs.size and probs.shape[1] != len(labels):
+                raise SystemExit(f"predict: the model has {probs.shape[1]} outputs but {len(labels)} labels were given")
+            found = dict(zip(ok, probs))
+            for i, path in enumerate(chunk):
+                if i in errors:
+                    print(f"predict: {path}: not a readable image ({errors[i]})", file=sys.stderr)
+                    result = {"path": str(path), "error": errors[i]}
+                else:
+                    top = found[i].argsort()[::-1][:args.top_k]
+                    result = {"path": str(path), "predictions": [
+                        {"label": labels[j], "probability": round(float(found[i][j]), 6)} for j in top]}
+                    if calibration["unknown_threshold"] is not None:
+                        result["unknown"] = bool(found[i][top[0]] < calibration["unknown_threshold"])
+                rows.add(result)
+                if results is not None:
+                    results.append(result)
+    if results is not None:
+        print(json.dumps(results, indent=2) if args.json else table(results))
+    return 0 if rows.classified else 1
+
+
+def read_calibration(args, parser) -> dict:
+    """{"temperature": to apply to the model's probabilities (1 where it is built in),
+    "unknown_threshold": float or None}, from ``--calibration`` or calibration.json beside the model."""
+    from pipeline.lib import inference
+
+    path = beside(args.model, args.calibration, inference.CALIBRATION_FILE)
+    if args.calibration and not path:
+        parser.error(f"--calibration {args.calibration}: no such file")
+    found = {}
+    if path:
+        try:
+            found = artifacts.read_json(path)
+            temperature = 1.0 if found["temperature_in_model"] else float(found["temperature"])
+            threshold = float(found["unknown_threshold"])
+        except (StageError, KeyError, TypeError, ValueError) as err:
+            parser.error(f"{path}: not a calibration file from the calibrate or export stage ({artifacts.describe(err)})")
+    else:
+        temperature, threshold = 1.0, None
+    if args.unknown_threshold is not None:
+        if not 0 <= args.unknown_threshold <= 1:
+            parser.error("--unknown-threshold must be between 0 and 1")
+        threshold = args.unknown_threshold or None
+    return {"temperature": temperature, "unknown_threshold": threshold}
+
+
+def calibrate(probs, calibration: dict):
+    """The model's probabilities at the calibration's temperature (unchanged at 1)."""
+    if calibration["temperature"] == 1.0 or not probs.size:
+        return probs
+    from pipeline.lib import confidence
+
+    return confidence.calibrated(confidence.logits_of(probs), calibration["temperature"]).astype("float32")
+
+
+class Rows:
+    """Counts the images classified; with a CSV path, streams each result into it as a row
+    (written to a temporary file, renamed over FILE at the end) behind a progress bar."""
+
+    def __init__(self, path: Path | None, top_k: int, total: int):
+        self.path, self.total, self.classified, self.unknown, self.unreadable = path, total, 0, 0, 0
+        self.fields = ["file", *[f"{kind}_{i}" for i in range(1, top_k + 1) for kind in ("label", "probability")],
+                       "unknown", "error"]
+
+    def __enter__(self):
+        self._open = contextlib.ExitStack()
+        if self.path:
+            from tqdm import tqdm
+
+            tmp = self._open.enter_context(artifacts.atomic_file(self.path))
+            self._writer = csv.DictWriter(self._open.enter_context(open(tmp, "w", newline="", encoding="utf-8")),
+                                          self.fields)
+            self._writer.writeheader()
+            self._bar = self._open.enter_context(tqdm(total=self.total, desc="predict", unit="img",
+                                                            file=sys.stderr))
+        return self
+
+    def add(self, result: dict) -> None:
+        self.classified += "predictions" in result
+        self.unknown += bool(result.get("unknown"))
+        self.unreadable += "error" in result
+        if self.path:
+            row = {"file": result["path"], "error": result.get("error", ""),
+                   "unknown": "" if "unknown" not in result else str(result["unknown"]).lower()}
+            for i, p in enumerate(result.get("predictions", []), 1):
+                row[f"label_{i}"], row[f"probability_{i}"] = p["label"], f"{p['probability']:.6f}"
+            self._writer.writerow(row)
+            self._bar.update()
+
+    def __exit__(self, *exc):
+        self._open.__exit__(*exc)  # the bar and the file closed, then the file renamed into place
+        if self.path and exc[0] is None:
+            print(f"predict: {self.classified} images classified ({self.unknown} unknown, {self.unreadable} "
+                  f"unreadable) into {self.path}", file=sys.stderr)
+        return False
 
 
 def write_explanations(gradcam, pixels, classes, paths: list[Path], labels: list[str], folder: Path) -> None:
@@ -137,6 +237,8 @@ def table(results: list[dict]) -> str:
     for r in results:
         cells = ["(unreadable)"] if "error" in r else [
             f"{p['label']:<{label_width}} {p['probability']:7.2%}" for p in r["predictions"]]
+        if any("unknown" in r for r in results):  # a calibrated model: the verdict first
+            cells.insert(0, f"{UNKNOWN if r.get('unknown') else '':<{len(UNKNOWN)}}")
         lines.append(f"{r['path']:<{width}}  " + "   ".join(cells))
     return "\n".join(lines)
 

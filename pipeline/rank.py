@@ -1,0 +1,100 @@
+"""What to label next: ``python -m pipeline rank MODEL IMAGES... --out FILE``.
+
+Ranks unlabelled images by how unsure the model is of them, the least sure first,
+and writes a CSV a labelling tool can import: rank, file, best label, its
+probability, uncertainty. MODEL is a ``.keras`` model of this pipeline
+(models/export/model.keras, or models/model.keras with models/calibration.json
+beside it): the probabilities are calibrated as ``pipeline.predict`` calibrates
+them, and the images' features (the backbone's, of each image and its mirror, as
+the embed stage computes them) keep near duplicates out: an image whose cosine
+similarity with one ranked above it reaches ``--similarity`` is left out, so the top
+of the list is diverse (confidence.rank). ``--by margin`` (default) ranks by 1 minus
+the gap between the two most probable classes, ``--by entropy`` by the entropy of
+the probabilities. IMAGES are files, folders or glob patterns, as for predict.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline import predict
+from pipeline.lib import artifacts
+from pipeline.lib.artifacts import StageError
+
+DEFAULT_SIMILARITY = 0.92  # audit.duplicate_similarity's default: the same notion of a near duplicate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline rank", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="a .keras model of this pipeline")
+    parser.add_argument("images", nargs="+", help="image files, folders or glob patterns: the unlabelled pool")
+    parser.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    parser.add_argument("--by", choices=("margin", "entropy"), default="margin")
+    parser.add_argument("--similarity", type=float, default=DEFAULT_SIMILARITY,
+                        help=f"cosine similarity of near duplicates, left out below the first (default {DEFAULT_SIMILARITY})")
+    parser.add_argument("--top", type=int, help="write only the first N images")
+    parser.add_argument("--labels", type=Path, help="class names file (default: labels.txt beside MODEL)")
+    parser.add_argument("--calibration", type=Path,
+                        help="temperature (default: calibration.json beside MODEL, if any)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    args.unknown_threshold = None
+    if args.model.suffix != ".keras" or not args.model.is_file():
+        parser.error(f"{args.model}: not a .keras file (rank needs the model's features as well as its probabilities)")
+    if not 0 < args.similarity <= 1 or (args.top is not None and args.top < 1) or args.batch_size < 1:
+        parser.error("--similarity must be in (0, 1], --top and --batch-size at least 1")
+    files, unmatched = predict.expand(args.images)
+    for pattern in unmatched:
+        print(f"rank: {pattern}: no such file, folder or matching pattern", file=sys.stderr)
+    if not files:
+        parser.error("no image files to rank")
+
+    import numpy as np
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from pipeline.lib import confidence, images, inference, models
+
+    labels = inference.read_labels(predict.find_labels(args.model, args.labels, inference.LABELS_FILE))
+    calibration = predict.read_calibration(args, parser)
+    try:
+        model = models.load(args.model)
+        extractor = model.get_layer("extractor")
+    except (StageError, ValueError) as err:
+        parser.error(f"{args.model}: {artifacts.describe(err)} (rank needs a model built by this pipeline)")
+    size = int(model.input_shape[1])
+    both = tf.function(lambda x: (model(x, training=False),
+                                  extractor(x, training=False) + extractor(tf.reverse(x, [2]), training=False)))
+    kept, probs, features = [], [], []
+    with tqdm(total=len(files), desc="rank", unit="img", file=sys.stderr) as bar:
+        for start in range(0, len(files), predict.CHUNK):
+            chunk = files[start:start + predict.CHUNK]
+            pixels, ok, errors = inference.load_images(chunk, size)
+            for i, error in errors.items():
+                print(f"rank: {chunk[i]}: not a readable image ({error}); left out", file=sys.stderr)
+            for b in range(0, len(pixels), args.batch_size):
+                p, f = both(tf.constant(pixels[b:b + args.batch_size], tf.float32))
+                probs.append(p.numpy())
+                features.append(f.numpy())
+            kept += [chunk[i] for i in ok]
+            bar.update(len(chunk))
+    if not kept:
+        parser.error("no readable image to rank")
+    probs = predict.calibrate(np.concatenate(probs), calibration)
+    order, uncertainty = confidence.rank(probs, np.concatenate(features), args.similarity, args.by, args.top)
+    rows = ({"rank": r, "file": str(kept[i]), "label": labels[int(probs[i].argmax())],
+             "probability": f"{probs[i].max():.6f}", "uncertainty": f"{u:.6f}"}
+            for r, (i, u) in enumerate(zip(order, uncertainty), 1))
+    with artifacts.atomic_file(args.out) as tmp:
+        images.write_csv(tmp, rows, ["rank", "file", "label", "probability", "uncertainty"])
+    left_out = len(kept) - len(order) if args.top is None else None
+    print(f"rank: {len(order)} images ranked by {args.by} into {args.out}"
+          + (f"; {left_out} near duplicate{'s' * (left_out > 1)} of images ranked above left out" if left_out else ""),
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
