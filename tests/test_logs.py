@@ -139,7 +139,8 @@ def summary_inputs(tmp_path):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "metrics.json").write_text("{not json")
     args = ["--ingest", "i.json", "--split", "s.json", "--audit", "a.json", "--head-log", "h", "--finetune-log", "f",
-            "--evaluate", "e", "--metrics", "metrics.json", "--export", "x.json", "--out", "summary.md"]
+            "--evaluate", "e", "--metrics", "metrics.json", "--calibration", "c.json", "--calibrate", "c",
+            "--export", "x.json", "--out", "summary.md"]
     return tmp_path, args
 
 

@@ -84,7 +84,7 @@ def test_b_sees_the_data_change_before_rerunning(b_changed):
     assert changed["ingest"] == [{"changed deps": {"data/images": "modified"}}]
     assert changed["data/images.dvc"] == [{"changed outs": {"data/images": "modified"}}]
     assert ran == ["ingest", "embed", "split", "audit", "augment", "extract_features", "train_head", "finetune",
-                   "evaluate", "export", "summary"]  # the new images go through the whole pipeline
+                   "evaluate", "calibrate", "export", "summary"]  # the new images go through the whole pipeline
 
 
 def test_no_image_changed_split_when_b_added_and_moved_images(b_changed, finished):

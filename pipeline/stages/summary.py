@@ -1,9 +1,9 @@
 """summary: the stages' reports -> reports/summary.md, a model card readable on its own.
 
 Data (images per class and split, what was skipped and why, what the audit
-found), backbone and
-key params, head-only against fine-tuned results, every exported file with
-its size and parity, and the figures' file names. Plain Markdown, short
+found), backbone and key params, head-only against fine-tuned results,
+calibration and "unknown" (with the reliability diagram), every exported file
+with its size, parity and speed, and the figures' file names. Plain Markdown, short
 enough to post as a CI comment (``cat reports/summary.md``).
 """
 from __future__ import annotations
@@ -23,6 +23,9 @@ FIGURES = {  # file under a report folder -> what it shows
     "confusion_head.png": "confusion matrix, head only",
     "per_class_f1.png": "per-class F1, head only and fine-tuned",
     "mistakes.png": "the fine-tuned model's most confident mistakes on the test split, with file names and Grad-CAM heat maps",
+    "calibration.png": "reliability diagram before and after calibration, and accuracy against coverage",
+    "precision_recall.png": "per-class precision-recall curves (calibrated probabilities)",
+    "unknown.png": "top calibrated probability of test and out-of-distribution images, the unknown threshold marked",
 }
 
 
@@ -101,25 +104,46 @@ def results_section(metrics: dict, head_log: dict, finetune_log: dict, per_class
     return lines
 
 
+def calibration_section(calibration: dict, figure: str) -> list[str]:
+    """Temperature, ECE/NLL/Brier before and after, the unknown threshold and how it separates."""
+    before, after, unknown = calibration["test_before"], calibration["test_after"], calibration["unknown"]
+    rows = [[name, m["ece"], m["nll"], m["brier"], m["accuracy"]]
+            for name, m in (("uncalibrated", before), (f"temperature {calibration['temperature']:.3f}", after))]
+    ood = [[name, m["auroc"], m["fpr_at_95_tpr"]] for name, m in unknown["ood_separation"].items()]
+    text = (f"Unknown: an image whose top calibrated probability is below **{unknown['threshold']:.3f}** "
+            f"(kept {unknown['validation_kept']:.1%} of the validation images). On the test split it keeps "
+            f"{unknown['test_kept']:.1%} of the images, {unknown['test_accuracy_kept'] or 0:.1%} of them right; it "
+            f"calls {unknown['ood_called_unknown']:.1%} of the {unknown['ood_images']} out-of-distribution images "
+            "unknown. How well each score separates test from out-of-distribution images:")
+    return (["## Calibration and unknown", "", "On the test split (ECE: 15 equal-width bins; the temperature was "
+             "fitted on the validation split and is built into every exported file):", ""]
+            + table(["probabilities", "ECE", "NLL", "Brier", "accuracy"], rows) + ["", text, ""]
+            + table(["score", "AUROC", "FPR at 95% TPR"], ood) + ["", f"![reliability diagram]({figure})"])
+
+
 def export_section(export: dict) -> list[str]:
-    rows = [[f"`{FORMATS[name].file}`", FORMATS[name].runtime, f"{m['size_mb']:.2f}", m["accuracy"], m["agreement"]]
+    rows = [[f"`{FORMATS[name].file}`", FORMATS[name].runtime, f"{m['size_mb']:.2f}", m["accuracy"], m["agreement"],
+             f"{m['latency_ms_median']:.1f} / {m['latency_ms_p95']:.1f}", f"{m['images_per_s']:.0f}"]
             for name, m in export.items() if name in FORMATS]
-    return ["## Exported model", "", "Each file with `labels.txt` beside it (the TFLite files also carry the labels "
-            "and input normalization as metadata); accuracy and agreement (share of test images with the same "
-            "top-1 class as the Keras model) measured on the test split, through the runtime named:", ""] + \
-        table(["file", "runtime", "size (MB)", "test accuracy", "agreement"], rows) + \
+    return ["## Exported model", "", "Each file with `labels.txt` and `calibration.json` (temperature, unknown "
+            "threshold) beside it (the TFLite files also carry the labels, input normalization and threshold as "
+            "metadata); accuracy and agreement (share of test images with the same top-1 class as the Keras model) "
+            "measured on the test split, through the runtime named. Times are from the machine that ran the export "
+            f"stage: latency of one image (median / 95th percentile), throughput at batch "
+            f"{export.get('timing_batch_size', '?')}; compare them only with times measured on the same machine.", ""] + \
+        table(["file", "runtime", "size (MB)", "test accuracy", "agreement", "ms per image", "images/s"], rows) + \
         [f"\nNot checked: {name} ({reason})." for name, reason in export.get("not_checked", {}).items()]
 
 
 def main() -> None:
     args = artifacts.start(__doc__, "ingest", "split", "audit", "head_log", "finetune_log", "evaluate", "metrics",
-                           "export", "out")
+                           "calibration", "calibrate", "export", "out")
     p = params.load(PARAMS)
     read = artifacts.read_json
     metrics, split = read(args.metrics), read(args.split)
     here = args.out.parent
     figures = [f"- `{os.path.relpath(folder / name, here)}`: {what}"
-               for folder in (args.head_log, args.finetune_log, args.evaluate)
+               for folder in (args.head_log, args.finetune_log, args.evaluate, args.calibrate)
                for name, what in FIGURES.items() if (folder / name).exists()]
     lines = [f"# Model card: {p.base.backbone} fine-tuned on {len(split['labels'])} classes", "",
              f"**Test accuracy {metrics['finetune']['accuracy']:.3f} fine-tuned, "
@@ -131,6 +155,8 @@ def main() -> None:
     lines += model_section(p, split, head_log["class_weights"]) + [""]
     lines += results_section(metrics, head_log, read(args.finetune_log / "metrics.json"),
                              read(args.evaluate / "per_class.json")) + [""]
+    lines += calibration_section(read(args.calibration),
+                                 os.path.relpath(args.calibrate / "calibration.png", here)) + [""]
     lines += export_section(read(args.export)) + [""]
     lines += ["## Figures", "", *figures, ""]
     with artifacts.atomic_file(args.out) as tmp:
