@@ -86,7 +86,9 @@ def test_the_temperature_built_into_a_model_gives_the_calibrated_probabilities()
     calibrated = model.predict_on_batch(x)
     np.testing.assert_allclose(calibrated, expected, atol=1e-5)
     assert np.array_equal(calibrated.argmax(axis=1), before.argmax(axis=1))
-    logits = models.logits(model).predict_on_batch(x)  # the calibrated logits, z / T
+    logits_model = models.logits(model)
+    logits = logits_model.predict_on_batch(x)  # the calibrated logits, z / T
     np.testing.assert_allclose(confidence.calibrated(logits, 1.0), expected, atol=1e-5)
+    np.testing.assert_allclose(model.predict_on_batch(x), calibrated)  # the copy's change leaves the model alone
     with pytest.raises(Exception, match="softmax Dense"):
-        models.output_layer(model)  # no softmax left: not a classifier of this pipeline
+        models.output_layer(logits_model)  # no softmax left: not a classifier of this pipeline

@@ -358,17 +358,24 @@ def output_layer(model: keras.Model) -> keras.layers.Dense:
     layer = model.layers[-1]
     while isinstance(layer, keras.Model):
         layer = layer.layers[-1]
-    if not isinstance(layer, keras.layers.Dense) or layer.activation is not keras.activations.softmax:
+    if not isinstance(layer, keras.layers.Dense) or layer.get_config()["activation"] != "softmax":
         raise StageError(f"{model.name} does not end in a softmax Dense layer (it ends in {layer.name}, "
                          f"{type(layer).__name__}): not a classifier built by this pipeline")
     return layer
 
 
 def logits(model: keras.Model) -> keras.Model:
-    """A model that returns ``model``'s logits: the same layers, its output layer's softmax
-    removed (in place: ``model`` itself then returns logits too, once it is traced anew)."""
-    output_layer(model).activation = keras.activations.linear
-    return keras.Model(model.inputs, model.outputs, name=model.name)  # not traced yet: no softmax cached
+    """A copy of ``model`` that returns its logits: the same weights, the output layer's softmax
+    left out (cloned from its config with a linear activation, as ``with_precision`` clones)."""
+    output = output_layer(model)
+
+    def clone(layer):
+        config = layer.get_config()
+        return layer.__class__.from_config({**config, "activation": "linear"} if layer is output else config)
+
+    converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    converted.set_weights(model.get_weights())
+    return converted
 
 
 def apply_temperature(model: keras.Model, temperature: float) -> keras.Model:
