@@ -23,7 +23,12 @@ BAG = 8  # Fashion-MNIST's class index of "Bag"
 def main(out: Path, count: int) -> None:
     from keras.datasets import fashion_mnist
 
-    _, (x, y) = fashion_mnist.load_data()
+    try:
+        _, (x, y) = fashion_mnist.load_data()
+    except Exception as err:  # a failed download raises URLError, OSError, ValueError...
+        sys.exit(f"fashion_mnist_ood: could not read Fashion-MNIST ({type(err).__name__}: {err}). Offline, install "
+                 "Debian's copy (apt-get install dataset-fashion-mnist) and run `make offline-cache`, which links it "
+                 "into Keras' cache")
     bags = x[y == BAG][:count]
     out.mkdir(parents=True)
     for i, pixels in enumerate(bags):
