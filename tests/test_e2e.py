@@ -59,6 +59,9 @@ def test_outputs_exist_with_the_right_shapes(finished):
               "reports/audit/near_duplicates.csv"):
         assert (p / f).stat().st_size > 0, f
     assert (p / "models/export/labels.txt").read_text().split() == labels
+    calibration = json.loads((p / "models/export/calibration.json").read_text())
+    assert calibration["temperature_in_model"] and calibration == {
+        **json.loads((p / "models/calibration.json").read_text()), "temperature_in_model": True}
     report = json.loads((p / "reports/ingest.json").read_text())
     assert report["kept"] == 120 and report["skipped_files"][0]["path"] == "circle/broken.png"
     per_class = json.loads((p / "reports/evaluate/per_class.json").read_text())

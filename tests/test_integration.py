@@ -38,6 +38,7 @@ def clothing(tmp_path_factory):
         base={"image_size": 128},
         train_head={"epochs": 40, "patience": 8},
         finetune={"unfreeze_layers": 10, "epochs": 1, "learning_rate": 1e-5, "batch_size": 16},
+        export={"timing_runs": 8},
     )
     return Project(tmp / "project", params, env={"KERAS_HOME": str(keras_home)}, data=subset)
 

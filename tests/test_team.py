@@ -152,8 +152,7 @@ def test_data_registry_import_then_update_reruns_from_ingest(tmp_path):
     registry.run("git", "commit", "-qm", "shapes v1")
     registry.run("dvc", "push")
 
-    project = Project(tmp_path / "project", default_params(**TINY))
-    (project.path / "data").mkdir()
+    project = Project(tmp_path / "project", default_params(**TINY))  # data/ holds its data/ood already
     project.run("dvc", "import", str(registry.path), "datasets/shapes", "-o", "data/images")
     project.run("git", "add", "-A")
     project.run("git", "commit", "-qm", "data from the registry")

@@ -26,7 +26,7 @@ TINY = dict(
     augment={"copies": 1},
     train_head={"epochs": 40, "patience": 10, "learning_rate": 0.003, "batch_size": 32},
     finetune={"unfreeze_layers": 5, "epochs": 1, "learning_rate": 1e-4, "batch_size": 16, "patience": 1},
-    export={"representative_images": 16},
+    export={"representative_images": 16, "timing_runs": 8},
 )
 
 
