@@ -41,7 +41,7 @@ def environment(tmp: Path) -> dict:
 def make_project(path: Path, env: dict, fill=None, timings: dict | None = None, **sections) -> Path:
     """A scratch git + DVC copy of the project, params overridden, its data/images made by
     ``fill(folder)`` (default: the offline clothing photos) and tracked with `dvc add`, whose
-    wall seconds go to ``timings["dvc add"]``."""
+    wall seconds go to ``timings["dvc add"]``; data/ood copied from this checkout's."""
     shutil.copytree(ROOT / "pipeline", path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(ROOT / name, path / name)
@@ -50,10 +50,14 @@ def make_project(path: Path, env: dict, fill=None, timings: dict | None = None, 
         params[name].update(values)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (fill or copy_clothing)(path / "data" / "images")
+    if not (ROOT / "data" / "ood").is_dir():
+        sys.exit(f"{ROOT / 'data' / 'ood'} is missing (the calibrate stage's out-of-distribution set): run `make data`")
+    shutil.copytree(ROOT / "data" / "ood", path / "data" / "ood", copy_function=shutil.copyfile)
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
                 ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"],
                 ["dvc", "config", "core.analytics", "false"]):
         run(cmd, path, env)
+    run(["dvc", "add", "-q", "data/ood"], path, env)
     seconds, _ = run(["dvc", "add", "-q", "data/images"], path, env)
     if timings is not None:
         timings["dvc add"] = seconds

@@ -35,8 +35,8 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, make_project, median, rates, run, save, table  # noqa: E402
 
-STAGES = ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate", "export",
-          "summary"]
+STAGES = ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate", "calibrate",
+          "export", "summary"]
 # Small enough for a 2-core machine at 100k images, the recipe unchanged: real ImageNet weights,
 # features cached once, head, then one epoch of fine-tuning.
 # The synthetic images all look alike to the backbone: near-duplicate grouping would chain them into
