@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.lib import inference  # TensorFlow: imported only once the arguments are known good
 
     labels = inference.read_labels(find_labels(args.model, args.labels, inference.LABELS_FILE))
+    calibration = read_calibration(args, parser)
     try:
         classifier = inference.load(args.model)
     except (ValueError, StageError) as err:  # StageError: a .keras file that does not load
@@ -112,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         except StageError as err:
             parser.error(artifacts.describe(err))
         args.explain.mkdir(parents=True, exist_ok=True)
-    calibration = read_calibration(args, parser)
     results = [] if args.csv is None else None  # --csv streams: nothing is kept
     with Rows(args.csv, args.top_k, len(files)) as rows:
         for start in range(0, len(files), CHUNK):

@@ -113,6 +113,16 @@ def test_predict_fails_only_when_nothing_could_be_classified(exported, tmp_path,
     with pytest.raises(SystemExit):
         predict.main([str(tmp_path / "model.keras"), str(exported / "labels.txt")])
     assert f"{tmp_path / 'model.keras'} is not a readable Keras model" in capsys.readouterr().err
+    (tmp_path / "calibration.json").write_text('{"temperature": 2.0}')  # no threshold: not the stages' file
+    image = tmp_path / "ok.png"
+    images.save_png(np.zeros((8, 8, 3), np.uint8), image)
+    for bad in (["--calibration", str(tmp_path / "calibration.json")], ["--calibration", str(tmp_path / "none.json")],
+                ["--unknown-threshold", "1.5"]):
+        with pytest.raises(SystemExit):
+            predict.main([str(exported / "model.keras"), str(image), *bad])
+    err = capsys.readouterr().err
+    assert "not a calibration file from the calibrate or export stage" in err and "none.json: no such file" in err
+    assert "--unknown-threshold must be between 0 and 1" in err
 
 
 def test_a_failed_conversion_names_the_file_and_the_reason(exported, tmp_path, monkeypatch):
