@@ -14,11 +14,9 @@ shared=${1:-../shared}
 commit=11961516512414bf9f6c150a832cfd21b54a6b54
 url=https://github.com/alexeygrigorev/clothing-dataset-small/archive/$commit.zip
 
-[ -e data/images ] && exit 0
-if dvc pull -q data/images.dvc 2>/dev/null; then
-  echo "get-data: data/images pulled"
-  exit 0
-fi
+source "$(dirname "$0")/pinned.sh"
+
+pull images get-data
 if ! grep -q "$commit" data/images.dvc; then
   echo "get-data: data/images is missing and 'dvc pull data/images.dvc' could not fetch it;" \
        "configure the team's remote (dvc remote add -d ...) or dvc add your images" >&2
@@ -34,13 +32,4 @@ if [ -d "$shared/datasets/clothing-dataset-small" ]; then
 else
   python -m pipeline.lib.sources "$url" "$tmp" train validation test
 fi
-mv "$tmp" data/images
-dvc commit -f -q data/images.dvc
-if ! git diff --quiet data/images.dvc; then
-  git checkout -q data/images.dvc
-  mv data/images data/images.unpinned
-  echo "get-data: the files differ from the version pinned in data/images.dvc; kept them in" \
-       "data/images.unpinned for a look" >&2
-  exit 1
-fi
-echo "get-data: data/images matches data/images.dvc"
+keep_if_pinned images "$tmp" get-data

@@ -8,11 +8,9 @@
 set -euo pipefail
 marker=fashion-mnist-bags  # in data/ood.dvc's desc while it pins the default set
 
-[ -e data/ood ] && exit 0
-if dvc pull -q data/ood.dvc 2>/dev/null; then
-  echo "get-ood: data/ood pulled"
-  exit 0
-fi
+source "$(dirname "$0")/pinned.sh"
+
+pull ood get-ood
 if ! grep -q "$marker" data/ood.dvc; then
   echo "get-ood: data/ood is missing and 'dvc pull data/ood.dvc' could not fetch it; configure the" \
        "team's remote or dvc add a folder of images of other things (docs/evaluation.md)" >&2
@@ -21,12 +19,4 @@ fi
 tmp=data/.ood.tmp
 rm -rf "$tmp"
 python scripts/fashion_mnist_ood.py "$tmp"
-mv "$tmp" data/ood
-dvc commit -f -q data/ood.dvc
-if ! git diff --quiet data/ood.dvc; then
-  git checkout -q data/ood.dvc
-  mv data/ood data/ood.unpinned
-  echo "get-ood: the files differ from the version pinned in data/ood.dvc; kept them in data/ood.unpinned" >&2
-  exit 1
-fi
-echo "get-ood: data/ood matches data/ood.dvc"
+keep_if_pinned ood "$tmp" get-ood

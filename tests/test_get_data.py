@@ -17,7 +17,7 @@ def checkout(path: Path) -> Path:
     """A git + DVC repository holding what the script reads: data/images.dvc and the script."""
     (path / "data").mkdir(parents=True)
     (path / "scripts").mkdir()
-    for name in ("data/images.dvc", "data/ood.dvc", "data/.gitignore", "scripts/get-data.sh", "scripts/get-ood.sh",
+    for name in ("data/images.dvc", "data/ood.dvc", "data/.gitignore", "scripts/get-data.sh", "scripts/get-ood.sh", "scripts/pinned.sh",
                  "scripts/fashion_mnist_ood.py"):
         shutil.copy(ROOT / name, path / name)
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
