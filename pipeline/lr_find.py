@@ -110,8 +110,8 @@ def setup(stage: str, paths: dict[str, Path], p) -> tuple:
     models.set_seed(p.seed)
     hp = getattr(p, stage)
     if stage == "train_head":
-        x, y = (np.load(paths["features"] / f"train_{a}.npy") for a in "xy")
-        labels = artifacts.read_json(paths["labels"])
+        labels = artifacts.read_labels(paths["labels"])
+        x, y = artifacts.read_features(paths["features"], "train", len(labels))
         batches = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=p.seed).repeat().batch(hp.batch_size)
         return (models.build_head(x, len(labels), hp.hidden_units, hp.dropout), batches, labels,
                 np.bincount(y, minlength=len(labels)))

@@ -42,8 +42,10 @@ def expand(patterns: list[str]) -> tuple[list[Path], list[str]]:
         path = Path(pattern)
         if path.is_dir():
             files += images.image_files(path)
-        elif path.exists():
+        elif path.is_file():
             files.append(path)
+        elif path.exists():  # reading a FIFO would wait for a writer for ever
+            print(f"predict: {pattern}: not a regular file (a FIFO, device or socket): skipped", file=sys.stderr)
         elif glob.has_magic(pattern) and (matches := sorted(glob.glob(pattern, recursive=True))):
             files += [Path(m) for m in matches if Path(m).is_file()]
         else:
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--top-k and --batch-size must be at least 1")
     if args.explain and args.model.suffix != ".keras":
         parser.error("--explain needs the .keras model (the exported formats carry no gradients)")
+    if args.explain and args.explain.exists() and not args.explain.is_dir():
+        parser.error(f"--explain {args.explain}: a file is there; name a folder to write the heat maps into")
     files, unmatched = expand(args.images)
     for pattern in unmatched:
         print(f"predict: {pattern}: no such file, folder or matching pattern", file=sys.stderr)
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     calibration = read_calibration(args, parser)
     try:
         classifier = inference.load(args.model)
-    except (ValueError, StageError) as err:  # StageError: a .keras file that does not load
+    except StageError as err:  # not one of the formats, or a damaged file of one
         parser.error(artifacts.describe(err))
     if args.explain:
         from pipeline.lib import explain
@@ -243,5 +247,17 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run(argv: list[str] | None = None) -> int:
+    """``main``, with a known error (a damaged labels or model file) as one line and exit 1."""
+    try:
+        return main(argv)
+    except StageError as err:
+        print(f"predict: {artifacts.describe(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # --csv FILE is written atomically: nothing half-written is left
+        print("predict: interrupted", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

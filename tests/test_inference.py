@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.lib import formats, images, inference, models
 from pipeline import predict
+from pipeline.lib.artifacts import StageError
 
 SIZE = 32
 LABELS = ["circle", "square", "triangle"]
@@ -65,7 +66,7 @@ def test_int8_file_takes_uint8_pixels(exported):
 
 def test_unknown_model_file_is_refused(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"x")
-    with pytest.raises(ValueError, match="not a .keras, .tflite or .onnx file or a SavedModel folder"):
+    with pytest.raises(StageError, match="not a .keras, .tflite or .onnx file or a SavedModel folder"):
         inference.load(tmp_path / "model.pt")
 
 
@@ -112,7 +113,7 @@ def test_predict_fails_only_when_nothing_could_be_classified(exported, tmp_path,
     (tmp_path / "labels.txt").write_text("a\nb\n")
     with pytest.raises(SystemExit):
         predict.main([str(tmp_path / "model.keras"), str(exported / "labels.txt")])
-    assert f"{tmp_path / 'model.keras'} is not a readable Keras model" in capsys.readouterr().err
+    assert f"{tmp_path / 'model.keras'} is damaged (not a .keras zip archive)" in capsys.readouterr().err
     (tmp_path / "calibration.json").write_text('{"temperature": 2.0}')  # no threshold: not the stages' file
     image = tmp_path / "ok.png"
     images.save_png(np.zeros((8, 8, 3), np.uint8), image)

@@ -151,7 +151,7 @@ def test_an_error_is_one_line_naming_its_cause_and_the_whole_chain_with_pipeline
                            text=True, env=env, timeout=120)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr, plain.stderr
     [line] = [line for line in plain.stderr.splitlines() if "ERROR" in line]
-    assert "metrics.json is not valid JSON" in line
+    assert "metrics.json is damaged (not valid JSON" in line
     assert line.endswith("[cause: JSONDecodeError; PIPELINE_DEBUG=1 shows the traceback]"), line
     debug = subprocess.run([sys.executable, "-m", "pipeline", "summary", *args], cwd=folder, capture_output=True,
                            text=True, env={**env, "PIPELINE_DEBUG": "1"}, timeout=120)

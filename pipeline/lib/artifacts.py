@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -17,6 +18,9 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
+import yaml
 
 from pipeline.lib.params import ParamsError
 
@@ -58,6 +62,10 @@ def run(main: Any) -> None:
                 err = missing
         report(err)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: the outputs are as they were (written atomically)
+        logging.getLogger("pipeline").error("interrupted: no output was changed; `dvc repro` "
+                                            "starts again (finetune resumes from its last epoch)")
+        sys.exit(130)
 
 
 def debugging() -> bool:
@@ -83,6 +91,114 @@ def report(err: BaseException) -> None:
 def missing_input(path: Any) -> StageError:
     return StageError(f"missing input {path}: `dvc repro` builds each stage's inputs first "
                       "(or `dvc pull` fetches them)")
+
+
+def damaged(path: Any, what: str) -> StageError:
+    """The error for an artifact that exists but cannot be what its stage wrote (a killed copy, a
+    bad disk, a hand edit): it names the file and the stage of dvc.yaml that writes it."""
+    stage, out = producer(path)
+    fix = (f"rerun `dvc repro -f -s {stage}` or restore it with `dvc checkout {out}`" if stage
+           else "replace it with a good copy")
+    return StageError(f"{path} is damaged ({what}): {fix}")
+
+
+def producer(path: Any, dvc_yaml: Path = Path("dvc.yaml")) -> tuple[str | None, str | None]:
+    """(the dvc.yaml stage whose output holds ``path``, that output), or (None, None) when no
+    stage of ./dvc.yaml writes it (a file given to ``predict``, a run outside a project)."""
+    try:
+        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
+        target = Path(os.path.relpath(Path(path).absolute(), Path.cwd()))
+        for name, stage in stages.items():
+            for kind in ("outs", "metrics", "plots"):
+                for entry in stage.get(kind) or []:
+                    out = Path(next(iter(entry)) if isinstance(entry, dict) else entry)
+                    if target == out or out in target.parents:
+                        return name, out.as_posix()
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        pass
+    return None, None
+
+
+def read_npy(path: Any, dtype: str, ndim: int, mmap: bool = False) -> np.ndarray:
+    """A ``.npy`` file a stage wrote, checked before anything is read: NumPy's header must give
+    ``dtype`` (or any integer type, for ``"integer"``) and ``ndim`` dimensions, and the file must hold exactly the bytes the header
+    promises, so neither pickled data nor a header claiming a huge array is ever loaded."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"unknown .npy format version {version}")
+            shape, fortran, found = read_header(f, max_header_size=10_000)
+            offset = f.tell()
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, SyntaxError, TypeError) as err:  # NumPy's header parser raises these
+        raise damaged(path, f"not a NumPy .npy file: {err}") from err
+    right_type = np.issubdtype(found, np.integer) if dtype == "integer" else found == np.dtype(dtype)
+    if not right_type or len(shape) != ndim or fortran:
+        raise damaged(path, f"holds a {'x'.join(map(str, shape)) or 'scalar'} {found} array, "
+                            f"not a {ndim}-dimensional {dtype} one")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * found.itemsize
+    if (size := path.stat().st_size) != expected:
+        raise damaged(path, f"{size:,} bytes, but its header promises {expected:,}")
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def read_labels(path: Any) -> list[str]:
+    """Class names, in output order: a ``labels.txt`` (one per line, as export writes it) or a JSON
+    list (the split stage's ``labels.json``). Not UTF-8, not JSON, not a list of distinct names:
+    ``damaged``, naming the file (and the line)."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise damaged(path, f"not UTF-8 text: line {line} holds {data[err.start:err.start + 4]!r}") from err
+    if path.suffix == ".json":
+        try:
+            labels = json.loads(text)
+        except ValueError as err:
+            raise damaged(path, f"not valid JSON: {err}") from err
+    else:
+        labels = [line for line in text.splitlines() if line.strip()]
+    if not (isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels)):
+        raise damaged(path, "not a list of class names")
+    if len(set(labels)) != len(labels):
+        raise damaged(path, "a class name appears twice")
+    return labels
+
+
+def read_features(folder: Any, part: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` of extract_features' ``<part>_x.npy`` (float32 vectors) and ``<part>_y.npy``
+    (class indices), checked to agree with each other and with the ``classes`` labels."""
+    folder = Path(folder)
+    x = read_npy(folder / f"{part}_x.npy", "float32", 2)
+    y = read_npy(folder / f"{part}_y.npy", "integer", 1)
+    if len(x) != len(y):
+        raise damaged(folder / f"{part}_y.npy", f"{len(y):,} labels for {len(x):,} feature vectors")
+    if len(y) and not (0 <= y.min() and y.max() < classes):
+        raise damaged(folder / f"{part}_y.npy", f"class indices outside 0..{classes - 1}")
+    return x, y
+
+
+def out_of_space(err: BaseException) -> bool:
+    """``err`` says a disk is full: an OSError, or TensorFlow's ResourceExhaustedError for a file."""
+    return (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        type(err).__name__ == "ResourceExhaustedError" and "space" in str(err).lower())
+
+
+def check_free_space(path: Any, needed: int, what: str) -> None:
+    """Stop before writing ``needed`` bytes under ``path``'s folder if its disk has less free."""
+    folder = Path(path).absolute().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise StageError(f"{path}: {what} needs about {needed / 1e6:,.0f} MB but its disk has "
+                         f"{free / 1e6:,.0f} MB free; free space there (or move the project)")
 
 
 def keras_cache_dir() -> Path:
@@ -121,12 +237,15 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(text + "\n")
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, kind: type | None = None) -> Any:
+    """A JSON file a stage wrote (of type ``kind``, if given): anything else is ``damaged``."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise StageError(f"{path} is not valid JSON ({err}); rebuild it with `dvc repro --force` of the "
-                         "stage that writes it") from err
+        raise damaged(path, f"not valid JSON: {err}") from err
+    if kind is not None and not isinstance(data, kind):
+        raise damaged(path, f"a JSON {type(data).__name__}, not a {kind.__name__}")
+    return data
 
 
 @contextlib.contextmanager
@@ -142,8 +261,13 @@ def _atomic(final: Path, is_dir: bool) -> Iterator[Path]:
         tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         _remove(tmp)
+        if out_of_space(err):
+            free = shutil.disk_usage(final.parent).free
+            raise StageError(f"{final}: the disk ran out of space while writing it ({free / 1e6:,.0f} MB "
+                             "free now); the previous version, if any, is untouched. Free space and "
+                             "rerun") from err
         raise
     # rename() cannot replace a non-empty directory: move the old one aside first.
     old = final.with_name(f".{final.stem}.old-{os.getpid()}{final.suffix}")

@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.lib import images
+from pipeline.lib import artifacts, images
 from pipeline.lib.artifacts import StageError
 
 # Similarities held at once while searching neighbours; the search's scratch (their top-k partition's
@@ -29,7 +29,7 @@ PROBE_C = 0.003
 def read_embeddings(folder: Path, rows: list[dict]) -> tuple[list[dict], np.ndarray]:
     """Embed's record (``images.csv``: manifest fields and measured quality) and embedding of each of
     ``rows``, checked by path and content hash to be embed's output for these very images."""
-    recorded = images.read_csv(folder / "images.csv")
+    recorded = images.read_csv(folder / "images.csv", images.MANIFEST_FIELDS + images.QUALITY_FIELDS)
     by_path = {r["path"]: i for i, r in enumerate(recorded)}
     for row in rows:
         i = by_path.get(row["path"])
@@ -37,7 +37,11 @@ def read_embeddings(folder: Path, rows: list[dict]) -> tuple[list[dict], np.ndar
             raise StageError(f"{folder} has no embedding of {row['path']} as recorded here (embed ran on other "
                              "images): run `dvc repro`")
     at = [by_path[r["path"]] for r in rows]
-    return [recorded[i] for i in at], np.load(folder / "features.npy", mmap_mode="r")[at]
+    features = artifacts.read_npy(folder / "features.npy", "float32", 2, mmap=True)
+    if len(features) != len(recorded):
+        raise artifacts.damaged(folder / "features.npy", f"{len(features):,} embeddings for the "
+                                f"{len(recorded):,} images of {folder / 'images.csv'}")
+    return [recorded[i] for i in at], features[at]
 
 
 def normalized(x: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ files run on LiteRT (``ai_edge_litert``), the runtime that replaces
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -177,26 +176,34 @@ class MediaPipeClassifier(Classifier):
         self.classifier.close()
 
 
+FORMATS = "a .keras, .tflite or .onnx file or a SavedModel folder"
+
+
 def load(path: Path) -> Classifier:
-    """A ``.keras``, ``.tflite`` or ``.onnx`` file, or a SavedModel folder."""
+    """A ``.keras``, ``.tflite`` or ``.onnx`` file, or a SavedModel folder. A file of one of these
+    formats that does not load is ``damaged``: one line naming it, whatever its runtime raised."""
     path = Path(path)
     if path.is_dir() and (path / "saved_model.pb").exists():
-        return SavedModelClassifier(path)
-    if path.suffix == ".tflite" and path.is_file():
-        return TFLiteClassifier(path)
-    if path.suffix == ".onnx" and path.is_file():
-        return OnnxClassifier(path)
-    if path.suffix == ".keras" and path.is_file():
-        return KerasClassifier(models.load(path))
-    raise ValueError(f"{path}: not a .keras, .tflite or .onnx file or a SavedModel folder")
+        kind = SavedModelClassifier
+    elif path.suffix == ".tflite" and path.is_file():
+        kind = TFLiteClassifier
+    elif path.suffix == ".onnx" and path.is_file():
+        kind = OnnxClassifier
+    elif path.suffix == ".keras" and path.is_file():
+        return KerasClassifier(models.load(path))  # models.load names a damaged file itself
+    else:
+        raise artifacts.StageError(f"{path}: not {FORMATS}")
+    try:
+        return kind(path)
+    except Exception as err:  # TensorFlow, LiteRT and onnxruntime each raise their own types
+        message = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise artifacts.damaged(path, f"{kind.__name__[:-len('Classifier')]} cannot load it: "
+                                      f"{type(err).__name__}: {message}") from err
 
 
 def read_labels(path: Path) -> list[str]:
     """Class names from ``labels.txt`` (one per line) or a JSON list (``labels.json``)."""
-    text = Path(path).read_text(encoding="utf-8")
-    if Path(path).suffix == ".json":
-        return list(json.loads(text))
-    return [line for line in text.splitlines() if line.strip()]
+    return artifacts.read_labels(path)
 
 
 def write_labels(path: Path, labels: Iterable[str]) -> None:
@@ -226,8 +233,8 @@ def load_split(source: Path, split: Path, size: int, part: str = "test") -> tupl
     """(rows of split ``part``: train, val or test; their pixels decoded as predict does, integer
     labels, class names). The images are read from the source folder ``source``, each checked
     against the hash ingest recorded."""
-    labels = artifacts.read_json(split / "labels.json")
-    rows = images.read_csv(split / f"{part}.csv")
+    labels = artifacts.read_labels(split / "labels.json")
+    rows = images.read_csv(split / f"{part}.csv", images.MANIFEST_FIELDS)
 
     decode = functools.partial(images.decode_recorded, source, size)
     batches = [image for batch in images.process_batches(decode, rows, 256) for image in batch]

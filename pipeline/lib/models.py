@@ -318,11 +318,13 @@ def load(path: Path) -> keras.Model:
     """Load a saved model in safe mode: no Lambda layers, nothing unpickled."""
     if not Path(path).is_file():
         raise artifacts.missing_input(path)
+    if not zipfile.is_zipfile(path):  # Keras would answer "File not found" for such a file
+        raise artifacts.damaged(path, "not a .keras zip archive")
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as err:  # zipfile, h5py and Keras each raise their own types for a bad file
-        raise StageError(f"{path} is not a readable Keras model ({type(err).__name__}: "
-                         f"{(str(err).strip().splitlines() or [''])[0][:300]})") from err
+        raise artifacts.damaged(path, f"not a readable Keras model: {type(err).__name__}: "
+                                      f"{(str(err).strip().splitlines() or [''])[0][:300]}") from err
 
 
 def with_precision(model: keras.Model, precision: str) -> keras.Model:

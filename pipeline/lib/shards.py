@@ -11,10 +11,11 @@ a time, never holding the dataset in memory.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -79,12 +80,44 @@ def files(directory: Path | str, name: str) -> list[str]:
 
 
 def meta(directory: Path | str) -> dict:
-    """The ``meta.json`` the augment stage writes beside the shards: image_size, counts, labels."""
+    """The ``meta.json`` the augment stage writes beside the shards: image_size, counts, labels,
+    class_counts; checked for its keys and types, and its counts against the shard files there.
+    A count that lies by less than a shard is caught while reading (``reading``)."""
     path = _join(directory, "meta.json")
     if not tf.io.gfile.exists(path):
         raise artifacts.missing_input(path)
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            info = json.loads(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise artifacts.damaged(path, f"not valid JSON: {err}") from err
+    counts = info.get("counts") if isinstance(info, dict) else None
+    if not (isinstance(counts, dict) and all(type(v) is int and v >= 0 for v in counts.values())
+            and type(info.get("image_size")) is int):
+        raise artifacts.damaged(path, "not augment's meta.json: it needs image_size and counts of records")
+    for name, n in counts.items():  # every shard holds at least one record
+        found = len(tf.io.gfile.glob(_join(directory, f"{name}-*.tfrecord")))
+        if not (found == 0 if n == 0 else 1 <= found <= n):
+            raise artifacts.damaged(path, f"it counts {n:,} {name} records, but {directory} holds {found} "
+                                          f"{name} shard(s)")
+    return info
+
+
+# What tf.data raises for a shard that is not what augment wrote: a bad checksum or a cut-off
+# record (DataLossError), fewer or more records than meta.json counts (assert_cardinality's
+# FailedPreconditionError), an image that does not decode (InvalidArgumentError).
+DAMAGE = (tf.errors.DataLossError, tf.errors.FailedPreconditionError, tf.errors.InvalidArgumentError,
+          tf.errors.OutOfRangeError)
+
+
+@contextlib.contextmanager
+def reading(directory: Path | str) -> Iterator[None]:
+    """Turn a damaged shard met while reading ``directory`` into one line naming it."""
+    try:
+        yield
+    except DAMAGE as err:
+        first = (err.message or type(err).__name__).strip().splitlines()[0][:300]
+        raise artifacts.damaged(directory, f"{type(err).__name__}: {first}") from err
 
 
 def count(directory: Path | str, name: str) -> int:

@@ -33,14 +33,17 @@ def main() -> None:
     source = sources.locate(str(args.source), p.ingest)
     models.set_seed(p.seed)
     size, copies = p.base.image_size, p.augment.copies
-    labels = artifacts.read_json(args.split / "labels.json")
+    labels = artifacts.read_labels(args.split / "labels.json")
     index = {label: i for i, label in enumerate(labels)}
     augmenter = models.augmenter(p.augment, p.seed)
 
+    parts = {split: images.read_csv(args.split / f"{split}.csv", images.MANIFEST_FIELDS) for split in ("train", "val")}
+    # A quality-95 JPEG of a photo takes about 3 bits a pixel; half a byte a pixel leaves a margin.
+    images_total = len(parts["train"]) * (1 + copies) + len(parts["val"])
+    artifacts.check_free_space(args.out, images_total * size * size // 2, "writing the shards")
     with artifacts.atomic_dir(args.out) as tmp:
         counts, class_counts, started = {}, {}, time.perf_counter()
-        for split in ("train", "val"):  # evaluate and export read the test images as predict does
-            rows = images.read_csv(args.split / f"{split}.csv")
+        for split, rows in parts.items():  # evaluate and export read the test images as predict does
             plain = shards.ShardWriter(tmp, split)
             varied = shards.ShardWriter(tmp, "train_aug") if split == "train" and copies else None
             decoded = images.process_batches(functools.partial(images.decode_recorded, source, size), rows, BATCH)

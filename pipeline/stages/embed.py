@@ -33,7 +33,7 @@ def main() -> None:
     models.log_devices()
     source = sources.locate(str(args.source), p.ingest)
     models.set_seed(p.seed)  # a weights: none backbone is seeded too
-    rows = images.read_csv(args.manifest)
+    rows = images.read_csv(args.manifest, images.MANIFEST_FIELDS)
     size, batch = p.base.image_size, p.extract.batch_size
     extractor = models.build_extractor(p.base)
     forward = tf.function(lambda x: extractor(x, training=False) + extractor(tf.reverse(x, [2]), training=False),

@@ -128,9 +128,10 @@ def main() -> None:
         # The first images of a seeded shuffle of the training shards: the same sample every run, but
         # not stratified by class (with many shards it comes from the few read first): a rare class
         # may be missing from it.
-        for image, _ in shards.dataset(args.augmented, "train", 1, shuffle_seed=p.seed).take(
-                p.export.representative_images):
-            yield [image.numpy()]
+        with shards.reading(args.augmented):
+            for image, _ in shards.dataset(args.augmented, "train", 1, shuffle_seed=p.seed).take(
+                    p.export.representative_images):
+                yield [image.numpy()]
 
     with artifacts.atomic_dir(args.out) as tmp:
         files = write_formats(model, labels, calibration, tmp, description, representative)
@@ -153,8 +154,10 @@ def main() -> None:
                  metrics[name]["agreement"], speed[name]["latency_ms_median"], speed[name]["latency_ms_p95"],
                  speed[name]["images_per_s"], p.evaluate.batch_size)
         if metrics[name]["agreement"] < FORMATS[name].min_agreement:
+            hint = (" For int8, calibrate on more images (export.representative_images, now "
+                    f"{p.export.representative_images}) or ship model_float16.tflite" if "int8" in name else "")
             log.warning("%s agrees with the Keras model on only %.1f%% of the test images: check it "
-                        "before shipping it", name, 100 * metrics[name]["agreement"])
+                        "before shipping it.%s", name, 100 * metrics[name]["agreement"], hint)
     artifacts.write_json(args.metrics, {**metrics, "test_images": len(rows), "timing_batch_size": p.evaluate.batch_size,
                                         "not_checked": not_checked})
 

@@ -77,6 +77,8 @@ def main() -> None:
     forward(tf.zeros([1, size, size, 3]))
     log.info("traced the backbone in %.1f s", time.perf_counter() - started)
 
+    images_total = sum(shards.count(args.augmented, name) for names in PARTS.values() for name in names)
+    artifacts.check_free_space(args.out, images_total * (dim + 1) * 4, "writing the features")
     started, total = time.perf_counter(), 0
     with artifacts.atomic_dir(distribution.output_path(args.out, strategy)) as tmp:
         for part, names in PARTS.items():
@@ -85,7 +87,7 @@ def main() -> None:
             x = np.lib.format.open_memmap(tmp / f"{part}_x.npy", "w+", np.float32, (n, dim))
             y = np.lib.format.open_memmap(tmp / f"{part}_y.npy", "w+", np.int32, (n,))
             i = 0
-            with tqdm(total=n, desc=f"features {part}", unit="img") as bar:
+            with tqdm(total=n, desc=f"features {part}", unit="img") as bar, shards.reading(args.augmented):
                 batches = shards.dataset(args.augmented, names, p.extract.batch_size)
                 for features, labels in in_order(forward, batches, n, p.extract.batch_size, strategy, dim):
                     k = len(labels)

@@ -62,24 +62,25 @@ def main() -> None:
         # A fresh optimizer once `trainable` has changed, as the recipe says, at the low fine-tuning rate.
         trainer = training.Trainer(model, strategy, rate, hp.label_smoothing, weights, p.distribution.precision)
 
-    val = shards.dataset(args.augmented, "val", batch)
-    start_loss, start_accuracy = trainer.evaluate(val)
-    start_weights = model.get_weights()
-    log.info("before fine-tuning: val accuracy %.4f, val loss %.4f", start_accuracy, start_loss)
+    with shards.reading(args.augmented):  # a damaged shard: one line naming data/augmented
+        val = shards.dataset(args.augmented, "val", batch)
+        start_loss, start_accuracy = trainer.evaluate(val)
+        start_weights = model.get_weights()
+        log.info("before fine-tuning: val accuracy %.4f, val loss %.4f", start_accuracy, start_loss)
 
-    backup = training.Backup(distribution.scratch_path(args.backup, strategy),
-                             training.fingerprint(p, args.augmented, args.extractor, args.head))
-    with training.training_log(distribution.output_path(args.live, strategy), "Fine-tuning") as epoch_log:
-        training.fit(trainer, lambda epoch: training_batches(args.augmented, p, batch, epoch), val,
-                     epochs=hp.epochs, patience=hp.patience, log_to=epoch_log, backup=backup,
-                     rate_key="finetune.learning_rate", rate=hp.learning_rate)
-        if min(epoch_log.history["val_loss"]) >= start_loss:
-            log.warning("no epoch improved on the head-only val loss %.4f: keeping the starting weights",
-                        start_loss)
-            model.set_weights(start_weights)
-        val_loss, val_accuracy = trainer.evaluate(val)
-        epoch_log.live.summary.update(start_val_loss=start_loss, start_val_accuracy=start_accuracy,
-                                   best_val_loss=val_loss, best_val_accuracy=val_accuracy)
+        backup = training.Backup(distribution.scratch_path(args.backup, strategy),
+                                 training.fingerprint(p, args.augmented, args.extractor, args.head))
+        with training.training_log(distribution.output_path(args.live, strategy), "Fine-tuning") as epoch_log:
+            training.fit(trainer, lambda epoch: training_batches(args.augmented, p, batch, epoch), val,
+                         epochs=hp.epochs, patience=hp.patience, log_to=epoch_log, backup=backup,
+                         rate_key="finetune.learning_rate", rate=hp.learning_rate)
+            if min(epoch_log.history["val_loss"]) >= start_loss:
+                log.warning("no epoch improved on the head-only val loss %.4f: keeping the starting weights",
+                            start_loss)
+                model.set_weights(start_weights)
+            val_loss, val_accuracy = trainer.evaluate(val)
+            epoch_log.live.summary.update(start_val_loss=start_loss, start_val_accuracy=start_accuracy,
+                                       best_val_loss=val_loss, best_val_accuracy=val_accuracy)
     models.save(model, distribution.output_path(args.model, strategy))
     backup.clear()
     log.info("kept: val accuracy %.4f, val loss %.4f", val_accuracy, val_loss)

@@ -28,9 +28,9 @@ def main() -> None:
     strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
     models.set_seed(p.seed)
     hp = p.train_head
-    labels = artifacts.read_json(args.labels)
-    x, y = (np.load(args.features / f"train_{a}.npy") for a in "xy")
-    val = tuple(np.load(args.features / f"val_{a}.npy") for a in "xy")
+    labels = artifacts.read_labels(args.labels)
+    x, y = artifacts.read_features(args.features, "train", len(labels))
+    val = artifacts.read_features(args.features, "val", len(labels))
     log.info("%d training and %d validation feature vectors of size %d", len(x), len(val[0]), x.shape[1])
     weights = training.class_weights(np.bincount(y, minlength=len(labels)), labels, p.class_weights.mode,
                                       p.class_weights.auto_ratio)
