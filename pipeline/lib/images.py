@@ -3,12 +3,13 @@ so ingest and split start in a second instead of paying TensorFlow's import."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
-import functools
 import hashlib
 import io
 import multiprocessing
 import os
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipeline.lib import artifacts
 from pipeline.lib.artifacts import StageError
 
 T = TypeVar("T")
@@ -32,32 +34,90 @@ def load_image(path: Path | io.BytesIO, size: int) -> np.ndarray:
     """Decode any Pillow-readable image to a ``(size, size, 3)`` uint8 RGB array.
 
     The same function prepares training, evaluation and prediction inputs, so
-    they can never disagree. EXIF orientation is applied (phone photos), every
-    mode (grayscale, RGBA, palette, CMYK, 16-bit) becomes RGB, and the aspect
-    ratio is squashed, as ``keras.utils.image_dataset_from_directory`` does.
+    they can never disagree, and ingest checks each image through ``to_rgb``, its
+    second half, so an image ingest keeps is one every later stage reads. EXIF
+    orientation is applied (phone photos; ignored where the EXIF block is
+    unreadable), every mode (grayscale, RGBA, palette, CMYK, 16-bit) becomes RGB,
+    and the aspect ratio is squashed, as ``keras.utils.image_dataset_from_directory``
+    does.
     """
     with Image.open(path) as im:
         # JPEG can decode at 1/2, 1/4, 1/8 scale: far faster and smaller for big photos.
         im.draft("RGB", (size, size))
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            im = Image.fromarray((np.asarray(im, dtype=np.float64) / 256).clip(0, 255).astype(np.uint8))
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            # Transparent pixels become white, not whatever colour hides under alpha=0.
-            rgba = im.convert("RGBA")
-            im = Image.new("RGB", rgba.size, (255, 255, 255))
-            im.paste(rgba, mask=rgba.getchannel("A"))
-        im = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+        with _decoding(im):
+            return to_rgb(im, size)
+
+
+def to_rgb(im: Image.Image, size: int) -> np.ndarray:
+    """``load_image`` of an opened image: upright, RGB, ``size`` x ``size``. A large canvas is
+    first shrunk by an integer factor (``shrunk``), so the steps below never copy it whole."""
+    if im.size[0] * im.size[1] > LARGE_DECODE_PIXELS:
+        im = shrunk(im, size)
+    im = upright(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16- or 32-bit grey: its top 8 bits of 16
+        im = Image.fromarray((np.asarray(im, dtype=np.float64) / 256).clip(0, 255).astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels become white, not whatever colour hides under alpha=0.
+        rgba = im.convert("RGBA")
+        im = Image.new("RGB", rgba.size, (255, 255, 255))
+        im.paste(rgba, mask=rgba.getchannel("A"))
+    im = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def shrunk(im: Image.Image, size: int) -> Image.Image:
+    """``im`` reduced by the largest integer factor that keeps both sides at least twice ``size``
+    (block means, in its own mode)."""
+    factor = min(im.size) // (2 * size)
+    if factor < 2:
+        return im
+    if im.mode.startswith("I;16"):  # Image.reduce refuses 16-bit modes; a box resize is the same block means
+        small = im.resize((im.size[0] // factor, im.size[1] // factor), Image.Resampling.BOX)
+    elif im.mode in ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK"):
+        small = im.reduce(factor)
+    else:  # palette and 1-bit images convert cheaply first
+        small = im.convert("RGBA" if "transparency" in im.info else "RGB").reduce(factor)
+    small.info = {**im.info, **small.info}  # the raw EXIF block among them, for upright
+    return small
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """``im`` turned as its EXIF orientation says; as it is where the EXIF block is damaged
+    (Pillow raises struct.error, TypeError and more re-reading such a block): a readable
+    photo with a broken EXIF block is still a photo."""
+    with warnings.catch_warnings():  # Pillow warns of each corrupt EXIF tag it skips
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return ImageOps.exif_transpose(im)
+        except Exception:
+            return im
+
+
+# Images above this many pixels (after JPEG's reduced draft decode) decode one at a time per process:
+# predict decodes in threads, and a few hostile files (a 16-bit PNG decodes at 2-4 bytes a pixel)
+# decoding together would otherwise multiply the peak memory.
+LARGE_DECODE_PIXELS = 4_000_000
+_LARGE = threading.Lock()
+
+
+@contextlib.contextmanager
+def _decoding(im: Image.Image) -> Iterator[None]:
+    if im.size[0] * im.size[1] <= LARGE_DECODE_PIXELS:
+        yield
+        return
+    with _LARGE:
+        im.load()
+        yield
 
 
 def thumbnail(path: Path | io.BytesIO, size: int) -> np.ndarray:
     """The image upright and in its own aspect ratio, at most ``size`` pixels a side: for people to look at."""
     with Image.open(path) as im:
         im.draft("RGB", (size, size))
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        im.thumbnail((size, size))
-        return np.asarray(im, dtype=np.uint8)
+        with _decoding(im):
+            im = upright(im).convert("RGB")
+            im.thumbnail((size, size))
+            return np.asarray(im, dtype=np.uint8)
 
 
 # Pixels one image may decode to (at JPEG's reduced draft scale), 3 bytes each as RGB. Pillow's own
@@ -91,6 +151,7 @@ def inspect_image(path: Path) -> tuple[int, int]:
             raise ImageTooLarge(f"{width}x{height} pixels; the limit is {MAX_DECODE_PIXELS:,} decoded pixels")
         im.load()
         png = im.format == "PNG"
+        to_rgb(im, 8)  # what every later stage does to it (load_image), at low cost
     if png:  # Pillow decodes a PNG cut off in its last chunks without a word; its chunk checks object
         with Image.open(path) as im:
             im.verify()
@@ -121,9 +182,22 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+def read_csv(path: Path, required: Iterable[str] = ()) -> list[dict[str, str]]:
+    """The rows of a CSV a stage wrote, which must have the ``required`` columns: a file that is
+    not such a CSV (not UTF-8, a NUL byte, a row longer than the header, a column renamed) is
+    ``damaged``, named with the stage that writes it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise artifacts.damaged(path, f"no column {', '.join(missing)}")
+            rows = list(reader)
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise artifacts.damaged(path, f"not a readable UTF-8 CSV: {err}") from err
+    if required and any(None in row or None in row.values() for row in rows):
+        raise artifacts.damaged(path, "a row has more or fewer fields than the header")
+    return rows
 
 
 def write_csv(path: Path, rows: Iterable[dict], fields: list[str]) -> None:
@@ -178,7 +252,8 @@ def decode_and_measure(root: Path, size: int, row: dict) -> tuple[np.ndarray, di
     data.seek(0)
     with Image.open(data) as im:
         im.draft("RGB", (QUALITY_SIDE, QUALITY_SIDE))
-        return pixels, quality(ImageOps.exif_transpose(im))
+        with _decoding(im):
+            return pixels, quality(upright(im))
 
 
 def cores() -> int:

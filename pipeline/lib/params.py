@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import types
 import typing
+import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -25,6 +27,13 @@ MAX_IMAGE_SIZE = 1024
 MAX_IMAGE_BATCH = 1024
 MAX_FEATURE_BATCH = 65536  # train_head batches hold feature vectors, not images
 WEIGHTS_SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5")  # what keras' load_weights reads
+# params.yaml is input too: a file this large, or values that expand (YAML aliases included) to this
+# many nodes, is refused before anything walks them; a listing of errors shows the first few.
+MAX_FILE_BYTES = 1_000_000
+MAX_NODES = 100_000
+MAX_ERRORS = 20
+_shown = reprlib.Repr()
+_shown.maxstring, _shown.maxother, _shown.maxlist, _shown.maxdict, _shown.maxlevel = 60, 60, 8, 8, 3
 
 
 class ParamsError(ValueError):
@@ -37,6 +46,21 @@ class _Loader(yaml.SafeLoader):
     ``learning_rate: 3e-05`` into params.yaml. Read such numbers as floats, as DVC does."""
 
 
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are distinct: a key given twice is refused, as DVC refuses it
+    (PyYAML would keep the last one without a word)."""
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, typing.Hashable) and key in seen:
+            raise ParamsError(f"{PARAMS_FILE} line {key_node.start_mark.line + 1}: key {key!r} given twice")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
                               list("-+0123456789"))
@@ -85,10 +109,15 @@ class Split:
                                         "within one split, so no evaluation image has a near twin in train")
 
     def check(self) -> list[str]:
+        errors = []
         if self.val_fraction + self.test_fraction >= 1:
-            return ["split.val_fraction + split.test_fraction must be < 1 "
-                    f"(got {self.val_fraction + self.test_fraction:g})"]
-        return []
+            errors.append("split.val_fraction + split.test_fraction must be < 1 "
+                          f"(got {self.val_fraction + self.test_fraction:g})")
+        for key, labels in (("drop_labels", self.drop_labels), ("merge_labels", [*self.merge_labels.keys()]),
+                            ("merge_labels", [*self.merge_labels.values()])):
+            errors += [f"split.{key}: label {_shown.repr(label)} {problem}" for label in labels
+                       if (problem := label_problem(label))]
+        return errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +289,7 @@ def parse(raw: Any) -> dict[str, Any]:
     errors, parsed = [], {}
     allowed = set(TOP_LEVEL) | set(SECTIONS)
     for key in sorted(set(raw) - allowed, key=str):
-        errors.append(f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+        errors.append(f"unknown key {str(key)[:60]!r} (allowed: {', '.join(sorted(allowed))})")
     for key, (typ, declared) in TOP_LEVEL.items():
         if key not in raw:
             errors.append(f"missing key {key!r}")
@@ -280,7 +309,8 @@ def parse(raw: Any) -> dict[str, Any]:
             if hasattr(cls, "check"):  # rules across keys, which one key's declaration cannot state
                 errors += parsed[name].check()
     if errors:
-        raise ParamsError(f"invalid {PARAMS_FILE}:\n  - " + "\n  - ".join(errors))
+        more = [f"... and {len(errors) - MAX_ERRORS:,} more"] if len(errors) > MAX_ERRORS else []
+        raise ParamsError(f"invalid {PARAMS_FILE}:\n  - " + "\n  - ".join(errors[:MAX_ERRORS] + more))
     return parsed
 
 
@@ -289,11 +319,7 @@ def load(keys: Iterable[str], path: str | Path = PARAMS_FILE) -> types.SimpleNam
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path} not found (run from the project root)")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from err
-    parsed = parse(raw)
+    parsed = parse(read_yaml(path))
     view: dict[str, Any] = {}
     for key in keys:
         if key in TOP_LEVEL or key in SECTIONS:
@@ -306,11 +332,74 @@ def load(keys: Iterable[str], path: str | Path = PARAMS_FILE) -> types.SimpleNam
     return types.SimpleNamespace(**view)
 
 
+def read_yaml(path: Path) -> Any:
+    """``path`` as YAML, refused in one line (naming the file) when it is not UTF-8, larger than
+    MAX_FILE_BYTES, expands to more than MAX_NODES values (an alias bomb), repeats a key, or is
+    not YAML."""
+    if (size := path.stat().st_size) > MAX_FILE_BYTES:
+        raise ParamsError(f"{path} is {size:,} bytes, over the {MAX_FILE_BYTES:,} a params file may hold")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ParamsError(f"{path} is not UTF-8 text (line {line}: {data[err.start:err.start + 4]!r}); "
+                          "save it as UTF-8") from err
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if (count := _expanded(node, {})) > MAX_NODES:
+            raise ParamsError(f"{path}: its values expand to {count:,} or more nodes (YAML aliases "
+                              f"included), over the {MAX_NODES:,} a params file may hold")
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from err
+    finally:
+        loader.dispose()
+
+
+def _expanded(node: yaml.Node, memo: dict) -> int:
+    """How many nodes ``node`` stands for with every alias expanded (memoized per node, so an
+    alias bomb is counted without being expanded; stops counting past MAX_NODES)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_NODES + 1  # a recursive alias counts as too many
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded(child, memo)
+        if total > MAX_NODES:
+            break
+    memo[id(node)] = total
+    return total
+
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a class name (it must fit on one line of labels.txt and be a
+    folder name), or None. Class folders, CSV labels and labels in params all pass this."""
+    if not label.strip():
+        return "is empty"
+    if label.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") != label:
+        return "is not valid UTF-8"
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in label):  # newlines, tabs, NUL, ...
+        return "has control characters or line breaks"
+    if "/" in label or "\\" in label:
+        return "holds a path separator"
+    return None
+
+
 def _parse_section(name: str, cls: type, section: dict) -> tuple[list[str], dict]:
     hints = typing.get_type_hints(cls)
     declared = {f.name: f.metadata for f in dataclasses.fields(cls)}
     fields = list(declared)
-    errors = [f"unknown key '{name}.{k}' (allowed: {', '.join(fields)})"
+    errors = [f"unknown key {f'{name}.{str(k)[:60]}'!r} (allowed: {', '.join(fields)})"
               for k in section if k not in fields]
     values = {}
     for field_name in fields:
@@ -333,7 +422,7 @@ def _type_errors(key: str, value: Any, typ: Any) -> list[str]:
         if isinstance(value, origin) and all(isinstance(v, str) for v in items):
             return []
         want = "a list of strings" if origin is list else "a mapping of strings to strings"
-        return [f"{key} must be {want}, got {value!r}"]
+        return [f"{key} must be {want}, got {_shown.repr(value)}"]
     typ, optional = _unwrap_optional(typ)
     if optional and value is None:
         return []
@@ -342,14 +431,14 @@ def _type_errors(key: str, value: Any, typ: Any) -> list[str]:
         if typ is float and not math.isfinite(value):  # YAML's .inf and .nan pass every comparison check
             return [f"{key} must be a finite number, got {value}"]
         return []
-    shown = "null" if value is None else f"{value!r} ({type(value).__name__})"
+    shown = "null" if value is None else f"{_shown.repr(value)} ({type(value).__name__})"
     return [f"{key} must be {typ.__name__}{' or null' if optional else ''}, got {shown}"]
 
 
 def _value_errors(key: str, value: Any, meta: dict) -> list[str]:
     """The declared choices and bounds (see ``param``) that ``value`` breaks."""
     if meta["choices"] and value not in meta["choices"]:
-        return [f"{key} must be one of {', '.join(meta['choices'])}; got {value!r}"]
+        return [f"{key} must be one of {', '.join(meta['choices'])}; got {_shown.repr(value)}"]
     low, high = meta["low"], meta["high"]
     if low is None or value is None:
         return []

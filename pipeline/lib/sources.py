@@ -13,9 +13,9 @@ import logging
 import lzma
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
-import unicodedata
 import urllib.parse
 import urllib.request
 import zipfile
@@ -43,6 +43,8 @@ KERAS_CLASS_NAMES = {  # keras:<name> sources
         spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor
         train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split(),
 }
+MAX_DEPTH = 32  # folder levels below the source's root that are read; deeper ones are reported
+MAX_ARCHIVE_MEMBERS = 2_000_000  # members an archive may hold (empty ones pass the byte caps)
 log = logging.getLogger("pipeline.lib.sources")
 
 
@@ -62,6 +64,10 @@ def open_source(source: str, p: SimpleNamespace) -> tuple[Path, Path, list[dict]
         root = ((csv_file.parent / p.image_dir) if p.image_dir else csv_file.parent).resolve()
         if not root.is_dir():
             raise StageError(f"ingest.image_dir {p.image_dir!r}: no folder {root}")
+        for key, path in (("labels_csv", csv_file.resolve()), ("image_dir", root)):
+            if not path.is_relative_to(folder.resolve()):  # DVC tracks the source, nothing outside it
+                raise StageError(f"ingest.{key} {getattr(p, key)!r} points outside the source {folder} "
+                                 f"(to {path}): DVC would not see its files change. Move them into the source")
         return (folder, root, *from_csv(csv_file, root, p))
     root = dataset_root(folder)
     return (folder, root, *scan(root))
@@ -243,11 +249,14 @@ class Limit:
 
 def dataset_root(folder: Path) -> Path:
     """Descend through a lone top-level folder, as archives of ``name-<commit>/`` have."""
-    entries = [e for e in folder.iterdir() if not e.name.startswith((".", "__MACOSX"))]
-    dirs = [e for e in entries if e.is_dir()]
-    if len(dirs) == 1 and dirs[0].name not in SPLIT_NAMES and not [e for e in entries if e.is_file()]:
-        return dataset_root(dirs[0])
-    return folder
+    for _ in range(MAX_DEPTH):
+        entries = [e for e in folder.iterdir() if not e.name.startswith((".", "__MACOSX"))]
+        dirs = [e for e in entries if e.is_dir()]
+        if not (len(dirs) == 1 and dirs[0].name not in SPLIT_NAMES and not [e for e in entries if e.is_file()]):
+            return folder
+        folder = dirs[0]
+    raise StageError(f"{folder}: more than {MAX_DEPTH} nested single folders and no images; "
+                     "point the source at the folder that holds the class folders")
 
 
 def scan(root: Path) -> tuple[list[dict], list[dict]]:
@@ -257,15 +266,20 @@ def scan(root: Path) -> tuple[list[dict], list[dict]]:
     class_dirs = [(SPLIT_NAMES[s.name], c) for s in top for c in sorted(s.iterdir())
                   if c.is_dir() and not c.name.startswith(".")] if split_layout else [("", d) for d in top]
     files, skipped = [], []
+    for folder in [root] + (top if split_layout else []):  # hidden folders where classes are named
+        skipped += [{"path": shown(d, root) + "/", "label": "", "reason": "hidden folder (not read)"}
+                    for d in sorted(folder.iterdir()) if d.is_dir() and d.name.startswith(".")]
     for split, class_dir in class_dirs:
         label, found = class_dir.name, 0
-        if problem := label_problem(label):  # a folder name that would break labels.txt
+        if problem := params.label_problem(label):  # a folder name that would break labels.txt
             skipped.append({"path": shown(class_dir, root) + "/", "label": escaped(label),
-                            "reason": f"class folder name {problem}"})
+                            "reason": f"class folder name {problem}", "detail": repr(label)})
             continue
         unreadable: list[OSError] = []  # os.walk would otherwise skip such folders without a word
         for dirpath, dirnames, filenames in os.walk(class_dir, onerror=unreadable.append):
             dirnames.sort()
+            for pruned, reason in prune(Path(dirpath), dirnames, root):
+                skipped.append({"path": shown(pruned, root) + "/", "label": label, "reason": reason})
             for name in sorted(filenames) + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
                 path = Path(dirpath, name)
                 entry = {"path": shown(path, root), "label": label}
@@ -282,9 +296,22 @@ def scan(root: Path) -> tuple[list[dict], list[dict]]:
     for folder in [root] + (top if split_layout else []):
         for entry in sorted(folder.iterdir()):
             if not entry.is_dir():
-                skipped.append({"path": entry.relative_to(root).as_posix(), "label": "",
-                                "reason": "not inside a class folder"})
+                skipped.append({"path": shown(entry, root), "label": "", "reason": "hidden file"
+                                if entry.name.startswith(".") else "not inside a class folder"})
     return files, skipped
+
+
+def prune(folder: Path, dirnames: list[str], root: Path) -> list[tuple[Path, str]]:
+    """Remove from os.walk's ``dirnames`` the folders not read: hidden ones (``.thumbnails``,
+    which predict skips too) and those deeper than MAX_DEPTH; return them with the reason."""
+    depth = len(folder.relative_to(root).parts)
+    dropped = [(folder / d, "hidden folder (not read)") for d in dirnames if d.startswith(".")]
+    if depth >= MAX_DEPTH:
+        dropped += [(folder / d, f"folder nested deeper than {MAX_DEPTH} levels (not read)")
+                    for d in dirnames if not d.startswith(".")]
+    names = {path.name for path, _ in dropped}
+    dirnames[:] = [d for d in dirnames if d not in names]
+    return dropped
 
 
 def escaped(text: str) -> str:
@@ -304,6 +331,8 @@ def file_problem(path: Path, root: Path) -> str | None:
     relative = path.relative_to(root).as_posix()
     if escaped(relative) != relative:
         return "file name is not valid UTF-8"
+    if not path.is_symlink() and not stat.S_ISREG(path.lstat().st_mode):  # a read would wait or never end
+        return "not a regular file (a FIFO, device or socket)"
     if path.is_symlink():
         try:
             target = path.resolve(strict=True)
@@ -319,15 +348,8 @@ def file_problem(path: Path, root: Path) -> str | None:
             return "symbolic link pointing outside the source"
         if target.is_dir():
             return "symbolic link to a folder (not followed)"
-    return None
-
-
-def label_problem(label: str) -> str | None:
-    """Why ``label`` cannot be a class name (it must fit on one line of labels.txt), or None."""
-    if escaped(label) != label:
-        return "is not valid UTF-8"
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in label):  # newlines, tabs, NUL, ...
-        return f"has control characters or line breaks ({label!r})"
+        if not target.is_file():
+            return "not a regular file (a FIFO, device or socket)"
     return None
 
 
@@ -369,15 +391,16 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
         path = (root / value).resolve()
         if value and not path.is_file() and not Path(value).suffix:  # a bare file name: find stem.*
             if not by_stem:
-                for f in sorted(root.rglob("*")):
+                for f in walk_files(root):
                     by_stem.setdefault(f.stem, []).append(f)
             path = by_stem.get(value, [path])[0].resolve()
         if not label:
             skipped.append({**entry, "reason": "no label in the CSV"})
-        elif problem := label_problem(label):
-            skipped.append({**entry, "reason": f"label {problem}", "detail": f"{csv_file.name} row {number}"})
+        elif problem := params.label_problem(label):
+            skipped.append({**entry, "label": "", "reason": f"label {problem}",
+                            "detail": f"{csv_file.name} row {number}: {label!r}"})
         elif split not in SPLIT_NAMES:
-            skipped.append({**entry, "reason": f"unknown split {split!r} in the CSV"})
+            skipped.append({**entry, "reason": "unknown split in the CSV", "detail": repr(split)})
         elif not path.is_relative_to(root.resolve()):
             skipped.append({**entry, "reason": "path outside the image folder"})
         elif not value or not path.is_file():
@@ -385,10 +408,28 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
         else:
             files.append({**entry, "path": path.relative_to(root.resolve()).as_posix(),
                           "split": SPLIT_NAMES[split]})
+    listed = {root.resolve() / f["path"] for f in files} | {csv_file.resolve()}
+    listed |= {(root / r["path"]).resolve() for r in skipped if "path outside" not in r["reason"]}
+    for f in walk_files(root):  # every file of the image folder is used or reported
+        if f.resolve() not in listed:
+            skipped.append({"path": shown(f, root), "label": "", "reason": "hidden file"
+                            if any(part.startswith(".") for part in f.relative_to(root).parts)
+                            else "no row in the labels CSV"})
     if spaced:  # " cat" and "cat" are one class
         log.warning("%s: spaces around the label removed on row(s) %s", csv_file.name,
                     ", ".join(map(str, spaced[:20])) + (" ..." if len(spaced) > 20 else ""))
     return files, skipped
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every file below ``root``, sorted, at most MAX_DEPTH folders down (os.walk of Python 3.11
+    recurses, and a deeper tree would end it in a RecursionError)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if len(Path(dirpath).relative_to(root).parts) >= MAX_DEPTH:
+            dirnames.clear()
+        found += [Path(dirpath, name) for name in filenames]
+    return sorted(found)
 
 
 def write_keras_dataset(name: str, dest: Path) -> None:
@@ -414,9 +455,15 @@ def is_url(source: str) -> bool:
 
 
 def _refuse_unsafe(archive: Path, names: list[str]) -> None:
+    if len(names) > MAX_ARCHIVE_MEMBERS:
+        raise StageError(f"{archive}: {len(names):,} members, over the cap of {MAX_ARCHIVE_MEMBERS:,}; "
+                         "refusing to unpack it")
     for name in names:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise StageError(f"{archive}: refusing unsafe archive member {name!r}")
+        if len(Path(name).parts) > MAX_DEPTH + 4:
+            raise StageError(f"{archive}: member {name[:80]!r}... is nested {len(Path(name).parts)} folders "
+                             f"deep (more than {MAX_DEPTH + 4}); refusing to unpack it")
 
 
 def fetch(url: str, dest: Path, folders: list[str]) -> None:

@@ -49,19 +49,39 @@ def deduplicate(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return sorted(kept, key=lambda r: r["path"]), dropped
 
 
+# The report is git-tracked: whatever the source holds, it lists every count but only the first
+# EXAMPLES skipped files of each reason, and per class only labels some image was kept under.
+EXAMPLES = 50
+
+
 def summarize(source: str, kept: list[dict], skipped: list[dict], version: str) -> dict:
     per_class: dict = collections.defaultdict(lambda: {"kept": 0, "skipped": collections.Counter()})
     for row in kept:
         per_class[row["label"]]["kept"] += 1
+    other = collections.Counter()  # skips under labels no kept image has: a typo'd CSV can hold millions
     for row in skipped:
-        per_class[row["label"] or "(no class)"]["skipped"][row["reason"]] += 1
-    return {
+        label = row["label"] or "(no class)"
+        (per_class[label]["skipped"] if label in per_class or label == "(no class)" else other)[row["reason"]] += 1
+    by_reason = collections.Counter(r["reason"] for r in skipped)
+    shown = collections.Counter()
+    examples = []
+    for r in skipped:
+        shown[r["reason"]] += 1
+        if shown[r["reason"]] <= EXAMPLES:
+            examples.append({k: str(r[k])[:300] for k in ("path", "label", "reason", "detail") if r.get(k)})
+    report = {
         "source": source, "data_version": version, "kept": len(kept), "skipped": len(skipped),
-        "skipped_by_reason": dict(sorted(collections.Counter(r["reason"] for r in skipped).items())),
+        "skipped_by_reason": dict(sorted(by_reason.items())),
         "per_class": {k: {"kept": v["kept"], "skipped": dict(sorted(v["skipped"].items()))}
                       for k, v in sorted(per_class.items())},
-        "skipped_files": [{k: r[k] for k in ("path", "label", "reason", "detail") if r.get(k)} for r in skipped],
+        "skipped_files": examples,
     }
+    if other:
+        report["per_class"]["(labels with no kept image)"] = {"kept": 0, "skipped": dict(sorted(other.items()))}
+    if len(examples) < len(skipped):
+        report["skipped_files_note"] = (f"the first {EXAMPLES} files of each reason; "
+                                        f"{len(skipped) - len(examples):,} more are counted above")
+    return report
 
 
 def main() -> None:
@@ -87,8 +107,11 @@ def main() -> None:
     skipped += duplicates
     labels = sorted({row["label"] for row in kept})
     if len(labels) < 2:
+        hint = ""
+        if not p.ingest.labels_csv and (tables := sorted(f.name for f in root.glob("*.csv"))):
+            hint = f"; {root} holds {', '.join(tables)}: set ingest.labels_csv to read the labels from it"
         raise StageError(f"source {source!r}: found {len(labels)} class(es) with "
-                         f"readable images under {root}; need at least 2")
+                         f"readable images under {root}; need at least 2{hint}")
     with artifacts.atomic_file(args.manifest) as tmp:
         images.write_csv(tmp, kept, images.MANIFEST_FIELDS)
         # The data version: every kept image's path, label and content, in one digest.

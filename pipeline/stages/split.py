@@ -21,6 +21,7 @@ can undo.
 from __future__ import annotations
 
 import collections
+import difflib
 import hashlib
 import logging
 from types import SimpleNamespace
@@ -43,9 +44,11 @@ log = logging.getLogger("pipeline.stages.split")
 def relabel(rows: list[dict], p: SimpleNamespace) -> tuple[list[dict], dict[str, str]]:
     """Apply drop_labels, merge_labels and the small-class rule; return rows and what happened per label."""
     changes = {}
+    require_labels("split.merge_labels", p.merge_labels, {r["label"] for r in rows})
     for old, new in p.merge_labels.items():
         changes[old] = f"merged into {new}"
     rows = [{**r, "label": p.merge_labels.get(r["label"], r["label"])} for r in rows]
+    require_labels("split.drop_labels", p.drop_labels, {r["label"] for r in rows})
     dropped = set(p.drop_labels)
     changes.update({label: "dropped (split.drop_labels)" for label in dropped})
     rows = [r for r in rows if r["label"] not in dropped]
@@ -66,6 +69,17 @@ def relabel(rows: list[dict], p: SimpleNamespace) -> tuple[list[dict], dict[str,
         rows = [r for r in rows if r["label"] not in small] if rule == "drop" else \
             [{**r, "label": OTHER if r["label"] in small else r["label"]} for r in rows]
     return rows, changes
+
+
+def require_labels(key: str, named, labels: set[str]) -> None:
+    """Stop when ``key`` names a label no image has: matched exactly, case included, since a
+    silent no-op would leave the class in (a near miss is named with "did you mean")."""
+    for label in named:
+        if label not in labels:
+            near = [x for x in labels if x.casefold() == label.casefold()] or \
+                difflib.get_close_matches(label, sorted(labels), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (labels: {', '.join(sorted(labels)[:20])})"
+            raise StageError(f"{key}: no image has the label {label!r} (labels match case and all){hint}")
 
 
 def position(seed: int, key: str) -> float:
@@ -143,7 +157,7 @@ def keep_together(groups: list[list[dict]]) -> tuple[list[list[dict]], int]:
 def main() -> None:
     args = artifacts.start(__doc__, "manifest", "embeddings", "out", "report")
     p = params.load(PARAMS)
-    rows, changes = relabel(images.read_csv(args.manifest), p.split)
+    rows, changes = relabel(images.read_csv(args.manifest, images.MANIFEST_FIELDS), p.split)
     has_predefined = any(r["split"] for r in rows)
     strategy = p.split.strategy
     if strategy == "auto":
