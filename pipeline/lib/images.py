@@ -28,6 +28,8 @@ R = TypeVar("R")
 # split (or ""), content hash, size in bytes and pixels. Later stages read the source through it.
 MANIFEST_FIELDS = ["path", "label", "split", "sha256", "bytes", "width", "height"]
 SPLITS = ("train", "val", "test")
+# What the split stage records of each image in train.csv, val.csv and test.csv.
+SPLIT_FIELDS = ["path", "label", "sha256"]  # the hash: later stages check each image they read against it
 
 
 def load_image(path: Path | io.BytesIO, size: int) -> np.ndarray:

@@ -234,7 +234,7 @@ def load_split(source: Path, split: Path, size: int, part: str = "test") -> tupl
     labels, class names). The images are read from the source folder ``source``, each checked
     against the hash ingest recorded."""
     labels = artifacts.read_labels(split / "labels.json")
-    rows = images.read_csv(split / f"{part}.csv", images.MANIFEST_FIELDS)
+    rows = images.read_csv(split / f"{part}.csv", images.SPLIT_FIELDS)
 
     decode = functools.partial(images.decode_recorded, source, size)
     batches = [image for batch in images.process_batches(decode, rows, 256) for image in batch]

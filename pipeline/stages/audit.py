@@ -37,7 +37,7 @@ log = logging.getLogger("pipeline.stages.audit")
 
 def read(embeddings, split) -> tuple[list[dict], np.ndarray, list[str]]:
     """The images of every split (with the split's labels), their embeddings and the labels."""
-    rows = [{**row, "split": name} for name in images.SPLITS for row in images.read_csv(split / f"{name}.csv", images.MANIFEST_FIELDS)]
+    rows = [{**row, "split": name} for name in images.SPLITS for row in images.read_csv(split / f"{name}.csv", images.SPLIT_FIELDS)]
     recorded, x = audit.read_embeddings(embeddings, rows)
     rows = [{**seen, **row} for seen, row in zip(recorded, rows)]
     return rows, audit.normalized(x), artifacts.read_labels(split / "labels.json")

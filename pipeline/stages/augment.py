@@ -37,7 +37,7 @@ def main() -> None:
     index = {label: i for i, label in enumerate(labels)}
     augmenter = models.augmenter(p.augment, p.seed)
 
-    parts = {split: images.read_csv(args.split / f"{split}.csv", images.MANIFEST_FIELDS) for split in ("train", "val")}
+    parts = {split: images.read_csv(args.split / f"{split}.csv", images.SPLIT_FIELDS) for split in ("train", "val")}
     # A quality-95 JPEG of a photo takes about 3 bits a pixel; half a byte a pixel leaves a margin.
     images_total = len(parts["train"]) * (1 + copies) + len(parts["val"])
     artifacts.check_free_space(args.out, images_total * size * size // 2, "writing the shards")

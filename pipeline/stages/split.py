@@ -31,7 +31,6 @@ from pipeline.lib import artifacts, audit, images, params
 from pipeline.lib.artifacts import StageError
 
 PARAMS = ["split", "seed", "audit.duplicate_similarity", "audit.neighbours"]
-FIELDS = ["path", "label", "sha256"]  # the hash: later stages check each image they read against it
 OTHER = "other"  # where split.small_classes: merge puts the small classes
 PRIORITY = {"test": 0, "val": 1, "train": 2, "": 3}  # a group spanning the source's splits goes to the first
 # A near-duplicate group this big (a share of all images, and at least MIN_BIG images) is no set of copies
@@ -200,7 +199,7 @@ def main() -> None:
             raise StageError(f"the {name} split has no images of class(es) {', '.join(missing)}")
     with artifacts.atomic_dir(args.out) as tmp:
         for name, part in parts.items():
-            images.write_csv(tmp / f"{name}.csv", part, FIELDS)
+            images.write_csv(tmp / f"{name}.csv", part, images.SPLIT_FIELDS)
         artifacts.write_json(tmp / "labels.json", labels)
     counts = {name: dict(sorted(collections.Counter(r["label"] for r in part).items()))
               for name, part in parts.items()}
