@@ -117,6 +117,8 @@ def thumbnail(path: Path | io.BytesIO, size: int) -> np.ndarray:
     with Image.open(path) as im:
         im.draft("RGB", (size, size))
         with _decoding(im):
+            if im.size[0] * im.size[1] > LARGE_DECODE_PIXELS:
+                im = shrunk(im, size)
             im = upright(im).convert("RGB")
             im.thumbnail((size, size))
             return np.asarray(im, dtype=np.uint8)
