@@ -265,7 +265,8 @@ def status_json(out: str) -> dict:
 
 def tracked_data(root: Path) -> list[str]:
     """The paths the committed ``.dvc`` files track (``dvc add`` / ``dvc import``), e.g. data/images."""
-    listed = subprocess.run(["git", "ls-files", "*.dvc"], cwd=root, capture_output=True, text=True).stdout
+    listed = subprocess.run(["git", "ls-files", "*.dvc"], cwd=root, capture_output=True, text=True,
+                            timeout=60).stdout
     paths = []
     for name in listed.split():
         folder = Path(name).parent
@@ -338,9 +339,16 @@ CHECKS: dict[str, Callable[[Path], str]] = {
 }
 
 
+DVC_TIMEOUT = 600  # seconds one dvc command of a check may take
+
+
 def _dvc(root: Path, *args: str, check: bool = True) -> str:
     dvc = Path(sys.executable).with_name("dvc")  # the dvc of this environment, else the PATH's
-    out = subprocess.run([str(dvc) if dvc.exists() else "dvc", *args], cwd=root, capture_output=True, text=True)
+    try:  # `dvc status -c` waits on the remote: a stalled one must not hang CI
+        out = subprocess.run([str(dvc) if dvc.exists() else "dvc", *args], cwd=root, capture_output=True,
+                             text=True, timeout=DVC_TIMEOUT)
+    except subprocess.TimeoutExpired as err:
+        raise Failed(f"`dvc {' '.join(args)}` gave no answer in {DVC_TIMEOUT} s") from err
     if check and out.returncode:
         raise Failed(f"`dvc {' '.join(args)}` failed: {(out.stderr or out.stdout).strip()}")
     return out.stdout + (out.stderr if not check else "")
