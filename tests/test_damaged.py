@@ -37,7 +37,7 @@ def header(shape, dtype="<f4") -> bytes:
 
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
-    return b"\x93NUMPY\x01\x00"[:0] + buf.getvalue()
+    return buf.getvalue()
 
 
 @pytest.mark.parametrize("damage, what", [
@@ -88,7 +88,7 @@ def test_json_labels_and_csv_artifacts_that_are_damaged_are_named(project):
 
 
 def test_damaged_shards_and_meta_are_named(project):
-    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tensorflow")
     from pipeline.lib import shards
 
     out = project / "data/augmented"
@@ -123,7 +123,6 @@ def test_damaged_shards_and_meta_are_named(project):
     shard.write_bytes(good[:100] + os.urandom(200) + good[300:])  # random bytes inside
     with pytest.raises(StageError, match="augmented is damaged"):
         read()
-    assert isinstance(tf, object)
 
 
 @pytest.mark.parametrize("name", ["model.keras", "model.tflite", "model.onnx", "saved_model"])

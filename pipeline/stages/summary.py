@@ -44,7 +44,7 @@ def data_section(ingest: dict, split: dict) -> list[str]:
              f"{ingest['kept']} images kept, {ingest['skipped']} skipped; split `{split['strategy']}`.", ""]
     lines += table(["class", *parts, "all"], rows)
     if ingest["skipped_by_reason"]:
-        lines += ["", "Skipped (every file is listed in `ingest.json`):", ""]
+        lines += ["", "Skipped (counted per reason; `ingest.json` names the first files of each):", ""]
         lines += table(["reason", "files"], [[k, v] for k, v in ingest["skipped_by_reason"].items()])
     if split["label_changes"]:
         lines += ["", "Label changes: " + "; ".join(f"{k}: {v}" for k, v in split["label_changes"].items()) + "."]
