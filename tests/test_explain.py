@@ -69,6 +69,15 @@ def test_a_map_for_another_class_differs_and_overlay_keeps_the_image_size(traine
     assert tile.shape == (40, SIZE, 3) and tile.dtype == np.uint8
 
 
+def test_the_overlay_leaves_the_photo_untouched_where_the_map_is_cold():
+    photo = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, 0] = 1.0  # one hot corner cell
+    tile = explain.overlay(photo, heat)
+    assert np.array_equal(tile[-8:, -8:], photo[-8:, -8:])  # the cold corner: the photo as it is
+    assert np.abs(tile[:2, :2].astype(int) - photo[:2, :2]).mean() > 20  # the hot one: coloured
+
+
 def test_no_images_give_no_maps(trained):
     """A model with no test mistakes hands the gallery no images (the evaluate stage crashed here)."""
     maps, probs = explain.GradCam(trained)(scenes(1, seed=3)[0][:0])

@@ -48,18 +48,22 @@ def training_curves(history: dict[str, list[float]], path: Path, title: str) -> 
 
 
 def per_class_f1(scores: dict[str, dict[str, float]], path: Path, title: str) -> None:
-    """Grouped bars: F1 per class for each model (``{model: {class: f1}}``)."""
+    """Grouped horizontal bars: F1 per class for each model (``{model: {class: f1}}``), the value
+    written at each bar's end (so an F1 of 0 shows as 0.00). Classes run down the page, so the
+    figure grows in height, not width, with their number; the first class is at the top."""
     labels = list(next(iter(scores.values())))
-    width = 0.8 / len(scores)
-    fig, ax = plt.subplots(figsize=(2 + 0.6 * len(labels) * len(scores), 4))
+    height = 0.8 / len(scores)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + (0.12 + 0.22 * len(scores)) * len(labels)))
     for i, (name, f1) in enumerate(scores.items()):
-        ax.bar(np.arange(len(labels)) + (i - (len(scores) - 1) / 2) * width, [f1[k] for k in labels],
-               width, label=name)
-    ax.set(xticks=range(len(labels)), ylim=(0, 1.15), yticks=np.linspace(0, 1, 6),
-           ylabel="F1 on the test split", title=title)
-    ax.set_xticklabels(labels, rotation=45, ha="right")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper center", ncol=len(scores), frameon=False)  # above the bars, in the headroom
+        bars = ax.barh(np.arange(len(labels)) + (i - (len(scores) - 1) / 2) * height, [f1[k] for k in labels],
+                       height, label=name)
+        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=7)
+    ax.set(yticks=range(len(labels)), xlim=(0, 1.1), xticks=np.linspace(0, 1, 6), ylim=(len(labels) - 0.5, -0.5),
+           xlabel="F1 on the test split", title=title)
+    ax.set_yticklabels(labels)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0 + 0.4 / fig.get_figheight()), ncol=len(scores),
+              frameon=False)
     _save(fig, path)
 
 
@@ -67,12 +71,16 @@ def gallery(thumbnails: list[np.ndarray], captions: list[str], path: Path, title
             empty: str = "no mistakes") -> None:
     """A grid of images with a caption under each (at least one cell, so the file always exists)."""
     rows = max(1, -(-len(thumbnails) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    lines = max((c.count("\n") + 1 for c in captions), default=1)
+    # constrained layout sizes each cell around its caption; tight_layout let a square tile's
+    # caption run under the tile above it
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows + 0.18 * lines * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, thumbnails, captions):
         ax.imshow(image)
-        ax.set_title(caption, fontsize=9)
+        ax.set_title(fit(caption, CAPTION_CHARS), fontsize=9)
     if not thumbnails:
         axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center", fontsize=14)
     fig.suptitle(title)
@@ -137,7 +145,18 @@ def score_histograms(scores: dict[str, np.ndarray], threshold: float, path: Path
     _save(fig, path)
 
 
+CAPTION_CHARS = 40  # what a 3-inch gallery cell holds at 9 pt
+
+
+def fit(caption: str, chars: int) -> str:
+    """Each caption line at most ``chars`` long: a longer one (a long file name) keeps its start and
+    end around an ellipsis, so it never runs into the next cell."""
+    return "\n".join(line if len(line) <= chars else f"{line[:chars // 2 - 1]}…{line[-(chars - chars // 2):]}"
+                     for line in caption.split("\n"))
+
+
 def _save(fig, path: Path, dpi: int = 100) -> None:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=dpi, format="png")
     plt.close(fig)
