@@ -154,8 +154,10 @@ def main() -> None:
                  metrics[name]["agreement"], speed[name]["latency_ms_median"], speed[name]["latency_ms_p95"],
                  speed[name]["images_per_s"], p.evaluate.batch_size)
         if metrics[name]["agreement"] < FORMATS[name].min_agreement:
-            hint = (" For int8, calibrate on more images (export.representative_images, now "
-                    f"{p.export.representative_images}) or ship model_float16.tflite" if "int8" in name else "")
+            hint = (" For int8: ship model_float16.tflite instead, or try another calibration sample "
+                    f"(export.representative_images, now {p.export.representative_images}; on the clothing "
+                    "photos, 50 to 1,000 images moved agreement no more than the sample's seed did: "
+                    "docs/export.md#when-int8-disagrees)" if "int8" in name else "")
             log.warning("%s agrees with the Keras model on only %.1f%% of the test images: check it "
                         "before shipping it.%s", name, 100 * metrics[name]["agreement"], hint)
     artifacts.write_json(args.metrics, {**metrics, "test_images": len(rows), "timing_batch_size": p.evaluate.batch_size,
