@@ -53,3 +53,22 @@ def make_ood(root: Path, count: int = 12, size: int = 40, seed: int = 1) -> Path
             pixels = np.stack([127 + 60 * wave] * 3, axis=-1)
         Image.fromarray(np.uint8(pixels)).save(root / f"{i:03d}.png")
     return root
+
+
+def exif_jpeg(rng: np.random.Generator) -> tuple[bytes, int]:
+    """A JPEG carrying EXIF (orientation 6 and a text tag), and where its EXIF block starts."""
+    import io
+
+    buf, exif = io.BytesIO(), Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "camera"  # orientation and a text tag: EXIF damage to re-read
+    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(buf, "JPEG", exif=exif.tobytes())
+    return buf.getvalue(), buf.getvalue().find(b"Exif\0\0") + 6
+
+
+def damaged_exif(data: bytes, at: int) -> bytes:
+    """``exif_jpeg``'s file with an EXIF block Pillow reads but cannot write back (``struct.error``
+    in ``exif_transpose``): its text tag's type made ColorMap's."""
+    damaged = bytearray(data)
+    damaged[at + 11] = 64
+    return bytes(damaged)
+

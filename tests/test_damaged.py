@@ -273,3 +273,54 @@ def test_a_large_16_bit_canvas_decodes_through_the_shrunk_path(tmp_path):
     pixels = images.load_image(tmp_path / "big.png", 32)
     assert pixels.shape == (32, 32, 3) and pixels[:, 0].max() < 10 and pixels[:, -1].min() > 245
     assert images.examine(tmp_path / "big.png")["width"] == side
+
+
+def test_a_damaged_exif_jpeg_and_a_large_16_bit_canvas_go_through_ingest_augment_and_predict(tmp_path):
+    """The two hard images the issue found, through the real stages as subprocesses: ingest keeps
+    both (read, the EXIF orientation ignored where the block is damaged), augment writes them into
+    its shards (a split written here puts both in train), predict classifies them."""
+    import yaml
+
+    from project import default_params
+    from shapes import damaged_exif, exif_jpeg, make_dataset
+
+    source = make_dataset(tmp_path / "source", per_class=4, size=16)
+    (source / "circle" / "exif.jpg").write_bytes(damaged_exif(*exif_jpeg(np.random.default_rng(0))))
+    side = 2400  # past LARGE_DECODE_PIXELS
+    Image.fromarray(np.tile(np.linspace(0, 65535, side, dtype=np.uint16), (side, 1))).save(source / "triangle" / "big.png")
+    project = tmp_path / "project"
+    project.mkdir()
+    settings = default_params(base={"image_size": 32}, augment={"copies": 1})
+    (project / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def stage(name, *args):
+        out = subprocess.run([sys.executable, "-m", "pipeline", name, *map(str, args)], cwd=project, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, f"{name}: {out.stderr[-2000:]}"
+
+    stage("ingest", "--source", source, "--manifest", "manifest.csv", "--report", "ingest.json")
+    rows = images.read_csv(project / "manifest.csv")
+    assert {"circle/exif.jpg", "triangle/big.png"} <= {row["path"] for row in rows}
+    # the split written here, not by the split stage, so that both hard images are in train
+    (project / "split").mkdir()
+    val = [row for row in rows if row["path"].endswith("001.png")]
+    train = [row for row in rows if row not in val]
+    for part, chosen in (("train", train), ("val", val), ("test", val)):
+        images.write_csv(project / "split" / f"{part}.csv", chosen, images.SPLIT_FIELDS)
+    artifacts.write_json(project / "split" / "labels.json", ["circle", "square", "triangle"])
+    stage("augment", "--source", source, "--split", "split", "--out", "augmented")
+    meta = json.loads((project / "augmented" / "meta.json").read_text())
+    assert meta["counts"] == {"train": len(train), "train_aug": len(train), "val": len(val)}
+
+    import keras
+
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "labels.txt").write_text("circle\nsquare\ntriangle\n")
+    out = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(tmp_path / "model.keras"),
+                          str(source / "circle" / "exif.jpg"), str(source / "triangle" / "big.png"), "--json"],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert [Path(r["path"]).name for r in json.loads(out.stdout)] == ["exif.jpg", "big.png"]

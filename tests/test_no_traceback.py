@@ -21,6 +21,7 @@ from PIL import Image
 from conftest import ROOT
 from pipeline.lib import images
 from project import BIN
+import shapes
 from shapes import make_dataset
 from test_ingest_split import broken_sparse_tar, zeros_zip
 
@@ -113,16 +114,11 @@ def fuzz_files(folder: Path, count: int, seed: int) -> tuple[list[str], list[str
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(buf, "JPEG", quality=80)
     jpeg = buf.getvalue()
-    buf, exif = io.BytesIO(), Image.Exif()
-    exif[0x0112], exif[0x010F] = 6, "camera"  # orientation and a text tag: EXIF damage to re-read
-    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(buf, "JPEG", exif=exif.tobytes())
-    exif_jpeg, exif_at = buf.getvalue(), buf.getvalue().find(b"Exif\0\0") + 6
+    exif_jpeg, exif_at = shapes.exif_jpeg(rng)
     magics = [(b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff\xe0", ".jpg"), (b"\xff\xd8\xff", ".jpeg"),
               (b"GIF89a", ".gif"), (b"BM", ".bmp"), (b"RIFF\0\0\0\0WEBPVP8 ", ".webp"), (b"", ".png")]
     junk, mutants = [], ["exif.jpg"]
-    damaged_exif = bytearray(exif_jpeg)
-    damaged_exif[exif_at + 11] = 64  # the text tag becomes ColorMap, which Pillow cannot write back
-    (folder / "exif.jpg").write_bytes(bytes(damaged_exif))
+    (folder / "exif.jpg").write_bytes(shapes.damaged_exif(exif_jpeg, exif_at))
     for i in range(count):
         if i % 2 == 0:
             magic, ext = magics[rng.integers(len(magics))]
