@@ -24,6 +24,17 @@ def test_transparent_pixels_become_white(tmp_path):
     assert (images.load_image(tmp_path / "t.png", 8) == 255).all()
 
 
+def test_thumbnails_show_the_colours_the_model_sees(tmp_path):
+    """The galleries' thumbnail converts modes as load_image does: a 16-bit grey gradient is not
+    clipped to white, a transparent pixel is white, not the colour under it."""
+    Image.fromarray(np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (64, 1))).save(tmp_path / "g.png")
+    Image.new("RGBA", (64, 64), (255, 0, 0, 0)).save(tmp_path / "t.png")
+    for name in ("g.png", "t.png"):
+        shown, seen = images.thumbnail(tmp_path / name, 64), images.load_image(tmp_path / name, 64)
+        assert shown.shape == seen.shape and np.abs(shown.astype(int) - seen).max() <= 2, name
+    assert images.thumbnail(tmp_path / "g.png", 64)[0, 32, 0] in range(120, 136)  # mid-grey, not 255
+
+
 def test_exif_orientation_is_applied(tmp_path):
     im = Image.new("RGB", (40, 20), (0, 0, 255))
     im.paste((255, 0, 0), (0, 0, 20, 20))  # left half red

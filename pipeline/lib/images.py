@@ -53,25 +53,27 @@ def load_image(path: Path | io.BytesIO, size: int) -> np.ndarray:
 def to_rgb(im: Image.Image, size: int) -> np.ndarray:
     """``load_image`` of an opened image: upright, RGB, ``size`` x ``size``. A large canvas is
     first shrunk by an integer factor (``shrunk``), so the steps below never copy it whole."""
-    if im.size[0] * im.size[1] > LARGE_DECODE_PIXELS:
-        im = shrunk(im, size)
-    im = upright(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16- or 32-bit grey: its top 8 bits of 16
+    im = rgb(upright(shrunk(im, size)))
+    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def rgb(im: Image.Image) -> Image.Image:
+    """``im`` in RGB as the model sees it: 16- and 32-bit grey by its top 8 bits of 16, and
+    transparent pixels white, not whatever colour hides under alpha=0."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         im = Image.fromarray((np.asarray(im, dtype=np.float64) / 256).clip(0, 255).astype(np.uint8))
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        # Transparent pixels become white, not whatever colour hides under alpha=0.
         rgba = im.convert("RGBA")
         im = Image.new("RGB", rgba.size, (255, 255, 255))
         im.paste(rgba, mask=rgba.getchannel("A"))
-    im = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(im, dtype=np.uint8)
+    return im.convert("RGB")
 
 
 def shrunk(im: Image.Image, size: int) -> Image.Image:
-    """``im`` reduced by the largest integer factor that keeps both sides at least twice ``size``
-    (block means, in its own mode)."""
+    """A canvas over ``LARGE_DECODE_PIXELS`` reduced by the largest integer factor that keeps both
+    sides at least twice ``size`` (block means, in its own mode); a smaller image as it is."""
     factor = min(im.size) // (2 * size)
-    if factor < 2:
+    if im.size[0] * im.size[1] <= LARGE_DECODE_PIXELS or factor < 2:
         return im
     if im.mode.startswith("I;16"):  # Image.reduce refuses 16-bit modes; a box resize is the same block means
         small = im.resize((im.size[0] // factor, im.size[1] // factor), Image.Resampling.BOX)
@@ -113,13 +115,12 @@ def _decoding(im: Image.Image) -> Iterator[None]:
 
 
 def thumbnail(path: Path | io.BytesIO, size: int) -> np.ndarray:
-    """The image upright and in its own aspect ratio, at most ``size`` pixels a side: for people to look at."""
+    """The image upright and in its own aspect ratio, at most ``size`` pixels a side, its colours
+    as ``load_image`` makes them: for people to look at."""
     with Image.open(path) as im:
         im.draft("RGB", (size, size))
         with _decoding(im):
-            if im.size[0] * im.size[1] > LARGE_DECODE_PIXELS:
-                im = shrunk(im, size)
-            im = upright(im).convert("RGB")
+            im = rgb(upright(shrunk(im, size)))
             im.thumbnail((size, size))
             return np.asarray(im, dtype=np.uint8)
 
