@@ -71,4 +71,3 @@ def damaged_exif(data: bytes, at: int) -> bytes:
     damaged = bytearray(data)
     damaged[at + 11] = 64
     return bytes(damaged)
-
