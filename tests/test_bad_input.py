@@ -38,7 +38,11 @@ def corpus(tmp_path_factory):
     (root / "single").mkdir()
     Image.new("RGB", (30, 30), (1, 2, 250)).save(root / "single" / "only.png")
     (root / "LICENSE").write_text("CC0")
-    project = Project(tmp / "project", default_params(split={"val_fraction": 0.2, "test_fraction": 0.25}),
+    # Random weights at 32 px, near duplicates not grouped (random features find everything alike):
+    # these tests are about ingest and split's label rules, and need no ImageNet weights in the cache.
+    project = Project(tmp / "project", default_params(split={"val_fraction": 0.2, "test_fraction": 0.25,
+                                                             "group_near_duplicates": False},
+                                                      base={"weights": "none", "image_size": 32}),
                       data=root)
     out = project.run("dvc", "repro", "split")
     return project, out.stdout + out.stderr
