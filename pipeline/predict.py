@@ -35,22 +35,37 @@ CHUNK = 256  # images decoded at a time: bounds memory for big folders
 UNKNOWN = "unknown"
 
 
-def expand(patterns: list[str]) -> tuple[list[Path], list[str]]:
-    """(files to classify, patterns that matched nothing). Folders give their image files, sorted."""
+def expand(patterns: list[str], command: str = "predict") -> tuple[list[Path], list[str]]:
+    """(files to classify, patterns that matched nothing). Folders give their image files, sorted,
+    read no deeper than ``artifacts.MAX_DEPTH`` folders (the deeper ones are named)."""
     files, unmatched = [], []
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            files += images.image_files(path)
+            deep: list[Path] = []
+            files += images.image_files(path, deep)
+            if deep:
+                print(f"{command}: {pattern}: {len(deep)} folder(s) nested deeper than {artifacts.MAX_DEPTH} "
+                      f"levels not read, e.g. {str(deep[0])[:200]}...", file=sys.stderr)
         elif path.is_file():
             files.append(path)
         elif path.exists():  # reading a FIFO would wait for a writer for ever
-            print(f"predict: {pattern}: not a regular file (a FIFO, device or socket): skipped", file=sys.stderr)
-        elif glob.has_magic(pattern) and (matches := sorted(glob.glob(pattern, recursive=True))):
+            print(f"{command}: {pattern}: not a regular file (a FIFO, device or socket): skipped", file=sys.stderr)
+        elif glob.has_magic(pattern) and (matches := matched(pattern, command)):
             files += [Path(m) for m in matches if Path(m).is_file()]
         else:
             unmatched.append(pattern)
     return files, unmatched
+
+
+def matched(pattern: str, command: str) -> list[str]:
+    """``glob`` of ``pattern``, sorted. Its ``**`` recurses once per folder level: a tree deeper
+    than Python's stack gives a one-line error instead of a RecursionError."""
+    try:
+        return sorted(glob.glob(pattern, recursive=True))
+    except RecursionError as err:
+        raise StageError(f"{pattern}: the folders below are nested too deep for a ** pattern; give the "
+                         f"folder itself (read up to {artifacts.MAX_DEPTH} levels down)") from err
 
 
 def beside(model: Path, given: Path | None, name: str) -> Path | None:
@@ -93,8 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--top-k and --batch-size must be at least 1")
     if args.explain and args.model.suffix != ".keras":
         parser.error("--explain needs the .keras model (the exported formats carry no gradients)")
-    if args.explain and args.explain.exists() and not args.explain.is_dir():
-        parser.error(f"--explain {args.explain}: a file is there; name a folder to write the heat maps into")
+    folders = [Path(p) for p in args.images if Path(p).is_dir()]
+    try:  # before any work: nothing written may replace what predict did not write
+        if args.csv:
+            artifacts.check_output(args.csv, folder=False, kind=CSV, reads=[args.model], flag="--csv")
+        if args.explain:
+            artifacts.check_output(args.explain, folder=True, replaces=False, reads=[args.model, *folders],
+                                   flag="--explain")
+    except StageError as err:
+        parser.error(str(err))
     files, unmatched = expand(args.images)
     for pattern in unmatched:
         print(f"predict: {pattern}: no such file, folder or matching pattern", file=sys.stderr)
@@ -104,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.lib import inference  # TensorFlow: imported only once the arguments are known good
 
     labels = inference.read_labels(find_labels(args.model, args.labels, inference.LABELS_FILE))
+    top_k = min(args.top_k, len(labels))
     calibration = read_calibration(args, parser)
     try:
         classifier = inference.load(args.model)
@@ -118,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(artifacts.describe(err))
         args.explain.mkdir(parents=True, exist_ok=True)
     results = [] if args.csv is None else None  # --csv streams: nothing is kept
-    with Rows(args.csv, args.top_k, len(files)) as rows:
+    with Rows(args.csv, top_k, len(files)) as rows:
         for start in range(0, len(files), CHUNK):
             chunk = files[start:start + CHUNK]
             pixels, ok, errors = inference.load_images(chunk, classifier.image_size)
@@ -130,10 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             found = dict(zip(ok, probs))
             for i, path in enumerate(chunk):
                 if i in errors:
-                    print(f"predict: {path}: not a readable image ({errors[i]})", file=sys.stderr)
                     result = {"path": str(path), "error": errors[i]}
                 else:
-                    top = found[i].argsort()[::-1][:args.top_k]
+                    top = found[i].argsort()[::-1][:top_k]
                     result = {"path": str(path), "predictions": [
                         {"label": labels[j], "probability": round(float(found[i][j]), 6)} for j in top]}
                     if calibration["unknown_threshold"] is not None:
@@ -141,9 +163,33 @@ def main(argv: list[str] | None = None) -> int:
                 rows.add(result)
                 if results is not None:
                     results.append(result)
-    if results is not None:
+    if results is not None and (args.json or rows.classified):
         print(json.dumps(results, indent=2) if args.json else table(results))
+    rows.bad.summary(len(files), f"in {args.csv}" if args.csv else "in the JSON" if args.json else None)
     return 0 if rows.classified else 1
+
+
+CSV = artifacts.starts_with("a CSV that predict wrote", b"file,label_1,probability_1,")
+
+
+class Unreadable:
+    """Unreadable inputs on stderr: the first ``SHOWN`` named with the reason, the rest counted,
+    so ten thousand bad files make a few lines (every one is still in the CSV or JSON)."""
+    SHOWN = 5
+
+    def __init__(self, command: str):
+        self.command, self.count = command, 0
+
+    def add(self, path, error: str, note: str = "") -> None:
+        self.count += 1
+        if self.count <= self.SHOWN:
+            print(f"{self.command}: {path}: not a readable image ({error[:300]}){note}", file=sys.stderr)
+
+    def summary(self, total: int, where: str | None = None) -> None:
+        if self.count > self.SHOWN:
+            print(f"{self.command}: {self.count - self.SHOWN:,} more unreadable file(s) not named above "
+                  f"({self.count:,} of {total:,} unreadable{'; every one is ' + where if where else ''})",
+                  file=sys.stderr)
 
 
 def read_calibration(args, parser) -> dict:
@@ -154,14 +200,15 @@ def read_calibration(args, parser) -> dict:
     path = beside(args.model, args.calibration, inference.CALIBRATION_FILE)
     if args.calibration and not path:
         parser.error(f"--calibration {args.calibration}: no such file")
-    found = {}
     if path:
+        from pipeline.lib import confidence
+
         try:
-            found = artifacts.read_json(path)
-            temperature = 1.0 if found["temperature_in_model"] else float(found["temperature"])
-            threshold = float(found["unknown_threshold"])
-        except (StageError, KeyError, TypeError, ValueError) as err:
-            parser.error(f"{path}: not a calibration file from the calibrate or export stage ({artifacts.describe(err)})")
+            found = confidence.read_calibration(path)
+        except StageError as err:
+            parser.error(f"{artifacts.describe(err)} (calibration.json comes from the calibrate or export stage)")
+        temperature = 1.0 if found["temperature_in_model"] else float(found["temperature"])
+        threshold = float(found["unknown_threshold"])
     else:
         temperature, threshold = 1.0, None
     if args.unknown_threshold is not None:
@@ -182,21 +229,23 @@ def calibrate(probs, calibration: dict):
 
 class Rows:
     """Counts the images classified; with a CSV path, streams each result into it as a row
-    (written to a temporary file, renamed over FILE at the end) behind a progress bar."""
+    (written to a temporary file, renamed over FILE at the end) behind a progress bar. Names
+    the first few unreadable inputs on stderr and counts the rest (``summarise``)."""
 
     def __init__(self, path: Path | None, top_k: int, total: int):
         self.path, self.total, self.classified, self.unknown, self.unreadable = path, total, 0, 0, 0
-        self.fields = ["file", *[f"{kind}_{i}" for i in range(1, top_k + 1) for kind in ("label", "probability")],
-                       "unknown", "error"]
+        self.top_k, self.bad = top_k, Unreadable("predict")
 
     def __enter__(self):
         self._open = contextlib.ExitStack()
         if self.path:
             from tqdm import tqdm
 
-            tmp = self._open.enter_context(artifacts.atomic_file(self.path))
+            fields = ["file", *[f"{kind}_{i}" for i in range(1, self.top_k + 1) for kind in ("label", "probability")],
+                      "unknown", "error"]
+            tmp = self._open.enter_context(artifacts.atomic_file(self.path, CSV))
             self._writer = csv.DictWriter(self._open.enter_context(open(tmp, "w", newline="", encoding="utf-8")),
-                                          self.fields)
+                                          fields)
             self._writer.writeheader()
             self._bar = self._open.enter_context(tqdm(total=self.total, desc="predict", unit="img",
                                                             file=sys.stderr))
@@ -205,7 +254,9 @@ class Rows:
     def add(self, result: dict) -> None:
         self.classified += "predictions" in result
         self.unknown += bool(result.get("unknown"))
-        self.unreadable += "error" in result
+        if "error" in result:
+            self.unreadable += 1
+            self.bad.add(result["path"], result["error"])
         if self.path:
             row = {"file": result["path"], "error": result.get("error", ""),
                    "unknown": "" if "unknown" not in result else str(result["unknown"]).lower()}
@@ -229,18 +280,20 @@ def write_explanations(gradcam, pixels, classes, paths: list[Path], labels: list
     heat, _ = gradcam(pixels, classes)
     for path, h, c in zip(paths, heat, classes):
         out = folder / f"{path.name}.gradcam.png"
-        images.save_png(explain.overlay(images.thumbnail(path, 400), h), out)
+        with artifacts.atomic_file(out, artifacts.PNG) as tmp:  # replaces only a PNG
+            images.save_png(explain.overlay(images.thumbnail(path, 400), h), tmp)
         print(f"predict: {path}: heat map for {labels[c]} in {out}", file=sys.stderr)
 
 
 def table(results: list[dict]) -> str:
-    """One line per image: the path, then each of the top-k labels with its probability, aligned."""
-    width = max(len(r["path"]) for r in results)
-    label_width = max((len(p["label"]) for r in results for p in r.get("predictions", [])), default=0)
+    """One line per classified image: the path, then each of the top-k labels with its probability,
+    aligned. Unreadable ones are left out: stderr names them (``Unreadable``)."""
+    results = [r for r in results if "predictions" in r]
+    width = max((len(r["path"]) for r in results), default=0)
+    label_width = max((len(p["label"]) for r in results for p in r["predictions"]), default=0)
     lines = []
     for r in results:
-        cells = ["(unreadable)"] if "error" in r else [
-            f"{p['label']:<{label_width}} {p['probability']:7.2%}" for p in r["predictions"]]
+        cells = [f"{p['label']:<{label_width}} {p['probability']:7.2%}" for p in r["predictions"]]
         if any("unknown" in r for r in results):  # a calibrated model: the verdict first
             cells.insert(0, f"{UNKNOWN if r.get('unknown') else '':<{len(UNKNOWN)}}")
         lines.append(f"{r['path']:<{width}}  " + "   ".join(cells))

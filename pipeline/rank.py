@@ -22,6 +22,8 @@ from pipeline import predict
 from pipeline.lib import artifacts
 from pipeline.lib.artifacts import StageError
 
+FIELDS = ["rank", "file", "label", "probability", "uncertainty"]
+CSV = artifacts.starts_with("a CSV that rank wrote", ",".join(FIELDS).encode() + b"\r\n")
 DEFAULT_SIMILARITY = 0.92  # audit.duplicate_similarity's default: the same notion of a near duplicate
 
 
@@ -45,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.model}: not a .keras file (rank needs the model's features as well as its probabilities)")
     if not 0 < args.similarity <= 1 or (args.top is not None and args.top < 1) or args.batch_size < 1:
         parser.error("--similarity must be in (0, 1], --top and --batch-size at least 1")
-    files, unmatched = predict.expand(args.images)
+    try:  # before any work: nothing written may replace what rank did not write
+        artifacts.check_output(args.out, folder=False, kind=CSV, reads=[args.model], flag="--out")
+    except StageError as err:
+        parser.error(str(err))
+    files, unmatched = predict.expand(args.images, "rank")
     for pattern in unmatched:
         print(f"rank: {pattern}: no such file, folder or matching pattern", file=sys.stderr)
     if not files:
@@ -67,19 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     size = int(model.input_shape[1])
     both = tf.function(lambda x: (model(x, training=False),
                                   extractor(x, training=False) + extractor(tf.reverse(x, [2]), training=False)))
-    kept, probs, features = [], [], []
+    kept, probs, features, bad = [], [], [], predict.Unreadable("rank")
     with tqdm(total=len(files), desc="rank", unit="img", file=sys.stderr) as bar:
         for start in range(0, len(files), predict.CHUNK):
             chunk = files[start:start + predict.CHUNK]
             pixels, ok, errors = inference.load_images(chunk, size)
             for i, error in errors.items():
-                print(f"rank: {chunk[i]}: not a readable image ({error}); left out", file=sys.stderr)
+                bad.add(chunk[i], error, "; left out")
             for b in range(0, len(pixels), args.batch_size):
                 p, f = both(tf.constant(pixels[b:b + args.batch_size], tf.float32))
                 probs.append(p.numpy())
                 features.append(f.numpy())
             kept += [chunk[i] for i in ok]
             bar.update(len(chunk))
+    bad.summary(len(files))
     if not kept:
         parser.error("no readable image to rank")
     probs = predict.calibrate(np.concatenate(probs), calibration)
@@ -87,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = ({"rank": r, "file": str(kept[i]), "label": labels[int(probs[i].argmax())],
              "probability": f"{probs[i].max():.6f}", "uncertainty": f"{u:.6f}"}
             for r, (i, u) in enumerate(zip(order, uncertainty), 1))
-    with artifacts.atomic_file(args.out) as tmp:
-        images.write_csv(tmp, rows, ["rank", "file", "label", "probability", "uncertainty"])
+    with artifacts.atomic_file(args.out, CSV) as tmp:
+        images.write_csv(tmp, rows, FIELDS)
     left_out = len(kept) - len(order) if args.top is None else None
     print(f"rank: {len(order)} images ranked by {args.by} into {args.out}"
           + (f"; {left_out} near duplicate{'s' * (left_out > 1)} of images ranked above left out" if left_out else ""),

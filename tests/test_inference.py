@@ -122,7 +122,7 @@ def test_predict_fails_only_when_nothing_could_be_classified(exported, tmp_path,
         with pytest.raises(SystemExit):
             predict.main([str(exported / "model.keras"), str(image), *bad])
     err = capsys.readouterr().err
-    assert "not a calibration file from the calibrate or export stage" in err and "none.json: no such file" in err
+    assert "calibration.json is damaged (no temperature_in_model)" in err and "none.json: no such file" in err
     assert "--unknown-threshold must be between 0 and 1" in err
 
 

@@ -34,6 +34,7 @@ def tiny_head_project(tmp_path_factory):
         np.save(root / "data" / "features" / f"{split}_y.npy", rng.integers(0, 3, n))
     (root / "data" / "split" / "labels.json").write_text(json.dumps(["a", "b", "c"]))
     (root / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("  epochs: 30", "  epochs: 2"))
+    (root / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())  # the outputs a rerun may replace
     return root
 
 

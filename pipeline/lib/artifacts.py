@@ -17,7 +17,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import yaml
@@ -27,8 +27,15 @@ from pipeline.lib.params import ParamsError
 log = logging.getLogger(__name__)
 
 
-def start(doc: str, *paths: str) -> argparse.Namespace:
-    """Parse ``--<path> VALUE`` arguments (paths live in dvc.yaml only) and set up logging."""
+def start(doc: str, *paths: str, writes: Iterable[str] | dict[str, Kind | None] = ()) -> argparse.Namespace:
+    """Parse ``--<path> VALUE`` arguments (paths live in dvc.yaml only) and set up logging.
+
+    ``writes`` names the arguments that are this stage's outputs (or maps them to the ``Kind``
+    of a scratch folder): each is checked before any work (``check_output``) against the other
+    arguments, which it reads, and against what the pipeline does not create. The stage is the file that calls this (pipeline/stages/<stage>.py,
+    as dvc.yaml names it): its own outputs in dvc.yaml are the only existing ones it replaces."""
+    global _STAGE
+    _STAGE = Path(sys._getframe(1).f_code.co_filename).stem
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in paths:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_path, required=True)
@@ -38,6 +45,10 @@ def start(doc: str, *paths: str) -> argparse.Namespace:
     # SIGTERM (what `kill` and CI runners send) would otherwise end Python without
     # unwinding, skipping the clean-up of temporary outputs below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    reads = [getattr(args, name) for name in paths if name not in writes and isinstance(getattr(args, name), Path)]
+    kinds = writes if isinstance(writes, dict) else dict.fromkeys(writes)
+    for name, kind in kinds.items():  # a StageError here is the stage's one line (run)
+        check_output(getattr(args, name), kind=kind, reads=reads, flag=f"--{name.replace('_', '-')}")
     return args
 
 
@@ -105,18 +116,150 @@ def damaged(path: Any, what: str) -> StageError:
 def producer(path: Any, dvc_yaml: Path = Path("dvc.yaml")) -> tuple[str | None, str | None]:
     """(the dvc.yaml stage whose output holds ``path``, that output), or (None, None) when no
     stage of ./dvc.yaml writes it (a file given to ``predict``, a run outside a project)."""
+    target = _relative(path)
+    for out, stage in _outputs(dvc_yaml).items():
+        if target == out or out in target.parents:
+            return stage, out.as_posix()
+    return None, None
+
+
+def _stages(dvc_yaml: Path) -> dict:
     try:
         stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
-        target = Path(os.path.relpath(Path(path).absolute(), Path.cwd()))
-        for name, stage in stages.items():
-            for kind in ("outs", "metrics", "plots"):
-                for entry in stage.get(kind) or []:
-                    out = Path(next(iter(entry)) if isinstance(entry, dict) else entry)
-                    if target == out or out in target.parents:
-                        return name, out.as_posix()
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
-        pass
-    return None, None
+        return stages if isinstance(stages, dict) else {}
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+        return {}
+
+
+def _entries(stage: Any, kinds: Iterable[str]) -> list[Path]:
+    """The paths a dvc.yaml stage lists under ``kinds`` (deps, outs, metrics, plots)."""
+    found = []
+    for kind in kinds:
+        for entry in (stage.get(kind) or [] if isinstance(stage, dict) else []):
+            name = next(iter(entry), None) if isinstance(entry, dict) else entry
+            if isinstance(name, str):
+                found.append(Path(name))
+    return found
+
+
+def _outputs(dvc_yaml: Path = Path("dvc.yaml")) -> dict[Path, str]:
+    """{every output ./dvc.yaml declares (outs, metrics, plots): the stage that writes it}."""
+    return {out: name for name, stage in _stages(dvc_yaml).items() for out in _entries(stage, ("outs", "metrics", "plots"))}
+
+
+def not_created(dvc_yaml: Path = Path("dvc.yaml")) -> list[Path]:
+    """What the stages of ./dvc.yaml read and none writes: the team's data (data/images, data/ood),
+    the code. Nothing the pipeline writes may be, hold or lie inside one of them."""
+    outs = _outputs(dvc_yaml)
+    deps = {dep for stage in _stages(dvc_yaml).values() for dep in _entries(stage, ("deps",))}
+    return sorted(d for d in deps if not any(d == o or o in d.parents for o in outs))
+
+
+def _relative(path: Any) -> Path:
+    return Path(os.path.relpath(Path(path).absolute(), Path.cwd()))
+
+
+class Kind(NamedTuple):
+    """What a command writes, for ``check_output``: a description, and a test that an existing
+    file (or folder) is one it wrote before and may replace."""
+    what: str
+    test: Callable[[Path], bool]
+
+
+def starts_with(what: str, prefix: bytes) -> Kind:
+    """The kind of file that begins with ``prefix`` (a CSV's header, a PNG's signature)."""
+    def test(path: Path) -> bool:
+        with open(path, "rb") as f:
+            return f.read(len(prefix)) == prefix
+    return Kind(what, test)
+
+
+PNG = starts_with("a PNG image", b"\x89PNG\r\n\x1a\n")
+_STAGE: str | None = None  # the stage this process runs (set by start): it replaces its own outputs
+_WRITTEN: set[Path] = set()  # what this process's writers put in place: theirs to replace again
+
+
+def check_output(path: Any, folder: bool | None = None, kind: Kind | None = None, reads: Iterable[Any] = (),
+                 flag: str | None = None, replaces: bool = True) -> None:
+    """Refuse, with one line and before anything is written, an output path whose writing could
+    destroy what this command did not create:
+
+    - one that is, holds or lies inside a path it ``reads`` (the model, the input folders), or
+      something the pipeline does not create (``not_created``: data/images, the code);
+    - an existing folder where a file goes (``folder=False``), or a file where a folder goes;
+    - anything else already there, unless this process wrote it, it is one of the running stage's
+      outputs in ./dvc.yaml, or ``kind`` says it is what this command writes (a CSV it wrote before).
+      With ``replaces=False`` (a folder written into, file by file) an existing folder is fine.
+    """
+    shown = f"{flag} {path}" if flag else str(path)
+    target = Path(path)
+    if any(ord(c) < 32 for c in str(path)):
+        raise StageError(f"{shown!r}: the path has control characters; name another")
+    real = Path(os.path.realpath(target))
+    protected = [(Path(r), "this command reads it") for r in reads]
+    protected += [(p, "the pipeline does not create it (dvc.yaml reads it)") for p in not_created()]
+    for other, why in protected:
+        other_real = Path(os.path.realpath(other))
+        if real == other_real:
+            raise StageError(f"{shown}: that is {other}, and {why}; name an output path of its own")
+        if other_real in real.parents:
+            raise StageError(f"{shown}: that is inside {other}, and {why}; name an output path outside it")
+        if real in other_real.parents:
+            raise StageError(f"{shown}: that holds {other}, and {why}; name an output path of its own")
+    if not (target.exists() or target.is_symlink()):
+        return
+    if target.is_dir() and not target.is_symlink():
+        if folder is False:
+            raise StageError(f"{shown}: a folder is there; name a file (nothing was changed)")
+    elif not target.is_file() and not target.is_symlink():
+        raise StageError(f"{shown}: not a regular file or folder (a FIFO, device or socket); name a file")
+    elif folder:
+        raise StageError(f"{shown}: a file is there, not a folder; name a folder (nothing was changed)")
+    if not replaces or _replaceable(target, kind):
+        return
+    what = kind.what if kind else "an output of this stage in dvc.yaml" if _STAGE else "something this command wrote"
+    raise StageError(f"{shown}: already there and not {what}, so it is left as it is; name another path, "
+                     "or move it away first")
+
+
+def _replaceable(target: Path, kind: Kind | None) -> bool:
+    """``target`` (which exists) is this process's, this stage's declared output, or of ``kind``."""
+    if target.absolute() in _WRITTEN:
+        return True
+    if _STAGE is not None:
+        mine = [out for out, stage in _outputs().items() if stage == _STAGE]
+        relative = _relative(target)
+        inside = lambda p: any(p == out or out in p.parents for out in mine)  # noqa: E731
+        if inside(relative):
+            return True
+        if target.is_dir() and not target.is_symlink() and mine:  # a folder of this stage's outputs only
+            deep: list[Path] = []
+            files = [d / f for d, _, fs in walk(target, deep=deep) for f in fs]
+            if not deep and all(inside(_relative(f)) for f in files):
+                return True
+    try:
+        return kind is not None and kind.test(target)
+    except OSError:
+        return False
+
+
+MAX_DEPTH = 32  # folder levels read below a folder a user gives; deeper ones are reported, never read
+
+
+def walk(root: Path, max_depth: int = MAX_DEPTH, deep: list[Path] | None = None,
+         onerror: Callable[[OSError], Any] | None = None) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """``os.walk(root)``, sorted, at most ``max_depth`` folders down: os.walk of Python 3.11
+    recurses, and a deeper tree (a hostile archive, a link farm) would end it in a RecursionError.
+    The folders left unread are appended to ``deep``; ``onerror`` is os.walk's. Every walk of a user's folder goes through
+    here: ingest, predict, rank, calibrate's out-of-distribution folder, check."""
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+        dirnames.sort()
+        if len(Path(dirpath).relative_to(root).parts) >= max_depth:
+            if deep is not None:
+                deep += [Path(dirpath, d) for d in dirnames]
+            dirnames.clear()
+        yield Path(dirpath), dirnames, sorted(filenames)
 
 
 def read_npy(path: Any, dtype: str, ndim: int, mmap: bool = False) -> np.ndarray:
@@ -212,16 +355,17 @@ class StageError(RuntimeError):
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces ``final`` on success."""
-    with _atomic(final, is_dir=True) as tmp:
+def atomic_dir(final: Path, kind: Kind | None = None) -> Iterator[Path]:
+    """Yield an empty temporary directory that replaces ``final`` on success. An existing
+    ``final`` is replaced only where ``check_output`` allows it (``kind``: what this writes)."""
+    with _atomic(final, is_dir=True, kind=kind) as tmp:
         yield tmp
 
 
 @contextlib.contextmanager
-def atomic_file(final: Path) -> Iterator[Path]:
-    """Yield a temporary file path that replaces ``final`` on success."""
-    with _atomic(final, is_dir=False) as tmp:
+def atomic_file(final: Path, kind: Kind | None = None) -> Iterator[Path]:
+    """Yield a temporary file path that replaces ``final`` on success (see ``atomic_dir``)."""
+    with _atomic(final, is_dir=False, kind=kind) as tmp:
         yield tmp
 
 
@@ -249,8 +393,9 @@ def read_json(path: Path, kind: type | None = None) -> Any:
 
 
 @contextlib.contextmanager
-def _atomic(final: Path, is_dir: bool) -> Iterator[Path]:
+def _atomic(final: Path, is_dir: bool, kind: Kind | None) -> Iterator[Path]:
     final = Path(final)
+    check_output(final, folder=is_dir, kind=kind)  # never replaces what this command did not create
     final.parent.mkdir(parents=True, exist_ok=True)
     # The suffix stays last: Keras only saves to a path ending in ".keras".
     for pattern in (f".{final.stem}.tmp-*{final.suffix}", f".{final.stem}.old-*{final.suffix}"):
@@ -274,6 +419,7 @@ def _atomic(final: Path, is_dir: bool) -> Iterator[Path]:
     if final.exists() or final.is_symlink():
         os.replace(final, old)
     os.replace(tmp, final)
+    _WRITTEN.add(final.absolute())
     _remove(old)
 
 

@@ -15,14 +15,41 @@ synthetic logits in milliseconds. The calibrate stage, the export stage,
 """
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, logsumexp, softmax
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from pipeline.lib import artifacts
+
 BINS = 15  # equal-width confidence bins of the expected calibration error, as in Guo et al.
 TEMPERATURES = (0.05, 20.0)  # the search range of the fitted temperature
 TINY = 1e-30  # floor of a probability before its log: float32 softmax outputs can be exactly 0
+
+
+SCORES = ("probability",)  # the unknown scores a calibration file may name: what every runtime has
+
+
+def read_calibration(path: Path) -> dict:
+    """A ``calibration.json`` as the calibrate or export stage writes it, checked as input: a
+    temperature that is a finite number > 0 (a negative one would reverse every ranking), an
+    unknown threshold in [0, 1], ``temperature_in_model`` true or false. Anything else is
+    ``damaged``, naming the file and the key, never applied."""
+    data = artifacts.read_json(path, dict)
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    checks = {"temperature": (lambda v: number(v) and v > 0, "a finite number above 0"),
+              "temperature_in_model": (lambda v: isinstance(v, bool), "true or false"),
+              "unknown_threshold": (lambda v: number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+              "unknown_score": (lambda v: v in SCORES, " or ".join(map(repr, SCORES)))}
+    for key, (ok, allowed) in checks.items():
+        if key not in data:
+            raise artifacts.damaged(path, f"no {key}")
+        if not ok(data[key]):
+            raise artifacts.damaged(path, f"{key} is {str(data[key])[:40]!r}; it must be {allowed}")
+    return data
 
 
 def logits_of(probabilities: np.ndarray) -> np.ndarray:

@@ -134,11 +134,16 @@ class ImageTooLarge(ValueError):
     """The image would decode to more than MAX_DECODE_PIXELS pixels."""
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The image files under ``folder`` (any extension Pillow knows), sorted; hidden ones left out."""
+def image_files(folder: Path, deep: list[Path] | None = None) -> list[Path]:
+    """The image files under ``folder`` (any extension Pillow knows), sorted; hidden files and
+    folders left out, and so are folders past ``artifacts.MAX_DEPTH`` (appended to ``deep``)."""
     extensions = set(Image.registered_extensions())
-    return sorted(f for f in Path(folder).rglob("*") if f.is_file() and f.suffix.lower() in extensions
-                  and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+    found = []
+    for dirpath, dirnames, filenames in artifacts.walk(folder, deep=deep):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [dirpath / name for name in filenames if not name.startswith(".")
+                  and Path(name).suffix.lower() in extensions and (dirpath / name).is_file()]
+    return sorted(found)
 
 
 def inspect_image(path: Path) -> tuple[int, int]:

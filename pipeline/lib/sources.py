@@ -43,7 +43,7 @@ KERAS_CLASS_NAMES = {  # keras:<name> sources
         spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor
         train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split(),
 }
-MAX_DEPTH = 32  # folder levels below the source's root that are read; deeper ones are reported
+MAX_DEPTH = artifacts.MAX_DEPTH  # folder levels below the source's root that are read; deeper ones are reported
 MAX_ARCHIVE_MEMBERS = 2_000_000  # members an archive may hold (empty ones pass the byte caps)
 log = logging.getLogger("pipeline.lib.sources")
 
@@ -276,11 +276,14 @@ def scan(root: Path) -> tuple[list[dict], list[dict]]:
                             "reason": f"class folder name {problem}", "detail": repr(label)})
             continue
         unreadable: list[OSError] = []  # os.walk would otherwise skip such folders without a word
-        for dirpath, dirnames, filenames in os.walk(class_dir, onerror=unreadable.append):
-            dirnames.sort()
-            for pruned, reason in prune(Path(dirpath), dirnames, root):
-                skipped.append({"path": shown(pruned, root) + "/", "label": label, "reason": reason})
-            for name in sorted(filenames) + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
+        deep: list[Path] = []
+        levels = MAX_DEPTH - len(class_dir.relative_to(root).parts)
+        for dirpath, dirnames, filenames in artifacts.walk(class_dir, levels, deep, onerror=unreadable.append):
+            for hidden in [d for d in dirnames if d.startswith(".")]:  # .thumbnails: predict skips them too
+                dirnames.remove(hidden)
+                skipped.append({"path": shown(dirpath / hidden, root) + "/", "label": label,
+                                "reason": "hidden folder (not read)"})
+            for name in filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
                 path = Path(dirpath, name)
                 entry = {"path": shown(path, root), "label": label}
                 if reason := file_problem(path, root):
@@ -288,6 +291,8 @@ def scan(root: Path) -> tuple[list[dict], list[dict]]:
                 else:
                     files.append({**entry, "split": split})
                     found += 1
+        skipped += [{"path": shown(d, root) + "/", "label": label,
+                     "reason": f"folder nested deeper than {MAX_DEPTH} levels (not read)"} for d in deep]
         skipped += [{"path": shown(Path(err.filename), root) + "/", "label": label,
                      "reason": "folder cannot be read", "detail": err.strerror} for err in unreadable]
         if not found:
@@ -299,19 +304,6 @@ def scan(root: Path) -> tuple[list[dict], list[dict]]:
                 skipped.append({"path": shown(entry, root), "label": "", "reason": "hidden file"
                                 if entry.name.startswith(".") else "not inside a class folder"})
     return files, skipped
-
-
-def prune(folder: Path, dirnames: list[str], root: Path) -> list[tuple[Path, str]]:
-    """Remove from os.walk's ``dirnames`` the folders not read: hidden ones (``.thumbnails``,
-    which predict skips too) and those deeper than MAX_DEPTH; return them with the reason."""
-    depth = len(folder.relative_to(root).parts)
-    dropped = [(folder / d, "hidden folder (not read)") for d in dirnames if d.startswith(".")]
-    if depth >= MAX_DEPTH:
-        dropped += [(folder / d, f"folder nested deeper than {MAX_DEPTH} levels (not read)")
-                    for d in dirnames if not d.startswith(".")]
-    names = {path.name for path, _ in dropped}
-    dirnames[:] = [d for d in dirnames if d not in names]
-    return dropped
 
 
 def escaped(text: str) -> str:
@@ -422,14 +414,8 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
 
 
 def walk_files(root: Path) -> list[Path]:
-    """Every file below ``root``, sorted, at most MAX_DEPTH folders down (os.walk of Python 3.11
-    recurses, and a deeper tree would end it in a RecursionError)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if len(Path(dirpath).relative_to(root).parts) >= MAX_DEPTH:
-            dirnames.clear()
-        found += [Path(dirpath, name) for name in filenames]
-    return sorted(found)
+    """Every file below ``root``, sorted, at most MAX_DEPTH folders down (``artifacts.walk``)."""
+    return sorted(dirpath / name for dirpath, _, filenames in artifacts.walk(root) for name in filenames)
 
 
 def write_keras_dataset(name: str, dest: Path) -> None:

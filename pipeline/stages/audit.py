@@ -139,7 +139,7 @@ def caption(kind: str, f: dict, row: dict, twin: dict | None) -> str:
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "embeddings", "split", "metrics", "out")
+    args = artifacts.start(__doc__, "source", "embeddings", "split", "metrics", "out", writes=("metrics", "out"))
     p = params.load(PARAMS)
     source = sources.locate(str(args.source), p.ingest)
     started = time.perf_counter()

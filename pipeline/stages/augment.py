@@ -27,7 +27,7 @@ log = logging.getLogger("pipeline.stages.augment")
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "split", "out")
+    args = artifacts.start(__doc__, "source", "split", "out", writes=("out",))
     p = params.load(PARAMS)
     models.log_devices()
     source = sources.locate(str(args.source), p.ingest)

@@ -28,7 +28,7 @@ log = logging.getLogger("pipeline.stages.embed")
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "manifest", "out")
+    args = artifacts.start(__doc__, "source", "manifest", "out", writes=("out",))
     p = params.load(PARAMS)
     models.log_devices()
     source = sources.locate(str(args.source), p.ingest)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.lib import artifacts, formats, inference, models, params, shards, sources
+from pipeline.lib import artifacts, confidence, formats, inference, models, params, shards, sources
 from pipeline.lib.exports import FORMATS, TFLITE_KINDS, file_name
 
 PARAMS = ["export.representative_images", "export.timing_runs", "evaluate.batch_size", "seed", "base.backbone",
@@ -110,12 +110,12 @@ def score(files: dict[str, Path], pixels, test_files: list[Path], labels: list[s
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "model", "calibration", "augmented", "source", "split", "out", "metrics")
+    args = artifacts.start(__doc__, "model", "calibration", "augmented", "source", "split", "out", "metrics", writes=("out", "metrics"))
     p = params.load(PARAMS)
     models.log_devices()
     source = sources.locate(str(args.source), p.ingest)
     models.set_seed(p.seed)
-    calibration = artifacts.read_json(args.calibration)
+    calibration = confidence.read_calibration(args.calibration)
     model = models.apply_temperature(models.load(args.model), calibration["temperature"])
     rows, pixels, y, labels = inference.load_split(source, args.split, int(model.input_shape[1]))
     threshold = calibration["unknown_threshold"]

@@ -50,7 +50,7 @@ def in_order(forward, batches: tf.data.Dataset, n: int, batch_size: int, strateg
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "augmented", "out", "extractor")
+    args = artifacts.start(__doc__, "augmented", "out", "extractor", writes=("out", "extractor"))
     p = params.load(PARAMS)
     models.log_devices()
     # Extraction is split across machines only: one machine's devices run it as one device.

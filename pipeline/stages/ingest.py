@@ -85,7 +85,7 @@ def summarize(source: str, kept: list[dict], skipped: list[dict], version: str) 
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "manifest", "report")
+    args = artifacts.start(__doc__, "source", "manifest", "report", writes=("manifest", "report"))
     source = str(args.source)  # a path, or a URL / keras:<dataset> for one-off runs
     p = params.load(PARAMS)
     folder, root, candidates, skipped = sources.open_source(source, p.ingest)

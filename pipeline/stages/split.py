@@ -154,7 +154,7 @@ def keep_together(groups: list[list[dict]]) -> tuple[list[list[dict]], int]:
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "manifest", "embeddings", "out", "report")
+    args = artifacts.start(__doc__, "manifest", "embeddings", "out", "report", writes=("out", "report"))
     p = params.load(PARAMS)
     rows, changes = relabel(images.read_csv(args.manifest, images.MANIFEST_FIELDS), p.split)
     has_predefined = any(r["split"] for r in rows)

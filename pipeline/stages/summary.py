@@ -137,7 +137,7 @@ def export_section(export: dict) -> list[str]:
 
 def main() -> None:
     args = artifacts.start(__doc__, "ingest", "split", "audit", "head_log", "finetune_log", "evaluate", "metrics",
-                           "calibration", "calibrate", "export", "out")
+                           "calibration", "calibrate", "export", "out", writes=("out",))
     p = params.load(PARAMS)
     read = artifacts.read_json
     metrics, split = read(args.metrics), read(args.split)
