@@ -8,8 +8,11 @@ does so for every row that suggests a label. ``--reject`` moves an image out of 
 into ``--quarantine`` (default ``quarantine/``, beside the source: outside the tracked data,
 and kept, not deleted), under the same relative path. ``--dry-run`` prints the moves only.
 
-Everything is checked before anything moves: a file outside the images folder, missing, not
-in the CSV, or whose move would overwrite another file stops the command, naming it. The
+Everything is checked before anything moves, every path resolved (symbolic links included):
+a file outside the images folder, missing, not in the CSV, or whose move would overwrite
+another file stops the command, naming it; so does a destination outside the images folder
+(or the quarantine), a suggested label that is not one of the data's classes (``--new-class
+LABEL`` allows a new one), and a name with control characters or an absolute path. The
 images folder is the ingest stage's ``--source`` in dvc.yaml (``--images`` to give another);
 it must be a folder of class folders (labels from a CSV are edited in that CSV). Afterwards,
 ``dvc add <images>`` records the new version, ``dvc diff`` shows exactly these moves, and the
@@ -23,22 +26,31 @@ import sys
 from pathlib import Path
 
 from pipeline import check
-from pipeline.lib import artifacts
+from pipeline.lib import artifacts, params, sources
 from pipeline.lib.images import read_csv
 from pipeline.lib.artifacts import StageError
 
 
-def plan(rows: dict[str, dict], images: Path, quarantine: Path, accept: list[str],
-         reject: list[str]) -> list[tuple[Path, Path]]:
-    """``(from, to)`` of every move, each checked; a StageError naming the first problem."""
+def plan(rows: dict[str, dict], images: Path, quarantine: Path, accept: list[str], reject: list[str],
+         new_classes: list[str] = ()) -> list[tuple[Path, Path]]:
+    """``(from, to)`` of every move, each checked; a StageError naming the first problem.
+
+    Every path is resolved, symbolic links included, before it is trusted: an accepted image
+    lands in a class folder beside its own, inside the images folder, under one of the data's
+    classes (or a ``new_classes`` name); a rejected one lands inside the quarantine. The CSV is
+    a file in the repository that a pull request can change, so nothing in it is taken on trust."""
     root, moves = images.resolve(), []
-    if quarantine.resolve().is_relative_to(root):
-        raise StageError(f"--quarantine {quarantine} is inside {images}: rejected images must leave the "
-                         "tracked data")
+    held = quarantine.resolve()
+    if held.is_relative_to(root) or root.is_relative_to(held):
+        raise StageError(f"--quarantine {quarantine} {'is inside' if held.is_relative_to(root) else 'holds'} "
+                         f"{images}: rejected images must leave the tracked data")
+    classes = {folder.name for _, folder in sources.class_folders(root)} | set(new_classes)
     for name, action in [(f, "accept") for f in accept] + [(f, "reject") for f in reject]:
-        path = (images / name).resolve()
-        if not path.is_relative_to(root) or path == root:
-            raise StageError(f"{name}: outside {images}; relabel moves only images inside it")
+        if problem := unsafe(name):
+            raise StageError(f"{name!r}: the file {problem}; relabel moves only files named plainly")
+        path = (images / name).parent.resolve() / Path(name).name  # the file itself may be a link: moved as one
+        if not path.is_relative_to(root) or path.parent == root:
+            raise StageError(f"{name}: outside {images}'s class folders; relabel moves only images inside them")
         if name not in rows:
             raise StageError(f"{name}: not a row of the CSV; give its `file` column as written")
         if not path.is_file():
@@ -46,18 +58,39 @@ def plan(rows: dict[str, dict], images: Path, quarantine: Path, accept: list[str
                              "the audit)")
         if action == "accept":
             row = rows[name]
-            if not row.get("suggested"):
+            label = row.get("suggested") or ""
+            if not label:
                 raise StageError(f"{name}: its row suggests no label; --reject it instead, or leave it")
-            if path.parent.name != row["label"]:
-                raise StageError(f"{name}: its folder {path.parent.name!r} is not its label {row['label']!r}; "
+            if path.parent.name != row.get("label"):
+                raise StageError(f"{name}: its folder {path.parent.name!r} is not its label {row.get('label')!r}; "
                                  "labels from a CSV (ingest.labels_csv) are corrected in that CSV")
-            target = path.parent.parent / row["suggested"] / path.name
+            if problem := params.label_problem(label):
+                raise StageError(f"{name}: its suggested label {label!r} {problem}; not a class name")
+            if label not in classes:
+                raise StageError(f"{name}: its suggested label {label!r} is not one of the data's classes ("
+                                 f"{', '.join(sorted(classes)[:20])}); --new-class {label} makes it one")
+            target = (path.parent.parent / label).resolve() / path.name
+            if target.parent.parent != path.parent.parent:  # a class folder that is a link to elsewhere
+                raise StageError(f"{name}: the folder of {label!r} resolves to {target.parent}, not a class folder "
+                                 f"beside {path.parent}; relabel moves images only between class folders")
         else:
-            target = quarantine.resolve() / path.relative_to(root)
-        if target.exists() or target in [t for _, t in moves]:
+            target = (held / path.relative_to(root)).parent.resolve() / path.name
+            if not target.is_relative_to(held):
+                raise StageError(f"{name}: its place in the quarantine resolves to {target}, outside {held}")
+        if target.exists() or target.is_symlink() or target in [t for _, t in moves]:
             raise StageError(f"{name}: {target} already exists; rename one of them first")
         moves.append((path, target))
     return moves
+
+
+def unsafe(text: str) -> str | None:
+    """Why ``text`` from the CSV cannot name a file or class, or None: control characters (a NUL
+    byte, a line break) or an absolute path."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return "has control characters"
+    if Path(text).is_absolute():
+        return "is an absolute path"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accept-all", action="store_true", help="accept every row that suggests a label")
     parser.add_argument("--reject", nargs="+", action="extend", default=[], metavar="FILE",
                         help="move out into --quarantine")
+    parser.add_argument("--new-class", nargs="+", action="extend", default=[], metavar="LABEL",
+                        help="a label that is not yet a class folder, which --accept may create")
     parser.add_argument("--images", type=Path, help="the images folder (default: ingest's --source in dvc.yaml)")
     parser.add_argument("--quarantine", type=Path, help="where rejected images go (default: quarantine/ beside it)")
     parser.add_argument("--dry-run", action="store_true", help="print the moves, move nothing")
@@ -85,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     accept = list(args.accept) + ([f for f, r in rows.items() if r.get("suggested")] if args.accept_all else [])
     if not accept and not args.reject:
         raise StageError("nothing to do: give --accept FILE..., --accept-all or --reject FILE...")
-    moves = plan(rows, images, quarantine, accept, args.reject)
+    for label in args.new_class:
+        if problem := params.label_problem(label):
+            raise StageError(f"--new-class {label!r} {problem}; not a class name")
+    moves = plan(rows, images, quarantine, accept, args.reject, args.new_class)
     cwd = Path.cwd().resolve()
     for source, target in moves:
         shown = [p.relative_to(cwd) if p.is_relative_to(cwd) else p for p in (source, target)]

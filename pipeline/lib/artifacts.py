@@ -287,7 +287,14 @@ def read_npy(path: Any, dtype: str, ndim: int, mmap: bool = False) -> np.ndarray
     expected = offset + int(np.prod(shape, dtype=np.int64)) * found.itemsize
     if (size := path.stat().st_size) != expected:
         raise damaged(path, f"{size:,} bytes, but its header promises {expected:,}")
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    if np.issubdtype(array.dtype, np.floating) and len(array):  # a NaN row poisons every distance to it
+        step = max(1, (1 << 24) // max(1, array[0].nbytes))  # 16 MB at a time: a memory map stays on disk
+        for start in range(0, len(array), step):
+            finite = np.isfinite(array[start:start + step])
+            if not finite.all():
+                raise damaged(path, f"row {start + int(np.argwhere(~finite)[0][0]):,} holds NaN or infinity")
+    return array
 
 
 def read_labels(path: Any) -> list[str]:

@@ -392,6 +392,8 @@ def label_problem(label: str) -> str | None:
         return "has control characters or line breaks"
     if "/" in label or "\\" in label:
         return "holds a path separator"
+    if label.strip() in (".", ".."):
+        return "is . or .., which name folders of their own"
     return None
 
 

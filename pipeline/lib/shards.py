@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -112,17 +113,57 @@ DAMAGE = (tf.errors.DataLossError, tf.errors.FailedPreconditionError, tf.errors.
 
 @contextlib.contextmanager
 def reading(directory: Path | str) -> Iterator[None]:
-    """Turn a damaged shard met while reading ``directory`` into one line naming it."""
+    """Turn a damaged shard met while reading ``directory`` into one line naming the file to blame:
+    the shard that does not read (``culprit``), or meta.json when every shard reads but the
+    records are not the number it counts."""
     try:
         yield
     except DAMAGE as err:
-        first = (err.message or type(err).__name__).strip().splitlines()[0][:300]
-        raise artifacts.damaged(directory, f"{type(err).__name__}: {first}") from err
+        raise culprit(directory) or artifacts.damaged(directory, _message(err)) from err
+
+
+def culprit(directory: Path | str) -> artifacts.StageError | None:
+    """Read every shard of ``directory`` on its own, record by record as ``dataset`` does: the first
+    that fails is named with its own error; else, a split whose shards hold another number of
+    records than meta.json counts names meta.json; else None. A pass over the data, made only
+    after a read failed."""
+    info = meta(directory)
+    parse = _parser(info["image_size"])
+    for name, counted in info["counts"].items():
+        held = 0
+        for path in files(directory, name) if counted else []:
+            try:
+                held += sum(1 for _ in tf.data.TFRecordDataset(path).map(parse))
+            except DAMAGE as err:
+                return artifacts.damaged(path, _message(err))
+        if held != counted:
+            return artifacts.damaged(_join(directory, "meta.json"), f"it counts {counted:,} {name} records, but "
+                                     f"the {name} shards hold {held:,}")
+    return None
+
+
+def _message(err: tf.errors.OpError) -> str:
+    """The first line of a tf.data error, without the graph and op names TensorFlow puts around it."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", err.message or "").strip()
+    line = re.sub(r"\s*\[Op:.*$", "", (text.splitlines() or [""])[0])  # eager mode's "[Op:IteratorGetNext] name"
+    return f"{type(err).__name__}: {line[:300]}".rstrip(": ")
 
 
 def count(directory: Path | str, name: str) -> int:
     """Records in the ``name`` shards."""
     return meta(directory)["counts"].get(name, 0)
+
+
+def _parser(size: int) -> Callable:
+    """A record -> ``(float32 image, int32 label)``, for images of ``size`` pixels a side."""
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, spec)
+        # Static shape for the model (decode_jpeg's is unknown); fails loudly on a stray size
+        image = tf.ensure_shape(tf.io.decode_jpeg(example["image"], channels=3), [size, size, 3])
+        return tf.cast(image, tf.float32), tf.cast(example["label"], tf.int32)
+    return parse
 
 
 def dataset(directory: Path | str, names: list[str] | str, batch_size: int,
@@ -141,14 +182,7 @@ def dataset(directory: Path | str, names: list[str] | str, batch_size: int,
     info = meta(directory)
     size = info["image_size"]
     paths = [f for name in names for f in files(directory, name)]
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-
-    def parse(record):
-        example = tf.io.parse_single_example(record, spec)
-        # Static shape for the model (decode_jpeg's is unknown); fails loudly on a stray size
-        image = tf.ensure_shape(tf.io.decode_jpeg(example["image"], channels=3), [size, size, 3])
-        return tf.cast(image, tf.float32), tf.cast(example["label"], tf.int32)
-
+    parse = _parser(size)
     ds = tf.data.Dataset.from_tensor_slices(paths)
     if shuffle_seed is not None:
         ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)

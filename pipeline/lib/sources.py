@@ -16,6 +16,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import unicodedata
 import urllib.parse
 import urllib.request
 import zipfile
@@ -259,12 +260,21 @@ def dataset_root(folder: Path) -> Path:
                      "point the source at the folder that holds the class folders")
 
 
+def class_folders(root: Path) -> list[tuple[str, Path]]:
+    """(split, folder) of each class folder of a source: the folders of ``root``, or of its
+    train/validation/test folders where those are all it has (split ""); hidden ones left out."""
+    top = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if top and all(d.name in SPLIT_NAMES for d in top):
+        return [(SPLIT_NAMES[s.name], c) for s in top for c in sorted(s.iterdir())
+                if c.is_dir() and not c.name.startswith(".")]
+    return [("", d) for d in top]
+
+
 def scan(root: Path) -> tuple[list[dict], list[dict]]:
     """Class folders (optionally below train/validation/test folders) -> candidates, skipped."""
     top = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     split_layout = bool(top) and all(d.name in SPLIT_NAMES for d in top)
-    class_dirs = [(SPLIT_NAMES[s.name], c) for s in top for c in sorted(s.iterdir())
-                  if c.is_dir() and not c.name.startswith(".")] if split_layout else [("", d) for d in top]
+    class_dirs = class_folders(root)
     files, skipped = [], []
     for folder in [root] + (top if split_layout else []):  # hidden folders where classes are named
         skipped += [{"path": shown(d, root) + "/", "label": "", "reason": "hidden folder (not read)"}
@@ -355,6 +365,9 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
                 if getattr(p, key) is not None and getattr(p, key) not in columns:
                     raise StageError(f"ingest.{key} {getattr(p, key)!r} is not a column of {csv_file} "
                                      f"(columns: {', '.join(columns)})")
+                if getattr(p, key) is not None and columns.count(getattr(p, key)) > 1:  # csv keeps the last
+                    raise StageError(f"{csv_file}: its header names the column {getattr(p, key)!r} "
+                                     f"{columns.count(getattr(p, key))} times (ingest.{key}); rename all but one")
             rows = list(reader)
     except UnicodeDecodeError:  # its offsets are within a buffered chunk: find the byte in the file
         data = csv_file.read_bytes()
@@ -380,6 +393,10 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
             spaced.append(number)
         split = (row[p.csv_split_column].strip().lower() if p.csv_split_column else "")
         entry = {"path": value or f"{csv_file.name}:{number}", "label": label}
+        if any(unicodedata.category(c) == "Cc" for c in value):  # a NUL byte cannot even name a file
+            skipped.append({**entry, "path": f"{csv_file.name}:{number}", "reason": "path has control characters",
+                            "detail": repr(value)[:200]})
+            continue
         path = (root / value).resolve()
         if value and not path.is_file() and not Path(value).suffix:  # a bare file name: find stem.*
             if not by_stem:
@@ -396,7 +413,8 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
         elif not path.is_relative_to(root.resolve()):
             skipped.append({**entry, "reason": "path outside the image folder"})
         elif not value or not path.is_file():
-            skipped.append({**entry, "reason": "listed in the CSV but not found"})
+            skipped.append({**entry, "reason": "listed in the CSV but not found, and its path has \\ in it: write "
+                            "/ between folders" if "\\" in value else "listed in the CSV but not found"})
         else:
             files.append({**entry, "path": path.relative_to(root.resolve()).as_posix(),
                           "split": SPLIT_NAMES[split]})

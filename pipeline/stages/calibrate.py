@@ -37,7 +37,11 @@ log = logging.getLogger("pipeline.stages.calibrate")
 
 def ood_pixels(folder, size: int) -> np.ndarray:
     """The readable images of the out-of-distribution folder, decoded as predict does."""
-    files = images.image_files(folder)
+    deep: list = []
+    files = images.image_files(folder, deep)
+    if deep:
+        log.warning("%s: %d folder(s) nested deeper than %d levels not read, e.g. %s", folder, len(deep),
+                    artifacts.MAX_DEPTH, str(deep[0])[:200])
     pixels, _, errors = inference.load_images(files, size)
     for i, error in errors.items():
         log.warning("%s: not a readable image, left out of the out-of-distribution set (%s)", files[i], error)
@@ -85,6 +89,11 @@ def main() -> None:
     for name, m in ood.items():
         log.info("out-of-distribution score %-11s AUROC %.4f  FPR at 95%% TPR %.4f", name, m["auroc"],
                  m["fpr_at_95_tpr"])
+    if ood["probability"]["auroc"] < 0.5:  # worse than a coin: the "other things" score as the classes do
+        log.warning("%s looks like the training data: the model is surer of its images than of the test images "
+                    "(AUROC %.2f, below the 0.5 of chance), so its unknown figures mean nothing. Fill it with "
+                    "images of none of the classes (docs/evaluation.md#the-out-of-distribution-set)",
+                    args.ood, ood["probability"]["auroc"])
     log.info("unknown below %.4f: %.1f%% of test images kept, %.1f%% of out-of-distribution images called unknown",
              threshold, 100 * unknown["test_kept"], 100 * unknown["ood_called_unknown"])
 

@@ -110,6 +110,9 @@ def main() -> None:
         hint = ""
         if not p.ingest.labels_csv and (tables := sorted(f.name for f in root.glob("*.csv"))):
             hint = f"; {root} holds {', '.join(tables)}: set ingest.labels_csv to read the labels from it"
+        elif skipped:  # why nothing was kept: the commonest reasons
+            reasons = collections.Counter(s["reason"] for s in skipped).most_common(3)
+            hint = "; skipped: " + "; ".join(f"{n:,} {reason}" for reason, n in reasons)
         raise StageError(f"source {source!r}: found {len(labels)} class(es) with "
                          f"readable images under {root}; need at least 2{hint}")
     with artifacts.atomic_file(args.manifest) as tmp:

@@ -157,6 +157,11 @@ def main() -> None:
     args = artifacts.start(__doc__, "manifest", "embeddings", "out", "report", writes=("out", "report"))
     p = params.load(PARAMS)
     rows, changes = relabel(images.read_csv(args.manifest, images.MANIFEST_FIELDS), p.split)
+    labels = sorted({r["label"] for r in rows})
+    if len(labels) < 2:
+        raise StageError(f"{len(labels)} class(es) left after split.drop_labels / merge_labels / "
+                         f"min_images_per_class={p.split.min_images_per_class}; need at least 2: add images, "
+                         "or lower split.min_images_per_class")
     has_predefined = any(r["split"] for r in rows)
     strategy = p.split.strategy
     if strategy == "auto":
@@ -189,10 +194,6 @@ def main() -> None:
         parts = assign(groups, fractions, p.seed, "val or test")
     parts = {name: parts[name] for name in images.SPLITS}
 
-    labels = sorted({r["label"] for r in rows})
-    if len(labels) < 2:
-        raise StageError(f"{len(labels)} class(es) left after split.drop_labels / merge_labels / "
-                         "min_images_per_class; need at least 2")
     for name, part in parts.items():
         missing = sorted(set(labels) - {r["label"] for r in part})
         if missing:
