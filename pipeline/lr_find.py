@@ -123,6 +123,9 @@ def setup(stage: str, paths: dict[str, Path], p) -> tuple:
     return model, batches.repeat(), meta["labels"], meta["class_counts"]["train"]
 
 
+RESULT = artifacts.starts_with("an lr_find result", b'{\n  "suggested_learning_rate"')  # a rerun replaces it
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline lr_find", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,10 +152,10 @@ def main() -> None:
     rates, losses = range_test(model, batches, hp.label_smoothing, weights, args.min_lr, args.max_lr, args.steps)
     suggested = suggest(rates, losses)
     out.mkdir(parents=True, exist_ok=True)
-    with artifacts.atomic_file(out / f"lr_find_{args.phase}.png") as tmp:
+    with artifacts.atomic_file(out / f"lr_find_{args.phase}.png", artifacts.PNG) as tmp:
         plots.lr_range(rates, losses, suggested, tmp, f"Learning-rate range test: {args.phase} "
                        f"({len(rates)} steps of {hp.batch_size})")
-    artifacts.write_json(out / f"lr_find_{args.phase}.json", {
+    artifacts.write_json(out / f"lr_find_{args.phase}.json", kind=RESULT, data={
         "suggested_learning_rate": suggested, "lowest_loss_at": float(rates[lowest(losses)]),
         "current_learning_rate": hp.learning_rate, "learning_rates": rates.tolist(), "losses": losses.tolist()})
     print(f"suggested {stage}.learning_rate: {suggested:.2g} (a tenth of where the loss starts to climb; "

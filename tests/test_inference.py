@@ -101,6 +101,24 @@ def test_predict_prints_top_k_and_reports_unreadable_files(exported, tmp_path, c
     assert code == 0 and table.count("%") == 3 and "0.png" in table
 
 
+def test_predict_caps_k_and_summarises_unreadable_files(exported, tmp_path, capsys):
+    images.save_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "ok.png")
+    for i in range(12):
+        (tmp_path / f"bad{i:02d}.jpg").write_bytes(b"not an image")
+    code = predict.main([str(exported / "model.keras"), str(tmp_path), "-k", "10000000", "--csv", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert code == 0 and err.count("not a readable image") == predict.Unreadable.SHOWN  # the first few, named
+    assert "7 more unreadable file(s) not named above (12 of 13 unreadable; every one is in" in err
+    rows = images.read_csv(tmp_path / "p.csv")
+    assert len(rows) == 13 and sum(bool(r["error"]) for r in rows) == 12  # every one in the CSV
+    assert list(rows[0]) == ["file", "label_1", "probability_1", "label_2", "probability_2", "label_3",
+                             "probability_3", "unknown", "error"]  # -k capped at the 3 classes
+    code = predict.main([str(exported / "model.keras"), str(tmp_path)])  # the table: classified images only
+    out = capsys.readouterr()
+    assert code == 0 and out.out.count("\n") == 1 and "ok.png" in out.out and "bad" not in out.out
+    assert "12 of 13 unreadable" in out.err
+
+
 def test_predict_fails_only_when_nothing_could_be_classified(exported, tmp_path, capsys):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     assert predict.main([str(exported / "model.keras"), str(tmp_path / "broken.jpg")]) == 1

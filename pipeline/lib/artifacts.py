@@ -32,10 +32,11 @@ def start(doc: str, *paths: str, writes: Iterable[str] | dict[str, Kind | None] 
 
     ``writes`` names the arguments that are this stage's outputs (or maps them to the ``Kind``
     of a scratch folder): each is checked before any work (``check_output``) against the other
-    arguments, which it reads, and against what the pipeline does not create. The stage is the file that calls this (pipeline/stages/<stage>.py,
-    as dvc.yaml names it): its own outputs in dvc.yaml are the only existing ones it replaces."""
+    arguments, which it reads, and against what the pipeline does not create. The stage is the
+    program's last word, ``python -m pipeline <stage>`` as dvc.yaml runs it (or the stage's file
+    name): of what exists, it replaces only its own outputs in ./dvc.yaml."""
     global _STAGE
-    _STAGE = Path(sys._getframe(1).f_code.co_filename).stem
+    _STAGE = Path(sys.argv[0].split()[-1]).stem if sys.argv and sys.argv[0].strip() else None
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in paths:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_path, required=True)
@@ -144,7 +145,8 @@ def _entries(stage: Any, kinds: Iterable[str]) -> list[Path]:
 
 def _outputs(dvc_yaml: Path = Path("dvc.yaml")) -> dict[Path, str]:
     """{every output ./dvc.yaml declares (outs, metrics, plots): the stage that writes it}."""
-    return {out: name for name, stage in _stages(dvc_yaml).items() for out in _entries(stage, ("outs", "metrics", "plots"))}
+    return {out: name for name, stage in _stages(dvc_yaml).items()
+            for out in _entries(stage, ("outs", "metrics", "plots"))}
 
 
 def not_created(dvc_yaml: Path = Path("dvc.yaml")) -> list[Path]:
@@ -250,8 +252,9 @@ def walk(root: Path, max_depth: int = MAX_DEPTH, deep: list[Path] | None = None,
          onerror: Callable[[OSError], Any] | None = None) -> Iterator[tuple[Path, list[str], list[str]]]:
     """``os.walk(root)``, sorted, at most ``max_depth`` folders down: os.walk of Python 3.11
     recurses, and a deeper tree (a hostile archive, a link farm) would end it in a RecursionError.
-    The folders left unread are appended to ``deep``; ``onerror`` is os.walk's. Every walk of a user's folder goes through
-    here: ingest, predict, rank, calibrate's out-of-distribution folder, check."""
+    The folders left unread are appended to ``deep``; ``onerror`` is os.walk's. Every walk of a
+    user's folder goes through here: ingest, predict, rank, calibrate's out-of-distribution folder,
+    check."""
     root = Path(root)
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         dirnames.sort()
@@ -376,7 +379,7 @@ def atomic_file(final: Path, kind: Kind | None = None) -> Iterator[Path]:
         yield tmp
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, kind: Kind | None = None) -> None:
     """Write strict JSON: a NaN or infinity (which json.dumps would write as bare NaN, invalid
     for DVC and most readers) stops the stage instead."""
     try:
@@ -384,7 +387,7 @@ def write_json(path: Path, data: Any) -> None:
     except ValueError as err:
         raise StageError(f"{path}: refusing to write a non-finite number ({err}); an earlier step "
                          "produced NaN or infinity") from err
-    with atomic_file(path) as tmp:
+    with atomic_file(path, kind) as tmp:
         tmp.write_text(text + "\n")
 
 

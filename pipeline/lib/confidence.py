@@ -129,6 +129,12 @@ def separation(inside: np.ndarray, outside: np.ndarray) -> dict[str, float]:
     return {"auroc": float(roc_auc_score(truth, values)), "fpr_at_95_tpr": float(fpr[np.argmax(tpr >= 0.95)])}
 
 
+def looks_like_training(auroc: float) -> bool:
+    """The out-of-distribution set scores as in-distribution as the test images, or more (AUROC at
+    or below chance): it holds images like the training data, and its unknown figures mean nothing."""
+    return auroc <= 0.5
+
+
 def threshold_for(values: np.ndarray, keep: float) -> float:
     """The largest threshold that keeps (``value >= threshold``) at least ``keep`` of ``values``."""
     ordered = np.sort(np.asarray(values, np.float64))[::-1]

@@ -89,9 +89,9 @@ def main() -> None:
     for name, m in ood.items():
         log.info("out-of-distribution score %-11s AUROC %.4f  FPR at 95%% TPR %.4f", name, m["auroc"],
                  m["fpr_at_95_tpr"])
-    if ood["probability"]["auroc"] < 0.5:  # worse than a coin: the "other things" score as the classes do
-        log.warning("%s looks like the training data: the model is surer of its images than of the test images "
-                    "(AUROC %.2f, below the 0.5 of chance), so its unknown figures mean nothing. Fill it with "
+    if confidence.looks_like_training(ood["probability"]["auroc"]):
+        log.warning("%s looks like the training data: the model is as sure of its images as of the test images, "
+                    "or surer (AUROC %.2f, 0.5 is chance), so its unknown figures mean nothing. Fill it with "
                     "images of none of the classes (docs/evaluation.md#the-out-of-distribution-set)",
                     args.ood, ood["probability"]["auroc"])
     log.info("unknown below %.4f: %.1f%% of test images kept, %.1f%% of out-of-distribution images called unknown",
