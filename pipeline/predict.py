@@ -15,8 +15,10 @@ unknown threshold is called ``unknown``, the best label still shown beside it
 (``--unknown-threshold`` overrides the threshold; 0 turns it off). ``--tta`` averages each image's probabilities with its
 mirror's (test-time augmentation); ``--explain DIR`` writes each image with its
 Grad-CAM heat map for the top class to DIR (a ``.keras`` model only). An unreadable
-file is reported and skipped; the exit status is 1 only if no image could be
-classified.
+file is skipped (the first few named on stderr, the rest counted; every one in the CSV
+or JSON); the exit status is 1 only if no image could be classified. No output lands
+on what predict did not write (``artifacts.check_output``): --csv refuses a folder, the
+model, an input image or a file that is not its own CSV, before any work.
 """
 from __future__ import annotations
 
@@ -229,12 +231,12 @@ def calibrate(probs, calibration: dict):
 
 class Rows:
     """Counts the images classified; with a CSV path, streams each result into it as a row
-    (written to a temporary file, renamed over FILE at the end) behind a progress bar. Names
-    the first few unreadable inputs on stderr and counts the rest (``summarise``)."""
+    (written to a temporary file, renamed over FILE at the end) behind a progress bar. The
+    unreadable inputs go to ``bad`` (``Unreadable``: the first few named, the rest counted)."""
 
     def __init__(self, path: Path | None, top_k: int, total: int):
-        self.path, self.total, self.classified, self.unknown, self.unreadable = path, total, 0, 0, 0
-        self.top_k, self.bad = top_k, Unreadable("predict")
+        self.path, self.total, self.top_k, self.classified, self.unknown = path, total, top_k, 0, 0
+        self.bad = Unreadable("predict")
 
     def __enter__(self):
         self._open = contextlib.ExitStack()
@@ -255,7 +257,6 @@ class Rows:
         self.classified += "predictions" in result
         self.unknown += bool(result.get("unknown"))
         if "error" in result:
-            self.unreadable += 1
             self.bad.add(result["path"], result["error"])
         if self.path:
             row = {"file": result["path"], "error": result.get("error", ""),
@@ -268,7 +269,7 @@ class Rows:
     def __exit__(self, *exc):
         self._open.__exit__(*exc)  # the bar and the file closed, then the file renamed into place
         if self.path and exc[0] is None:
-            print(f"predict: {self.classified} images classified ({self.unknown} unknown, {self.unreadable} "
+            print(f"predict: {self.classified} images classified ({self.unknown} unknown, {self.bad.count} "
                   f"unreadable) into {self.path}", file=sys.stderr)
         return False
 

@@ -84,8 +84,9 @@ def plan(rows: dict[str, dict], images: Path, quarantine: Path, accept: list[str
 
 
 def unsafe(text: str) -> str | None:
-    """Why ``text`` from the CSV cannot name a file or class, or None: control characters (a NUL
-    byte, a line break) or an absolute path."""
+    """Why ``text`` (the CSV's ``file`` column) cannot name an image to move, or None: control
+    characters (a NUL byte, a line break) or an absolute path. Labels go through
+    ``params.label_problem``, as everywhere else."""
     if any(ord(c) < 32 or ord(c) == 127 for c in text):
         return "has control characters"
     if Path(text).is_absolute():

@@ -405,3 +405,68 @@ def test_a_rerun_of_lr_find_replaces_its_own_results_only(tmp_path, monkeypatch)
     with pytest.raises(StageError, match="already there and not an lr_find result"):
         artifacts.write_json(tmp_path / "notes.json", {"suggested_learning_rate": 0.2}, lr_find.RESULT)
     assert (tmp_path / "notes.json").read_text() == '{"mine": 1}\n'
+
+
+# --- fuzz: the new readers take any bytes and answer with a result or one StageError ---------
+
+def fuzz_text(rng: np.random.Generator, alphabet: str = "ab./\\\0\n\r,\"' é画-_~$") -> str:
+    return "".join(rng.choice(list(alphabet), size=int(rng.integers(0, 12))))
+
+
+def test_fuzzed_calibration_files_are_applied_only_when_sound(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no dvc.yaml to look the file's stage up in, 400 times
+    rng = np.random.default_rng(7)
+    values = [-1, 0, 0.5, 1, 2, 1e308, -1e-300, True, False, None, "nan", "0.4", [], {}, float("nan"), float("inf")]
+    path = tmp_path / "calibration.json"
+    for i in range(400):
+        data = {key: values[rng.integers(len(values))] for key in GOOD if rng.random() < 0.9}
+        text = json.dumps(data) if i % 5 else os.urandom(int(rng.integers(0, 40))).decode("latin-1")
+        path.write_text(text, encoding="utf-8" if i % 5 else "latin-1")
+        try:
+            found = confidence.read_calibration(path)
+        except StageError as err:
+            assert "calibration.json is damaged" in str(err)
+            continue
+        assert 0 < found["temperature"] < float("inf") and 0 <= found["unknown_threshold"] <= 1
+        assert isinstance(found["temperature_in_model"], bool)
+
+
+def test_fuzzed_audit_rows_never_move_a_file_out_of_the_class_folders(audited):
+    rng = np.random.default_rng(11)
+    root = (audited / "data/images").resolve()
+    rows_seen = 0
+    for _ in range(300):
+        file = rng.choice(["train/cat/a.jpg", "train/cat/b.jpg", fuzz_text(rng)])
+        row = {"file": file, "label": rng.choice(["cat", fuzz_text(rng)]),
+               "suggested": rng.choice(["dog", "cat", "linked", "..", fuzz_text(rng)])}
+        try:
+            moves = relabel.plan({file: row}, audited / "data/images", audited / "data/quarantine",
+                                 [file] if rng.random() < 0.7 else [], [file] if rng.random() < 0.3 else [],
+                                 [fuzz_text(rng)])
+        except StageError:
+            continue
+        rows_seen += 1
+        for source, target in moves:
+            assert source.is_relative_to(root)
+            assert target.parent.parent == source.parent.parent or \
+                target.is_relative_to((audited / "data/quarantine").resolve()), (row, target)
+    assert rows_seen  # some rows were good enough to plan
+
+
+def test_fuzzed_labels_csvs_are_read_or_refused_with_one_line(tmp_path):
+    rng = np.random.default_rng(3)
+    read = refused = 0
+    for i in range(150):
+        header = rng.choice(["image,label", "image,label,label", "label,image", fuzz_text(rng, "imagelbl,\"\n")])
+        rows = "".join(f"{fuzz_text(rng)},{fuzz_text(rng)}\n" for _ in range(int(rng.integers(0, 6))))
+        (tmp_path / str(i)).mkdir()
+        try:
+            files, skipped = labels_csv(tmp_path / str(i), f"{header}\n{rows}")
+        except StageError as err:
+            refused += 1
+            assert "\n" not in str(err) and "labels.csv" in str(err), str(err)
+            continue
+        read += 1
+        assert all(not any(ord(c) < 32 for c in f["path"]) for f in files)
+        assert all(s["reason"] for s in skipped)
+    assert read and refused  # both ways were taken
