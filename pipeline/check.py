@@ -303,7 +303,8 @@ def check_source(root: Path) -> str:
     beside it (``dvc add``, ``dvc import``, ``dvc import-url``) or inside it (several imports)."""
     source = ingest_source(root)
     path = root / source
-    inside = [d / f for d, _, files in artifacts.walk(path) for f in files if f.endswith(".dvc")] if path.is_dir() else []
+    inside = ([d / f for d, _, files in artifacts.walk(path) for f in files if f.endswith(".dvc")]
+              if path.is_dir() else [])
     trackers = [path.with_name(path.name + ".dvc")] + sorted(inside)
     tracked = [f.relative_to(root).as_posix() for f in trackers if f.is_file()]
     if not tracked:

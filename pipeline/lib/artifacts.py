@@ -118,13 +118,14 @@ def producer(path: Any, dvc_yaml: Path = Path("dvc.yaml")) -> tuple[str | None, 
     """(the dvc.yaml stage whose output holds ``path``, that output), or (None, None) when no
     stage of ./dvc.yaml writes it (a file given to ``predict``, a run outside a project)."""
     target = _relative(path)
-    for out, stage in _outputs(dvc_yaml).items():
+    for out, stage in _outputs(_stages(dvc_yaml)).items():
         if target == out or out in target.parents:
             return stage, out.as_posix()
     return None, None
 
 
-def _stages(dvc_yaml: Path) -> dict:
+def _stages(dvc_yaml: Path = Path("dvc.yaml")) -> dict:
+    """The ``stages`` of ``dvc_yaml``, or {} where there is none (a run outside a project)."""
     try:
         stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
         return stages if isinstance(stages, dict) else {}
@@ -143,17 +144,17 @@ def _entries(stage: Any, kinds: Iterable[str]) -> list[Path]:
     return found
 
 
-def _outputs(dvc_yaml: Path = Path("dvc.yaml")) -> dict[Path, str]:
-    """{every output ./dvc.yaml declares (outs, metrics, plots): the stage that writes it}."""
-    return {out: name for name, stage in _stages(dvc_yaml).items()
+def _outputs(stages: dict) -> dict[Path, str]:
+    """{every output dvc.yaml's ``stages`` declare (outs, metrics, plots): the stage that writes it}."""
+    return {out: name for name, stage in stages.items()
             for out in _entries(stage, ("outs", "metrics", "plots"))}
 
 
-def not_created(dvc_yaml: Path = Path("dvc.yaml")) -> list[Path]:
-    """What the stages of ./dvc.yaml read and none writes: the team's data (data/images, data/ood),
+def not_created(stages: dict) -> list[Path]:
+    """What dvc.yaml's ``stages`` read and none writes: the team's data (data/images, data/ood),
     the code. Nothing the pipeline writes may be, hold or lie inside one of them."""
-    outs = _outputs(dvc_yaml)
-    deps = {dep for stage in _stages(dvc_yaml).values() for dep in _entries(stage, ("deps",))}
+    outs = _outputs(stages)
+    deps = {dep for stage in stages.values() for dep in _entries(stage, ("deps",))}
     return sorted(d for d in deps if not any(d == o or o in d.parents for o in outs))
 
 
@@ -199,7 +200,8 @@ def check_output(path: Any, folder: bool | None = None, kind: Kind | None = None
         raise StageError(f"{shown!r}: the path has control characters; name another")
     real = Path(os.path.realpath(target))
     protected = [(Path(r), "this command reads it") for r in reads]
-    protected += [(p, "the pipeline does not create it (dvc.yaml reads it)") for p in not_created()]
+    stages = _stages()  # ./dvc.yaml, read once per check
+    protected += [(p, "the pipeline does not create it (dvc.yaml reads it)") for p in not_created(stages)]
     for other, why in protected:
         other_real = Path(os.path.realpath(other))
         if real == other_real:
@@ -217,19 +219,19 @@ def check_output(path: Any, folder: bool | None = None, kind: Kind | None = None
         raise StageError(f"{shown}: not a regular file or folder (a FIFO, device or socket); name a file")
     elif folder:
         raise StageError(f"{shown}: a file is there, not a folder; name a folder (nothing was changed)")
-    if not replaces or _replaceable(target, kind):
+    if not replaces or _replaceable(target, kind, stages):
         return
     what = kind.what if kind else "an output of this stage in dvc.yaml" if _STAGE else "something this command wrote"
     raise StageError(f"{shown}: already there and not {what}, so it is left as it is; name another path, "
                      "or move it away first")
 
 
-def _replaceable(target: Path, kind: Kind | None) -> bool:
+def _replaceable(target: Path, kind: Kind | None, stages: dict) -> bool:
     """``target`` (which exists) is this process's, this stage's declared output, or of ``kind``."""
     if target.absolute() in _WRITTEN:
         return True
     if _STAGE is not None:
-        mine = [out for out, stage in _outputs().items() if stage == _STAGE]
+        mine = [out for out, stage in _outputs(stages).items() if stage == _STAGE]
         relative = _relative(target)
         inside = lambda p: any(p == out or out in p.parents for out in mine)  # noqa: E731
         if inside(relative):

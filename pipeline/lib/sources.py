@@ -362,12 +362,13 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             for key in ("csv_image_column", "csv_label_column", "csv_split_column"):
-                if getattr(p, key) is not None and getattr(p, key) not in columns:
-                    raise StageError(f"ingest.{key} {getattr(p, key)!r} is not a column of {csv_file} "
+                column = getattr(p, key)
+                if column is not None and column not in columns:
+                    raise StageError(f"ingest.{key} {column!r} is not a column of {csv_file} "
                                      f"(columns: {', '.join(c if c.isprintable() else repr(c) for c in columns)})")
-                if getattr(p, key) is not None and columns.count(getattr(p, key)) > 1:  # csv keeps the last
-                    raise StageError(f"{csv_file}: its header names the column {getattr(p, key)!r} "
-                                     f"{columns.count(getattr(p, key))} times (ingest.{key}); rename all but one")
+                if column is not None and columns.count(column) > 1:  # csv would keep the last one silently
+                    raise StageError(f"{csv_file}: its header names the column {column!r} "
+                                     f"{columns.count(column)} times (ingest.{key}); rename all but one")
             rows = list(reader)
     except UnicodeDecodeError:  # its offsets are within a buffered chunk: find the byte in the file
         data = csv_file.read_bytes()

@@ -52,7 +52,8 @@ def ood_pixels(folder, size: int) -> np.ndarray:
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "split", "ood", "model", "out", "metrics", "plots", writes=("out", "metrics", "plots"))
+    args = artifacts.start(__doc__, "source", "split", "ood", "model", "out", "metrics", "plots",
+                           writes=("out", "metrics", "plots"))
     p = params.load(PARAMS)
     models.log_devices()
     source = sources.locate(str(args.source), p.ingest)

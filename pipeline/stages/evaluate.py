@@ -40,7 +40,8 @@ def scores(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> tuple[dict, di
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "split", "extractor", "head", "model", "metrics", "out", writes=("metrics", "out"))
+    args = artifacts.start(__doc__, "source", "split", "extractor", "head", "model", "metrics", "out",
+                           writes=("metrics", "out"))
     p = params.load(PARAMS)
     models.log_devices()
     source = sources.locate(str(args.source), p.ingest)

@@ -110,7 +110,8 @@ def score(files: dict[str, Path], pixels, test_files: list[Path], labels: list[s
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "model", "calibration", "augmented", "source", "split", "out", "metrics", writes=("out", "metrics"))
+    args = artifacts.start(__doc__, "model", "calibration", "augmented", "source", "split", "out", "metrics",
+                           writes=("out", "metrics"))
     p = params.load(PARAMS)
     models.log_devices()
     source = sources.locate(str(args.source), p.ingest)

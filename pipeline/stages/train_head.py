@@ -22,7 +22,8 @@ log = logging.getLogger("pipeline.stages.train_head")
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "features", "labels", "model", "live", "backup", writes={"model": None, "live": None, "backup": training.BACKUP})
+    args = artifacts.start(__doc__, "features", "labels", "model", "live", "backup",
+                           writes={"model": None, "live": None, "backup": training.BACKUP})
     p = params.load(PARAMS)
     models.log_devices()
     strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
