@@ -297,6 +297,41 @@ def test_a_split_made_here_never_moves_an_image_when_images_are_added():
     assert other_seed != before
 
 
+def test_a_new_near_twin_joins_its_group_where_the_group_already_is():
+    """The group's position comes from its smallest hash: a twin with a smaller one would move the
+    group (the original with it) wherever the twin's hash falls, but for the last split's memory."""
+    rows = _rows([(f"a/{i}", "a", "", f"a{i:03d}") for i in range(80)] + [(f"b/{i}", "b", "", f"b{i:03d}") for i in range(80)])
+    fractions = {"test": 0.2, "val": 0.1}
+    first = split.assign(_units(rows), fractions, 7, "x")
+    before = {split.key(r): name for name, part in first.items() for r in part}
+    where = {r["path"]: name for name, part in first.items() for r in part}
+    twins, units = [], _units(rows)
+    for unit in units:  # for each test image, a twin whose hash would place the group in train
+        original = unit[0]
+        if where[original["path"]] != "test":
+            continue
+        twin = next(t for t in (f"0twin{original['sha256']}{k}" for k in range(1000))
+                    if split.position(7, t) >= 0.3 and t < original["sha256"])
+        unit.append({"path": original["path"] + "-mirror", "label": original["label"], "split": "", "sha256": twin})
+        twins.append(unit)
+    assert twins
+    fresh = split.assign(units, fractions, 7, "x")  # no memory: the originals move, as before this rule
+    assert all(r["path"] in {x["path"] for x in fresh["train"]} for unit in twins for r in unit)
+    kept = split.assign(units, fractions, 7, "x", before)
+    test = {r["path"] for r in kept["test"]}
+    assert all(r["path"] in test for unit in twins for r in unit)  # the group, twin included, stays in test
+    assert {r["path"]: n for n, part in kept.items() for r in part if split.key(r) in before} == where
+    assert split.changed(kept, before, {}) == []
+
+
+def test_the_split_lists_every_image_that_moved_and_why():
+    group = _rows([("a/1", "a", "", "h1"), ("a/2", "a", "", "h2")])
+    before = {"a/1:h1": "test", "a/2:h2": "train"}  # a new image joined two groups from two splits
+    parts = {"train": [], "val": [], "test": group}
+    assert split.changed(parts, before, {id(r): group for r in group}) == [
+        {"path": "a/2", "from": "train", "to": "test", "why": "its near-duplicate group joined one in test"}]
+
+
 def test_a_class_the_hash_leaves_out_of_a_split_gets_one_image_and_a_tiny_one_is_named(caplog):
     rows = _rows([(f"a/{i}", "a", "", f"a{i}") for i in range(40)] + [(f"b/{i}", "b", "", f"b{i}") for i in range(3)])
     parts = split.assign(_units(rows), {"test": 0.1, "val": 0.1}, 0, "val or test")
@@ -308,9 +343,14 @@ def test_a_class_the_hash_leaves_out_of_a_split_gets_one_image_and_a_tiny_one_is
 
 def test_near_duplicates_in_the_sources_own_split_go_to_the_evaluation_side():
     group = _rows([("train/a/1", "a", "train", "h1"), ("test/a/1b", "a", "test", "h2"), ("val/a/1c", "a", "val", "h3")])
-    together, moved = split.keep_together([group, _rows([("train/a/2", "a", "train", "h4")])])
+    together, moved = split.keep_together([group, _rows([("train/a/2", "a", "train", "h4")])], {})
     assert [r["split"] for r in together[0]] == ["test"] * 3 and moved == 2
     assert together[1][0]["split"] == "train"
+    # the next run: a new twin of train/a/2 arrives in test/, and joins it in train; the placed group stays
+    grown = [group, _rows([("train/a/2", "a", "train", "h4"), ("test/a/2b", "a", "test", "h5")])]
+    again, _ = split.keep_together(grown, {"train/a/1:h1": "test", "test/a/1b:h2": "test", "val/a/1c:h3": "test",
+                                           "train/a/2:h4": "train"})
+    assert [r["split"] for r in again[0]] == ["test"] * 3 and [r["split"] for r in again[1]] == ["train"] * 2
 
 
 def test_csv_source_with_stems_subfolders_and_split_column(shapes_dir):

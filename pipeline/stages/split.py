@@ -17,6 +17,14 @@ so adding or removing images never moves another image to another split. Every
 class gets its share in expectation; a class the hash leaves without a val or
 test image gets its nearest one moved there (logged), the one case an addition
 can undo.
+
+The split remembers: data/split is kept in place while the stage runs (``persist``
+in dvc.yaml), and an image it already holds keeps its split, whatever the
+strategy, as long as the params that place images (``PLACING``, stamped in
+``data/split/placed.json``) are unchanged. So a new near twin of an existing
+image joins its group where the group already is, and never drags the group
+elsewhere. Every image that changed split since the last run, and why, is
+listed in reports/split.json (``moved``).
 """
 from __future__ import annotations
 
@@ -31,6 +39,9 @@ from pipeline.lib import artifacts, audit, images, params
 from pipeline.lib.artifacts import StageError
 
 PARAMS = ["split", "seed", "audit.duplicate_similarity", "audit.neighbours"]
+# The params that decide where an image goes: when one changes, the split is made afresh.
+PLACING = ("seed", "split.strategy", "split.val_fraction", "split.test_fraction", "split.group_near_duplicates",
+           "audit.duplicate_similarity", "audit.neighbours")
 OTHER = "other"  # where split.small_classes: merge puts the small classes
 PRIORITY = {"test": 0, "val": 1, "train": 2, "": 3}  # a group spanning the source's splits goes to the first
 # A near-duplicate group this big (a share of all images, and at least MIN_BIG images) is no set of copies
@@ -106,19 +117,21 @@ def near_duplicate_groups(rows: list[dict], embeddings, p: SimpleNamespace) -> t
     return sorted(found.values(), key=lambda g: min(r["sha256"] for r in g)), "on"
 
 
-def assign(units: list[list[dict]], fractions: dict[str, float], seed: int, what: str) -> dict[str, list[dict]]:
-    """Each unit (a group of rows) to a split by ``position`` of its smallest content hash: the first
-    ``fractions[test]`` of [0, 1) is test, the next ``fractions[val]`` val, the rest train. Then a
-    class left without an image in one of the splits gets the unit of that class nearest to the
-    split's interval moved in, from a split that has two or more; a class too small for that is an
-    error naming it."""
+def assign(units: list[list[dict]], fractions: dict[str, float], seed: int, what: str,
+           before: dict[str, str] | None = None) -> dict[str, list[dict]]:
+    """Each unit (a group of rows) to a split: where its members were ``before`` (path -> split) if
+    any was placed, else by ``position`` of its smallest content hash: the first ``fractions[test]``
+    of [0, 1) is test, the next ``fractions[val]`` val, the rest train. Then a class left without an
+    image in one of the splits gets the unit of that class nearest to the split's interval moved in,
+    from a split that has two or more; a class too small for that is an error naming it."""
     bounds, low = {}, 0.0
     for name, share in fractions.items():
         bounds[name] = (low, low + share)
         low += share
     bounds["train"] = (low, 1.0)
     pos = [position(seed, min(r["sha256"] for r in unit)) for unit in units]
-    where = [next(n for n, (a, b) in bounds.items() if a <= u < b or n == "train") for u in pos]
+    where = [placed(unit, before or {}) or next(n for n, (a, b) in bounds.items() if a <= u < b or n == "train")
+             for unit, u in zip(units, pos)]
     by_label = collections.defaultdict(list)
     for i, unit in enumerate(units):
         for label in sorted({r["label"] for r in unit}):
@@ -143,20 +156,72 @@ def assign(units: list[list[dict]], fractions: dict[str, float], seed: int, what
     return {name: sorted(part, key=lambda r: r["path"]) for name, part in parts.items()}
 
 
-def keep_together(groups: list[list[dict]]) -> tuple[list[list[dict]], int]:
-    """In the source's own split: every member of a group into its members' first split by PRIORITY."""
+def key(row: dict) -> str:
+    """An image as the last split knew it: the same path with the same content."""
+    return f"{row['path']}:{row['sha256']}"
+
+
+def placed(unit: list[dict], before: dict[str, str]) -> str | None:
+    """Where the members of ``unit`` already placed ``before`` are (the first by PRIORITY when a new
+    image joined groups from two splits), or None when none is."""
+    seen = [before[key(r)] for r in unit if key(r) in before]
+    return min(seen, key=PRIORITY.__getitem__) if seen else None
+
+
+def keep_together(groups: list[list[dict]], before: dict[str, str]) -> tuple[list[list[dict]], int]:
+    """In the source's own split: every member of a group into the split its members already have
+    (``before``), else into its members' first split by PRIORITY."""
     moved, out = 0, []
     for group in groups:
-        target = min((r["split"] for r in group), key=PRIORITY.__getitem__)
+        target = placed(group, before) or min((r["split"] for r in group), key=PRIORITY.__getitem__)
         moved += sum(r["split"] != target for r in group)
         out.append([{**r, "split": target} for r in group])
     return out, moved
+
+
+def stamp(p: SimpleNamespace) -> dict:
+    """The PLACING params' values, as placed.json records them."""
+    out = {}
+    for key in PLACING:
+        value = p
+        for part in key.split("."):
+            value = getattr(value, part)
+        out[key] = value
+    return out
+
+
+def previous(folder, current: dict) -> dict[str, str]:
+    """Where the last run placed each image (path:hash -> split), if it ran with the same PLACING
+    params; else nothing (a first run, a changed param: the split is made afresh, logged)."""
+    if not (folder / "placed.json").is_file():
+        return {}
+    if artifacts.read_json(folder / "placed.json", dict) != current:
+        log.info("the params that place images changed since the last split: split made afresh")
+        return {}
+    return {key(r): name for name in images.SPLITS
+            for r in images.read_csv(folder / f"{name}.csv", images.SPLIT_FIELDS)}
+
+
+def changed(parts: dict[str, list[dict]], before: dict[str, str], group_of: dict) -> list[dict]:
+    """Every image placed ``before`` whose split is not the same now, with why."""
+    moves = []
+    for name, part in parts.items():
+        for r in part:
+            was = before.get(key(r))
+            if was is None or was == name:
+                continue
+            group = group_of.get(id(r), [r])
+            why = ("its near-duplicate group joined one in " + name) if len(group) > 1 and any(
+                before.get(key(g)) == name for g in group) else f"its class had no {name} image"
+            moves.append({"path": r["path"], "from": was, "to": name, "why": why})
+    return sorted(moves, key=lambda m: m["path"])
 
 
 def main() -> None:
     args = artifacts.start(__doc__, "manifest", "embeddings", "out", "report", writes=("out", "report"))
     p = params.load(PARAMS)
     rows, changes = relabel(images.read_csv(args.manifest, images.MANIFEST_FIELDS), p.split)
+    before = previous(args.out, stamp(p))
     labels = sorted({r["label"] for r in rows})
     if len(labels) < 2:
         raise StageError(f"{len(labels)} class(es) left after split.drop_labels / merge_labels / "
@@ -178,7 +243,7 @@ def main() -> None:
     moved = 0
     fractions = {"test": p.split.test_fraction, "val": p.split.val_fraction}
     if strategy == "predefined":
-        groups, moved = keep_together(groups)
+        groups, moved = keep_together(groups, before)
         if moved:
             log.info("moved %d images into their near twin's split", moved)
         parts = {s: sorted((r for g in groups for r in g if r["split"] == s), key=lambda r: r["path"])
@@ -188,20 +253,26 @@ def main() -> None:
         missing = {name: share for name, share in fractions.items() if not parts[name]}
         if missing:  # e.g. a source with only train/ and validation/: carve the rest out of train
             carved = assign([g for g in groups if g[0]["split"] == "train"], missing, p.seed,
-                            " and ".join(missing))
+                            " and ".join(missing), before)
             parts.update(carved)
     else:
-        parts = assign(groups, fractions, p.seed, "val or test")
+        parts = assign(groups, fractions, p.seed, "val or test", before)
     parts = {name: parts[name] for name in images.SPLITS}
 
     for name, part in parts.items():
         missing = sorted(set(labels) - {r["label"] for r in part})
         if missing:
             raise StageError(f"the {name} split has no images of class(es) {', '.join(missing)}")
+    moves = changed(parts, before, {id(r): g for g in groups for r in g})
+    for m in moves[:5]:
+        log.warning("%s moved from %s to %s: %s", m["path"], m["from"], m["to"], m["why"])
+    if len(moves) > 5:
+        log.warning("... and %d more moved (reports/split.json lists them)", len(moves) - 5)
     with artifacts.atomic_dir(args.out) as tmp:
         for name, part in parts.items():
             images.write_csv(tmp / f"{name}.csv", part, images.SPLIT_FIELDS)
         artifacts.write_json(tmp / "labels.json", labels)
+        artifacts.write_json(tmp / "placed.json", stamp(p))
     counts = {name: dict(sorted(collections.Counter(r["label"] for r in part).items()))
               for name, part in parts.items()}
     artifacts.write_json(args.report, {"strategy": strategy, "labels": labels, "label_changes": changes,
@@ -209,6 +280,9 @@ def main() -> None:
                                        "near_duplicate_grouping": grouping,
                                        "near_duplicate_groups": len(grouped),
                                        "moved_to_a_twin's_split": moved,
+                                       "kept_from_the_last_split": sum(key(r) in before for part in parts.values()
+                                                                       for r in part),
+                                       "moved": moves,
                                        "per_class": counts})
     log.info("%d classes; train %d, val %d, test %d images", len(labels),
              *(len(parts[s]) for s in images.SPLITS))
