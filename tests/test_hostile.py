@@ -258,7 +258,7 @@ def test_non_finite_embeddings_are_named_with_the_stage_that_writes_them(project
     folder = project / "data/embeddings"
     folder.mkdir(parents=True)
     rows = [{"path": f"{i}.png", "label": "a", "split": "", "sha256": str(i), "bytes": "1", "width": "8", "height": "8",
-             "brightness": "0.5", "contrast": "0.1", "sharpness": "0.1", "entropy": "1"} for i in range(5)]
+             "brightness": "0.5", "contrast": "0.1", "blur": "0.1", "entropy": "1"} for i in range(5)]
     images.write_csv(folder / "images.csv", rows, images.MANIFEST_FIELDS + images.QUALITY_FIELDS)
     x = np.ones((5, 4), np.float32)
     x[3, 1] = bad

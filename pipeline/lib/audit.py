@@ -1,6 +1,6 @@
 """The data audit's methods, on the frozen backbone's embeddings: nearest neighbours (near
-duplicates, leakage, outliers), out-of-sample label issues (confident learning) and image-quality
-flags. NumPy and scikit-learn only, no TensorFlow: split and audit start in a second.
+duplicates, leakage, outliers) and the probability that a given label is wrong. NumPy, SciPy and
+scikit-learn only, no TensorFlow: split and audit start in a second.
 
 Similarities are cosine similarities of L2-normalised embeddings, computed a block of rows at a
 time against all rows, so memory holds ``BLOCK_BYTES`` of similarities, never an N x N matrix.
@@ -24,6 +24,12 @@ BLOCK_BYTES = 64 << 20
 # The k-fold classifier's inverse regularisation. Strong: its ranking of the given labels is what
 # finds label issues, and an over-confident probe ranks worse (bench/audit.py chose it).
 PROBE_C = 0.003
+# Neighbour votes weigh exp((similarity - 1) / VOTE_WIDTH): a neighbour at similarity 0.95 counts
+# e^-1 as much as an identical one, so the nearest decide. VOTE_FLOOR keeps every class possible.
+VOTE_WIDTH, VOTE_FLOOR = 0.05, 1e-3
+# The noise estimate's expectation-maximisation: its start (the share of wrong labels) and rounds. It
+# is stopped early on purpose: run to convergence it overestimates look-alike noise (bench/audit.py).
+EM_START, EM_ROUNDS = 0.1, 3
 
 
 def read_embeddings(folder: Path, rows: list[dict]) -> tuple[list[dict], np.ndarray]:
@@ -108,36 +114,48 @@ def out_of_sample_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, fo
     return probs
 
 
-def label_issues(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Confident learning (Northcutt, Jiang and Chuang, JAIR 2021), pruned by noise rate: a mask of
-    the images whose given label ``y`` is probably wrong, given out-of-sample ``probs``.
+def neighbour_votes(idx: np.ndarray, sim: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each image's class probabilities from its nearest neighbours' given labels (never its own),
+    each vote weighed by how alike the two are (SimiFeat, Zhu, Dong and Liu 2022)."""
+    weights = np.exp((sim - 1) / VOTE_WIDTH)
+    votes = np.full((len(idx), n_classes), VOTE_FLOOR)
+    np.add.at(votes, (np.repeat(np.arange(len(idx)), idx.shape[1]), y[idx].ravel()), weights.ravel())
+    return votes / votes.sum(axis=1, keepdims=True)
 
-    Per-class thresholds are the mean probability of each class over the images labelled so; an
-    image counts towards the confident joint at (given, j) for the likeliest class j it reaches the
-    threshold of. The joint, calibrated to the given label counts, estimates how many images of each
-    given label truly belong to each other class; for each such pair, that many images, those with
-    the widest margin p_j - p_given, are flagged. An image whose likeliest class is its given label
-    is never flagged."""
-    n, c = probs.shape
-    counts = np.bincount(y, minlength=c)
-    thresholds = np.array([probs[y == j, j].mean() if counts[j] else 1.0 for j in range(c)])
-    above = probs >= thresholds - 1e-12
-    confident = np.where(above.any(axis=1), np.argmax(np.where(above, probs, -1.0), axis=1), -1)
-    joint = np.zeros((c, c))
-    np.add.at(joint, (y[confident >= 0], confident[confident >= 0]), 1)
-    rows = joint.sum(axis=1, keepdims=True)
-    calibrated = np.divide(joint, rows, out=np.zeros_like(joint), where=rows > 0) * counts[:, None]
-    flagged = np.zeros(n, bool)
-    for given in range(c):
-        members = np.flatnonzero(y == given)
-        for true in range(c):
-            take = int(round(calibrated[given, true]))
-            if true == given or take == 0:
-                continue
-            margin = probs[members, true] - probs[members, given]
-            flagged[members[np.argsort(-margin, kind="stable")[:take]]] = True
-    flagged[np.argmax(probs, axis=1) == y] = False
-    return flagged
+
+def label_probabilities(x: np.ndarray, y: np.ndarray, idx: np.ndarray, sim: np.ndarray, n_classes: int,
+                        folds: int, seed: int) -> np.ndarray:
+    """What the audit believes each image shows, from evidence that never saw its given label: the
+    mean of the out-of-sample logistic regression's probabilities and the neighbours' vote
+    (bench/audit.py compared these and others: docs/performance.md#the-data-audit)."""
+    return (out_of_sample_probabilities(x, y, n_classes, folds, seed) + neighbour_votes(idx, sim, y, n_classes)) / 2
+
+
+def wrong_label_probability(q: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The probability that each image's given label ``y`` is wrong, from ``q``: out-of-sample class
+    probabilities, learnt from the same, partly wrong, labels and calibrated to them
+    (``confidence.recalibrated``). Returns ``(p_wrong, posterior, noise)``.
+
+    1. The labels are modelled as drawn from the true class t through a noise matrix
+       F[t, g] = P(given g | true t); then q = c F, where c is the true class's probability,
+       so c = q F^-1 (clipped, renormalised), and P(true t | image, given g) = c_t F[t, g] / sum.
+    2. F is estimated by expectation-maximisation: from a start where 1 label in 10 is wrong,
+       EM_ROUNDS rounds of posterior -> F -> posterior (``noise`` is the last F).
+
+    ``p_wrong`` is 1 - P(true = given); its sum estimates how many labels are wrong."""
+    n, c = q.shape
+    noise = np.full((c, c), EM_START / max(1, c - 1))
+    np.fill_diagonal(noise, 1 - EM_START)
+    for _ in range(EM_ROUNDS):
+        true = np.clip(q @ np.linalg.pinv(noise), 1e-6, None)
+        true /= true.sum(axis=1, keepdims=True)
+        posterior = true * noise[:, y].T
+        posterior /= posterior.sum(axis=1, keepdims=True)
+        joint = np.zeros((c, c))  # joint[g, t]: expected images given label g whose true class is t
+        np.add.at(joint, y, posterior)
+        seen = joint.sum(axis=0) > 0
+        noise[seen] = (joint[:, seen] / joint[:, seen].sum(axis=0)).T
+    return 1 - posterior[np.arange(n), y], posterior, noise
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:

@@ -78,6 +78,12 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
+def recalibrated(probabilities: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``probabilities`` sharpened or softened by the temperature that fits them best to labels ``y``."""
+    logits = logits_of(probabilities)
+    return calibrated(logits, fit_temperature(logits, y))
+
+
 def reliability(probabilities: np.ndarray, y: np.ndarray, bins: int = BINS) -> list[dict]:
     """Per equal-width confidence bin: its range, image count, mean confidence and accuracy."""
     confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == y

@@ -225,16 +225,19 @@ class Audit:
                             high=1000)
     folds: int = param("folds of the out-of-sample classifier whose probabilities find label issues", low=2,
                        high=50)
+    label_issue_probability: float = param("an image is a label issue when the estimated probability that its "
+                                           "given label is wrong reaches this", low=0, high=1, low_open=True)
     outlier_z: float = param("an image whose distance to its nearest neighbours lies this many robust standard "
                              "deviations above the median is an outlier", low=0, low_open=True)
     dark: float = param("mean brightness (0-1) below which an image is too dark", low=0, high=1)
     bright: float = param("mean brightness (0-1) above which an image is overexposed", low=0, high=1)
-    blurred: float = param("sharpness (variance of the Laplacian at 256 px) below which an image is blurred",
-                           low=0)
+    blur_z: float = param("an image whose blur lies this many robust standard deviations above the data's "
+                          "median is blurred", low=0, low_open=True)
     low_information: float = param("grey-level entropy (bits, 0-8) below which an image is near-constant",
                                    low=0, high=8)
     max_aspect_ratio: float = param("long side / short side above which an image's shape is extreme", low=1)
-    min_side: int = param("an original whose short side has fewer pixels is tiny", low=1)
+    low_resolution: float = param("an original whose short side is below this share of the data's median short "
+                                  "side (and below base.image_size) is low resolution", low=0, high=1, low_open=True)
     gallery: int = param("images shown per issue type in reports/audit/*.png", low=1, high=200)
 
     def check(self) -> list[str]:

@@ -52,18 +52,23 @@ def data_section(ingest: dict, split: dict) -> list[str]:
 
 
 def audit_section(audit: dict) -> list[str]:
-    """What the data audit found: counts per issue type, where to look, and the leakage rate."""
+    """What the data audit found: the review budget per issue type, where to look, and the leakage rate."""
     quality = ", ".join(f"{k} {v}" for k, v in audit["quality_by_issue"].items())
-    rows = [["label issues (given label probably wrong)", audit["label_issues"], "label_issues"],
-            ["near-duplicate pairs (of them across splits)",
-             f"{audit['near_duplicates']} ({audit['cross_split_duplicates']})", "near_duplicates"],
-            ["outliers (far from every other image)", audit["outliers"], "outliers"],
-            ["image quality" + (f" ({quality})" if quality else ""), audit["quality"], "quality"]]
+    review = audit["review"]
+    rows = [["label issues (given label more likely wrong than right)", review["label_issues"]["images"],
+             f"about {review['label_issues']['expected_issues']:.0f}", "label_issues"],
+            ["near duplicates (images; in brackets, pairs across splits)",
+             f"{review['near_duplicates']['images']} ({audit['cross_split_duplicates']})", "each", "near_duplicates"],
+            ["outliers (far from every other image)", review["outliers"]["images"], "each", "outliers"],
+            ["image quality" + (f" ({quality})" if quality else ""), review["quality"]["images"], "each", "quality"]]
     leaked = audit["leaked"]
-    text = (f"Of {audit['images']} images; the audit stage lists each row's images, worst first, in "
-            f"`<file>.csv` and shows them in `<file>.png`. Leakage: {leaked['test']} test and {leaked['val']} "
-            f"validation images have a near twin in train (rate {audit['leakage_rate']:.3f}).")
-    return ["## Data audit", "", text, ""] + table(["issue", "images", "file"], rows)
+    text = (f"Of {audit['images']} images, review these first: each file lists its images worst first "
+            f"(`reports/audit/<file>.csv`, the first in `<file>.png`). The audit estimates "
+            f"{audit['estimated_wrong_labels']:.0f} wrong labels in all the data (the sum of each image's "
+            f"probability); its classifier agrees with {audit['audit_classifier_accuracy']:.1%} of the given labels. "
+            f"Leakage: {leaked['test']} test and {leaked['val']} validation images have a near twin in train "
+            f"(rate {audit['leakage_rate']:.3f}).")
+    return ["## Data audit", "", text, ""] + table(["issue", "images to review", "real issues expected", "file"], rows)
 
 
 def model_section(p, split: dict, class_weights: str) -> list[str]:
