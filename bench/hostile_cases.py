@@ -107,18 +107,13 @@ def cases(tiny: Path, scratch: Path, code: Path) -> dict[str, dict]:
               flush=True)
 
     # 1. outputs that would destroy what the command did not create
-    f = folder()
-    (f / "some_folder").mkdir()
-    (f / "some_folder/notes.txt").write_text("mine")
-    case("predict --csv an existing folder", ["-m", "pipeline", "predict", "export/model.keras", "img.png", "--csv",
-                                              "some_folder/"], f,
-         lambda f=f: "folder kept" if (f / "some_folder/notes.txt").exists() else "folder REPLACED by the CSV")
-    f = folder()
-    (f / "some_folder").mkdir()
-    (f / "some_folder/notes.txt").write_text("mine")
-    case("rank --out an existing folder", ["-m", "pipeline", "rank", "export/model.keras", "img.png", "--out",
-                                           "some_folder"], f,
-         lambda f=f: "folder kept" if (f / "some_folder/notes.txt").exists() else "folder REPLACED by the CSV")
+    for name, command, flag, target in (("predict --csv an existing folder", "predict", "--csv", "some_folder/"),
+                                         ("rank --out an existing folder", "rank", "--out", "some_folder")):
+        f = folder()
+        (f / "some_folder").mkdir()
+        (f / "some_folder/notes.txt").write_text("mine")
+        case(name, ["-m", "pipeline", command, "export/model.keras", "img.png", flag, target], f,
+             lambda f=f: "folder kept" if (f / "some_folder/notes.txt").exists() else "folder REPLACED by the CSV")
     f = folder()
     size = (f / "export/model.keras").stat().st_size
     case("predict --csv the model file", ["-m", "pipeline", "predict", "export/model.keras", "img.png", "--csv",

@@ -172,8 +172,8 @@ def budget(found: dict, label_figures: dict) -> dict:
     out = {"label_issues": {"images": len(found["label_issues"]),
                             "expected_issues": label_figures["expected_among_flagged"]}}
     for kind in ("near_duplicates", "outliers", "quality"):
-        images_ = {f["i"] for f in found[kind]}
-        out[kind] = {"images": len(images_), "expected_issues": len(images_)}
+        flagged = len({f["i"] for f in found[kind]})
+        out[kind] = {"images": flagged, "expected_issues": flagged}
     return out
 
 

@@ -182,11 +182,11 @@ def keep_together(groups: list[list[dict]], before: dict[str, str]) -> tuple[lis
 def stamp(p: SimpleNamespace) -> dict:
     """The PLACING params' values, as placed.json records them."""
     out = {}
-    for key in PLACING:
+    for name in PLACING:
         value = p
-        for part in key.split("."):
+        for part in name.split("."):
             value = getattr(value, part)
-        out[key] = value
+        out[name] = value
     return out
 
 
