@@ -10,9 +10,11 @@ instead (bounded memory, a progress bar), for a spreadsheet or a labelling tool.
 
 Where ``calibration.json`` is beside the model (the export folder has one; the
 calibrate stage writes models/calibration.json beside models/model.keras), the
-probabilities are calibrated and an image whose top probability is below its
-unknown threshold is called ``unknown``, the best label still shown beside it
-(``--unknown-threshold`` overrides the threshold; 0 turns it off). ``--tta`` averages each image's probabilities with its
+probabilities are calibrated and an image whose ``known`` score (the exported files'
+second output; for models/model.keras, built from it in memory as the export stage
+builds it) is below the unknown threshold is called ``unknown``, the best label still
+shown beside it (``--unknown-threshold`` overrides the threshold; 0 turns it off).
+Exports from before ``known`` apply the threshold to the top probability. ``--tta`` averages each image's probabilities with its
 mirror's (test-time augmentation); ``--explain DIR`` writes each image with its
 Grad-CAM heat map for the top class to DIR (a ``.keras`` model only). An unreadable
 file is skipped (the first few named on stderr, the rest counted; every one in the CSV
@@ -92,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON instead of a table")
     output.add_argument("--csv", type=Path, metavar="FILE",
-                        help="write one row per image to FILE (file, top-k labels and probabilities, unknown)")
+                        help="write one row per image to FILE (file, top-k labels and probabilities, known, unknown)")
     parser.add_argument("--labels", type=Path, help="class names file (default: labels.txt beside MODEL)")
     parser.add_argument("--calibration", type=Path,
                         help="temperature and unknown threshold (default: calibration.json beside MODEL, if any)")
     parser.add_argument("--unknown-threshold", type=float, metavar="P",
-                        help="call an image unknown below this top probability (0: never), instead of the calibration's")
+                        help="call an image unknown below this known score (0: never), instead of the calibration's")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tta", action="store_true",
                         help="average each image's probabilities with its left-right mirror's")
@@ -132,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     calibration = read_calibration(args, parser)
     try:
         classifier = inference.load(args.model)
+        if calibration.pop("build", None):  # models/model.keras: made what the export stage ships
+            from pipeline.lib import models
+
+            classifier = inference.KerasClassifier(models.deployable(classifier.model, calibration.pop("found")))
     except StageError as err:  # not one of the formats, or a damaged file of one
         parser.error(artifacts.describe(err))
     if args.explain:
@@ -147,12 +153,17 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(files), CHUNK):
             chunk = files[start:start + CHUNK]
             pixels, ok, errors = inference.load_images(chunk, classifier.image_size)
-            probs = calibrate(classifier.predict(pixels, args.batch_size, tta=args.tta), calibration)
+            probs, known = classifier.classify(pixels, args.batch_size, tta=args.tta)
+            probs = calibrate(probs, calibration)
+            if calibration["score"] == "known" and known is None and len(pixels):
+                raise SystemExit(f"predict: {args.model} has no known output, but its calibration.json names it: "
+                                 "use the files of one export folder together")
             if args.explain and len(pixels):
                 write_explanations(gradcam, pixels, probs.argmax(axis=1), [chunk[i] for i in ok], labels, args.explain)
             if probs.size and probs.shape[1] != len(labels):
                 raise SystemExit(f"predict: the model has {probs.shape[1]} outputs but {len(labels)} labels were given")
             found = dict(zip(ok, probs))
+            sure = dict(zip(ok, probs.max(axis=1, initial=0) if known is None else known))
             for i, path in enumerate(chunk):
                 if i in errors:
                     result = {"path": str(path), "error": errors[i]}
@@ -160,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                     top = found[i].argsort()[::-1][:top_k]
                     result = {"path": str(path), "predictions": [
                         {"label": labels[j], "probability": round(float(found[i][j]), 6)} for j in top]}
+                    if calibration["score"] == "known":
+                        result["known"] = round(float(sure[i]), 6)
                     if calibration["unknown_threshold"] is not None:
-                        result["unknown"] = bool(found[i][top[0]] < calibration["unknown_threshold"])
+                        result["unknown"] = bool(sure[i] < calibration["unknown_threshold"])
                 rows.add(result)
                 if results is not None:
                     results.append(result)
@@ -195,8 +208,10 @@ class Unreadable:
 
 
 def read_calibration(args, parser) -> dict:
-    """{"temperature": to apply to the model's probabilities (1 where it is built in),
-    "unknown_threshold": float or None}, from ``--calibration`` or calibration.json beside the model."""
+    """{"temperature": to apply to the model's probabilities (1 where it is built in), "score":
+    "known" or "probability" (what the threshold applies to), "unknown_threshold": float or None},
+    from ``--calibration`` or calibration.json beside the model; with "build" and "found" (the
+    calibration) where the model is a .keras file the export stage has not yet made deployable."""
     from pipeline.lib import inference
 
     path = beside(args.model, args.calibration, inference.CALIBRATION_FILE)
@@ -210,14 +225,20 @@ def read_calibration(args, parser) -> dict:
         except StageError as err:
             parser.error(f"{artifacts.describe(err)} (calibration.json comes from the calibrate or export stage)")
         temperature = 1.0 if found["temperature_in_model"] else float(found["temperature"])
-        threshold = float(found["unknown_threshold"])
+        threshold, score = float(found["unknown_threshold"]), found["unknown_score"]
     else:
-        temperature, threshold = 1.0, None
+        temperature, threshold, score = 1.0, None, "probability"
     if args.unknown_threshold is not None:
         if not 0 <= args.unknown_threshold <= 1:
             parser.error("--unknown-threshold must be between 0 and 1")
         threshold = args.unknown_threshold or None
-    return {"temperature": temperature, "unknown_threshold": threshold}
+    calibration = {"temperature": temperature, "unknown_threshold": threshold, "score": score}
+    if score == "known" and not found["temperature_in_model"]:
+        if args.model.suffix != ".keras":
+            parser.error(f"{path} is the calibrate stage's, for a .keras model; {args.model} is another format: "
+                         "use the calibration.json of its export folder")
+        calibration.update(temperature=1.0, build=True, found=found)
+    return calibration
 
 
 def calibrate(probs, calibration: dict):
@@ -244,7 +265,7 @@ class Rows:
             from tqdm import tqdm
 
             fields = ["file", *[f"{kind}_{i}" for i in range(1, self.top_k + 1) for kind in ("label", "probability")],
-                      "unknown", "error"]
+                      "known", "unknown", "error"]
             tmp = self._open.enter_context(artifacts.atomic_file(self.path, CSV))
             self._writer = csv.DictWriter(self._open.enter_context(open(tmp, "w", newline="", encoding="utf-8")),
                                           fields)
@@ -259,7 +280,7 @@ class Rows:
         if "error" in result:
             self.bad.add(result["path"], result["error"])
         if self.path:
-            row = {"file": result["path"], "error": result.get("error", ""),
+            row = {"file": result["path"], "error": result.get("error", ""), "known": result.get("known", ""),
                    "unknown": "" if "unknown" not in result else str(result["unknown"]).lower()}
             for i, p in enumerate(result.get("predictions", []), 1):
                 row[f"label_{i}"], row[f"probability_{i}"] = p["label"], f"{p['probability']:.6f}"

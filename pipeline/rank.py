@@ -67,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     calibration = predict.read_calibration(args, parser)
     try:
         model = models.load(args.model)
+        if calibration.pop("build", None):  # models/model.keras: calibrated as the export stage ships it
+            model = models.deployable(model, calibration.pop("found"))
         extractor = model.get_layer("extractor")
     except (StageError, ValueError) as err:
         parser.error(f"{args.model}: {artifacts.describe(err)} (rank needs a model built by this pipeline)")
     size = int(model.input_shape[1])
-    both = tf.function(lambda x: (model(x, training=False),
+    both = tf.function(lambda x: (models.outputs(model(x, training=False))[0],
                                   extractor(x, training=False) + extractor(tf.reverse(x, [2]), training=False)))
     kept, probs, features, bad = [], [], [], predict.Unreadable("rank")
     with tqdm(total=len(files), desc="rank", unit="img", file=sys.stderr) as bar:

@@ -83,13 +83,16 @@ def test_exported_formats_agree_with_the_keras_model(finished):
     export = json.loads((project.path / "reports/export.json").read_text())
     # The random backbone's int8 scales are far below what XNNPACK takes; MediaPipe, which runs on XNNPACK
     # only, would abort the process, so that one row is left out with the reason.
-    assert set(export) == set(FORMATS) - {"mediapipe_int8"} | {"test_images", "timing_batch_size", "not_checked"}, export
+    assert set(export) == set(FORMATS) - {"mediapipe_int8"} | {"test_images", "ood_images", "timing_batch_size",
+                                                               "not_checked"}, export
     assert list(export["not_checked"]) == ["mediapipe_int8"] and "XNNPACK" in export["not_checked"]["mediapipe_int8"]
     # the same network: the exported .keras reloaded from its own file (against the model the stage
     # loaded), the float32 formats, and MediaPipe running the same files as LiteRT; the image-bytes
     # signature decodes the files itself, within one grey level of Pillow
     for name in ("keras", "saved_model", "onnx", "tflite_float32", "mediapipe_float32", "saved_model_bytes"):
         assert export[name]["agreement"] >= FORMATS[name].min_agreement, (name, export)
+        # the same unknown rule in every runtime: each file's own known output against the threshold
+        assert export[name]["unknown_agreement"] >= FORMATS[name].min_agreement, (name, export)
     assert abs(export["mediapipe_float16"]["agreement"] - export["tflite_float16"]["agreement"]) <= 0.04, export
     assert export["saved_model"]["size_mb"] < 1.5 * export["keras"]["size_mb"]  # each weight stored once
     assert export["tflite_int8"]["size_mb"] < export["tflite_float32"]["size_mb"]
@@ -152,7 +155,7 @@ def test_predict_says_unknown_below_the_threshold_and_its_csv_matches_the_table(
     table = project.run("python", "-m", "pipeline", "predict", export, *files, "-k", "2").stdout.splitlines()
     results = json.loads(project.run("python", "-m", "pipeline", "predict", export, *files, "-k", "2", "--json").stdout)
     threshold = json.loads((project.path / "models/export/calibration.json").read_text())["unknown_threshold"]
-    assert [r["unknown"] for r in results] == [r["predictions"][0]["probability"] < threshold for r in results]
+    assert [r["unknown"] for r in results] == [r["known"] < threshold for r in results]
     assert not results[0]["unknown"] and sum(r["unknown"] for r in results) >= 2, (threshold, results)
     assert [line.split()[1] == "unknown" for line in table] == [r["unknown"] for r in results], table
     for line, r in zip(table, results):  # the best label and its probability beside the verdict
@@ -170,6 +173,31 @@ def test_predict_says_unknown_below_the_threshold_and_its_csv_matches_the_table(
     assert [r["unknown"] for r in plain] == [r["unknown"] for r in results]
     for a, b in zip(plain, results):
         assert a["predictions"][0]["probability"] == pytest.approx(b["predictions"][0]["probability"], abs=1e-4)
+        assert a["known"] == pytest.approx(b["known"], abs=1e-4)
+
+
+def test_the_mediapipe_example_says_unknown_as_predict_does(finished, tmp_path):
+    """docs/examples/mediapipe_unknown.py, as a MediaPipe user runs it, on the exported float32 file
+    (the tiny project's int8 file is one XNNPACK refuses), against predict on the same file: the
+    same verdicts. The images are at the model's size, so MediaPipe's own resize changes nothing."""
+    from shapes import make_ood
+
+    project, model = finished, "models/export/model_float32.tflite"
+    size = project.params()["base"]["image_size"]
+    inside = project.path / "data/images" / images.read_csv(project.path / "data/split/train.csv")[0]["path"]
+    files = []
+    for path in [*sorted(make_ood(tmp_path / "other", count=8, seed=3).iterdir()), inside]:
+        files.append(tmp_path / f"{path.stem}.png")
+        images.save_png(images.load_image(path, size), files[-1])
+    results = json.loads(project.run("python", "-m", "pipeline", "predict", model, *map(str, files), "--json").stdout)
+    lines = project.run("python", str(Path(__file__).parents[1] / "docs/examples/mediapipe_unknown.py"), model,
+                        *map(str, files)).stdout.splitlines()
+    assert len(lines) == len(files)
+    for line, r in zip(lines, results):
+        path, verdict, _, known = line.split("\t")
+        assert path == r["path"] and float(known.split()[1]) == pytest.approx(r["known"], abs=2e-3), (line, r)
+        assert verdict == ("unknown" if r["unknown"] else r["predictions"][0]["label"]), (line, r)
+    assert any(r["unknown"] for r in results) and not all(r["unknown"] for r in results), results
 
 
 def test_rank_lists_the_least_sure_first_without_duplicates(finished, tmp_path):

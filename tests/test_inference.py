@@ -13,22 +13,46 @@ from pipeline.lib.artifacts import StageError
 
 SIZE = 32
 LABELS = ["circle", "square", "triangle"]
-UNKNOWN_BELOW = 0.4  # the threshold built into the fixture's SavedModel
+UNKNOWN_BELOW = 0.5  # known's threshold, built into the fixture's SavedModel
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny classifier saved as .keras, SavedModel, the three TFLite files (with metadata) and
-    ONNX, labels beside, as the export stage writes them."""
+def tiny_classifier() -> keras.Model:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIZE, SIZE, 3), name="image")
     x = models.Preprocess("MobileNetV2")(inputs)
     x = keras.layers.Conv2D(8, 3, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="probabilities")(x))
+    # Logits as far apart as a trained model's: random weights give every image about the same
+    # energy, and an int8 file rounds a spread that is tiny beside the energy itself to nothing
+    model.layers[-1].set_weights([w * 30 for w in model.layers[-1].get_weights()])
+    return model
+
+
+def tiny_calibration(model: keras.Model) -> dict:
+    """A calibration as the calibrate stage writes it, its energy centred on the median of random
+    images', so about half of them are unknown."""
+    from pipeline.lib import confidence
+
+    raw = models.logits(model).predict(np.random.default_rng(9).integers(0, 256, (40, SIZE, SIZE, 3)), verbose=0)
+    energy = confidence.scores(raw, 1.0)["energy"]
+    return {"temperature": 1.7, "temperature_in_model": False, "unknown_score": "known",
+            "unknown_threshold": UNKNOWN_BELOW, "known_center": float(np.median(energy)),
+            "known_scale": confidence.robust_scale(energy)}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny classifier made deployable (calibrated probabilities and known) and saved as .keras,
+    SavedModel, the three TFLite files (with metadata) and ONNX, labels and calibration beside, as
+    the export stage writes them."""
+    plain = tiny_classifier()
+    calibration = tiny_calibration(plain)
+    model = models.deployable(plain, calibration)
     folder = tmp_path_factory.mktemp("export")
     models.save(model, folder / "model.keras")
     inference.write_labels(folder / inference.LABELS_FILE, LABELS)
+    (folder / inference.CALIBRATION_FILE).write_text(json.dumps({**calibration, "temperature_in_model": True}))
     formats.saved_model(model, LABELS, folder / "saved_model", unknown_threshold=UNKNOWN_BELOW)
     rng = np.random.default_rng(0)
 
@@ -51,12 +75,31 @@ def pixels():
 @pytest.mark.parametrize("name, tolerance", [("saved_model", 1e-5), ("model_float32.tflite", 1e-5),
                                              ("model_float16.tflite", 1e-2), ("model_int8.tflite", 0.1),
                                              ("model.onnx", 1e-5)])
-def test_every_format_gives_the_keras_probabilities(exported, pixels, name, tolerance):
-    reference = inference.load(exported / "model.keras").predict(pixels, batch_size=4)
-    got = inference.load(exported / name).predict(pixels, batch_size=4)
-    assert got.shape == (10, 3)
+def test_every_format_gives_the_keras_probabilities_and_known(exported, pixels, name, tolerance):
+    reference, reference_known = inference.load(exported / "model.keras").classify(pixels, batch_size=4)
+    got, known = inference.load(exported / name).classify(pixels, batch_size=4)
+    assert got.shape == (10, 3) and known.shape == (10,)
     np.testing.assert_allclose(got, reference, atol=tolerance)
     np.testing.assert_allclose(got.sum(axis=1), 1, atol=max(tolerance, 1e-4))
+    np.testing.assert_allclose(known, reference_known, atol=tolerance)
+
+
+def test_the_deployable_model_is_the_plain_one_calibrated_with_the_energy_score(pixels):
+    """Its probabilities are the plain model's at the temperature, its known the NumPy formula's
+    on the plain model's logits, and the same unknown rule follows from it in every runtime
+    (test_every_format_gives_the_keras_probabilities_and_known)."""
+    from pipeline.lib import confidence
+
+    plain = tiny_classifier()
+    calibration = tiny_calibration(plain)
+    probabilities, known = inference.KerasClassifier(models.deployable(plain, calibration)).classify(pixels)
+    raw = models.logits(plain).predict(pixels.astype("float32"), verbose=0)
+    np.testing.assert_allclose(probabilities, confidence.calibrated(raw, calibration["temperature"]), atol=1e-5)
+    np.testing.assert_allclose(known, confidence.known(raw, calibration["known_center"], calibration["known_scale"]),
+                               atol=1e-5)
+    assert (known < UNKNOWN_BELOW).any() and not (known < UNKNOWN_BELOW).all()
+    np.testing.assert_allclose(inference.KerasClassifier(plain).predict(pixels), confidence.calibrated(raw, 1.0),
+                               atol=1e-5)  # deployable left the plain model as it was
 
 
 def test_int8_file_takes_uint8_pixels(exported):
@@ -90,11 +133,12 @@ def test_predict_prints_top_k_and_reports_unreadable_files(exported, tmp_path, c
     assert code == 0
     assert [r["path"].rsplit("/", 1)[-1] for r in results] == ["0.png", "1.png", "2.png", "broken.jpg"]
     assert "error" in results[3] and "broken.jpg: not a readable image" in out.err
-    reference = inference.load(exported / "model.keras").predict(
+    reference, known = inference.load(exported / "model.keras").classify(
         np.stack([images.load_image(tmp_path / f"{i}.png", SIZE) for i in range(3)]))
-    for r, probs in zip(results[:3], reference):
+    for r, probs, k in zip(results[:3], reference, known):
         assert [p["label"] for p in r["predictions"]] == [LABELS[j] for j in probs.argsort()[::-1][:2]]
         assert r["predictions"][0]["probability"] == pytest.approx(probs.max(), abs=1e-5)
+        assert r["known"] == pytest.approx(k, abs=1e-5) and r["unknown"] == (k < UNKNOWN_BELOW)
 
     code = predict.main([str(exported / "model.keras"), str(tmp_path / "0.png")])
     table = capsys.readouterr().out
@@ -112,7 +156,7 @@ def test_predict_caps_k_and_summarises_unreadable_files(exported, tmp_path, caps
     rows = images.read_csv(tmp_path / "p.csv")
     assert len(rows) == 13 and sum(bool(r["error"]) for r in rows) == 12  # every one in the CSV
     assert list(rows[0]) == ["file", "label_1", "probability_1", "label_2", "probability_2", "label_3",
-                             "probability_3", "unknown", "error"]  # -k capped at the 3 classes
+                             "probability_3", "known", "unknown", "error"]  # -k capped at the 3 classes
     code = predict.main([str(exported / "model.keras"), str(tmp_path)])  # the table: classified images only
     out = capsys.readouterr()
     assert code == 0 and out.out.count("\n") == 1 and "ok.png" in out.out and "bad" not in out.out
@@ -167,11 +211,12 @@ def test_mediapipe_loads_the_tflite_files_as_they_are(exported, pixels, kind, to
     float model without it, and names each output with the embedded label."""
     classifier = inference.MediaPipeClassifier(exported / f"model_{kind}.tflite", LABELS)
     try:
-        got = classifier.predict(pixels)
+        got, known = classifier.classify(pixels)
     finally:
         classifier.close()
-    reference = inference.load(exported / "model.keras").predict(pixels)
+    reference, reference_known = inference.load(exported / "model.keras").classify(pixels)
     np.testing.assert_allclose(got, reference, atol=tolerance)
+    np.testing.assert_allclose(known, reference_known, atol=tolerance)  # its second head
 
 
 def test_mediapipe_refuses_a_float_tflite_file_without_metadata(exported, tmp_path):
@@ -190,14 +235,18 @@ def test_saved_model_signature_takes_image_bytes_and_returns_names(exported, tmp
         from PIL import Image
         size = (300, 200) if i == 4 else (47, 61)  # a large JPEG is decoded at a reduced scale
         im = Image.fromarray(rng.integers(0, 256, (*size[::-1], 4 if mode == "RGBA" else 3), dtype=np.uint8))
+        if i in (1, 3):  # flat dark frames: the tiny model's energy is far lower on them than on noise
+            im = Image.new(im.mode, im.size, (30 * i,) * len(im.mode))
         paths.append(tmp_path / f"{i}.{fmt.lower()}")
         im.convert(mode).save(paths[-1], format=fmt)
-    names, probs, unknown = inference.SavedModelClassifier(exported / "saved_model").classify_files(paths, batch_size=3)
-    reference = inference.load(exported / "model.keras").predict(
+    names, probs, known, unknown = inference.SavedModelClassifier(exported / "saved_model").classify_files(
+        paths, batch_size=3)
+    reference, reference_known = inference.load(exported / "model.keras").classify(
         np.stack([images.load_image(path, SIZE) for path in paths]))
     np.testing.assert_allclose(probs, reference, atol=2e-3)  # pixels within one level of Pillow's
+    np.testing.assert_allclose(known, reference_known, atol=2e-3)
     assert names == [LABELS[i] for i in probs.argmax(axis=1)]
-    assert unknown.tolist() == (probs.max(axis=1) < UNKNOWN_BELOW).tolist()
+    assert unknown.tolist() == (known < UNKNOWN_BELOW).tolist()
     assert unknown.any() and not unknown.all()  # the random model's images fall on both sides
 
 

@@ -8,8 +8,10 @@ synthetic logits in milliseconds. The calibrate stage, the export stage,
   one scalar T > 0 divides the logits, chosen to minimise the negative log-likelihood on
   the validation split. It never reorders the classes of an image.
 - **Out-of-distribution scores**, higher meaning "more like the training data": the
-  maximum (calibrated) probability, and the negative free energy ``logsumexp(logits)``
-  (Liu et al. 2020, "Energy-based out-of-distribution detection").
+  maximum (calibrated) probability, the maximum logit, and the negative free energy
+  ``logsumexp(logits)`` (Liu et al. 2020, "Energy-based out-of-distribution detection").
+  What ships is ``known``: the energy, centred on the unknown threshold and squashed to
+  (0, 1) (``models.Known`` computes it inside every exported file).
 - **Uncertainty ranking** for active learning: margin (1 minus the gap between the two
   most probable classes) or entropy, skipping near duplicates of images ranked above.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, logsumexp, softmax
+from scipy.special import expit, log_softmax, logsumexp, softmax
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from pipeline.lib import artifacts
@@ -30,7 +32,12 @@ TEMPERATURES = (0.05, 20.0)  # the search range of the fitted temperature
 TINY = 1e-30  # floor of a probability before its log: float32 softmax outputs can be exactly 0
 
 
-SCORES = ("probability",)  # the unknown scores a calibration file may name: what every runtime has
+# The unknown scores a calibration file may name: "known" (the models' second output, from the
+# energy) since the export stage builds it into every format; "probability" (the top calibrated
+# probability) in calibrations and exports from before.
+SCORES = ("known", "probability")
+KNOWN_THRESHOLD = 0.5  # known is centred on the unknown threshold: below 0.5, unknown
+ROBUST_SD = 1.4826  # the median absolute deviation times this estimates a normal distribution's SD
 
 
 def read_calibration(path: Path) -> dict:
@@ -44,6 +51,9 @@ def read_calibration(path: Path) -> dict:
               "temperature_in_model": (lambda v: isinstance(v, bool), "true or false"),
               "unknown_threshold": (lambda v: number(v) and 0 <= v <= 1, "a number from 0 to 1"),
               "unknown_score": (lambda v: v in SCORES, " or ".join(map(repr, SCORES)))}
+    if data.get("unknown_score") == "known":
+        checks.update(known_center=(number, "a finite number"),
+                      known_scale=(lambda v: number(v) and v > 0, "a finite number above 0"))
     for key, (ok, allowed) in checks.items():
         if key not in data:
             raise artifacts.damaged(path, f"no {key}")
@@ -120,10 +130,25 @@ def quality(logits: np.ndarray, y: np.ndarray, temperature: float) -> dict[str, 
 
 def scores(logits: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
     """Out-of-distribution scores per image, higher = more in-distribution: ``probability``
-    (the top calibrated probability) and ``energy`` (logsumexp of the raw logits, i.e. minus
-    the free energy at temperature 1, as Liu et al. use it)."""
-    return {"probability": calibrated(logits, temperature).max(axis=1),
-            "energy": logsumexp(np.asarray(logits, np.float64), axis=1)}
+    (the top calibrated probability), ``max_logit`` and ``energy`` (logsumexp of the raw
+    logits, i.e. minus the free energy at temperature 1, as Liu et al. use it)."""
+    logits = np.asarray(logits, np.float64)
+    return {"probability": calibrated(logits, temperature).max(axis=1), "max_logit": logits.max(axis=1),
+            "energy": logsumexp(logits, axis=1)}
+
+
+def robust_scale(values: np.ndarray) -> float:
+    """The spread of ``values`` as a normal SD, from the median absolute deviation (1 where they
+    are all equal): outliers among the validation images do not stretch it."""
+    values = np.asarray(values, np.float64)
+    mad = ROBUST_SD * float(np.median(np.abs(values - np.median(values))))
+    return mad if mad > 0 else float(values.std()) or 1.0
+
+
+def known(logits: np.ndarray, center: float, scale: float) -> np.ndarray:
+    """``models.Known`` in NumPy, from the raw logits: sigmoid((energy - center) / scale), in (0, 1),
+    0.5 where the energy equals ``center``."""
+    return expit((logsumexp(np.asarray(logits, np.float64), axis=1) - center) / scale)
 
 
 def separation(inside: np.ndarray, outside: np.ndarray) -> dict[str, float]:

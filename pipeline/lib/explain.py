@@ -25,6 +25,8 @@ class GradCam:
             backbone = models.backbone_of(model)
         except ValueError as err:
             raise StageError(f"Grad-CAM needs a model built by this pipeline (extractor + head): {err}") from err
+        # A deployable model (models.deployable) has a head that ends in its logits, the softmax after it
+        self.logits = self.head.layers[-1].get_config().get("activation") == "linear"
         self.pool = backbone.layers[-1]
         if not isinstance(self.pool, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)):
             raise StageError(f"Grad-CAM needs the backbone to end in global pooling, not {type(self.pool).__name__}")
@@ -45,6 +47,8 @@ class GradCam:
             features = self.conv(x, training=False)
             tape.watch(features)
             probabilities = self.head(self.pool(features), training=False)
+            if self.logits:
+                probabilities = tf.nn.softmax(probabilities)
             classes = tf.where(classes < 0, tf.argmax(probabilities, axis=1, output_type=tf.int32), classes)
             chosen = tf.gather(probabilities, classes, batch_dims=1)
         weights = tf.reduce_mean(tape.gradient(chosen, features), axis=(1, 2), keepdims=True)

@@ -18,11 +18,11 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from pipeline.lib import compat
+from pipeline.lib import compat, models
 from pipeline.lib.artifacts import StageError
 
-BYTES_SIGNATURE = "serving_default"  # encoded images -> {"classes", "probabilities", "unknown"}
-PIXELS_SIGNATURE = "serving_pixels"  # (n, size, size, 3) float32 pixels -> {"probabilities"}
+BYTES_SIGNATURE = "serving_default"  # encoded images -> {"classes", "probabilities", "known", "unknown"}
+PIXELS_SIGNATURE = "serving_pixels"  # (n, size, size, 3) float32 pixels -> {"probabilities", "known"}
 
 
 def decode_image(data: tf.Tensor, size: int) -> tf.Tensor:
@@ -61,23 +61,32 @@ def saved_model(model: keras.Model, labels: list[str], path: Path, unknown_thres
 
     ``serving_default`` takes ``image_bytes``, a batch of encoded JPEG/PNG/GIF/BMP files
     (TF Serving's REST API base64-decodes inputs named ``*_bytes``), and returns
-    ``classes`` (the top class names), ``probabilities`` and ``unknown`` (true where the
-    top probability is below ``unknown_threshold``: none of the classes, as far as the
-    model can tell); ``serving_pixels`` takes decoded pixels and returns probabilities. The model itself is not ``track``ed: Keras would then store every
-    weight twice, once per wrapper (keras-team/keras#23553), doubling the files.
+    ``classes`` (the top class names), ``probabilities``, ``known`` (one value per image)
+    and ``unknown`` (true where ``known`` is below ``unknown_threshold``: none of the classes,
+    as far as the model can tell); ``serving_pixels`` takes decoded pixels and returns
+    probabilities and known (one column). A model without ``known`` (``models.deployable``
+    of an older calibration) has the rule on its top probability. The model itself is not
+    ``track``ed: Keras would then store every weight twice, once per wrapper
+    (keras-team/keras#23553), doubling the files.
     """
     size = int(model.input_shape[1])
     names, threshold = tf.constant(labels), tf.constant(unknown_threshold, tf.float32)
 
     def pixels(x):
-        return {"probabilities": model(x, training=False)}
+        probabilities, known = models.outputs(model(x, training=False))
+        return {"probabilities": probabilities} if known is None else {"probabilities": probabilities, "known": known}
 
     def encoded(image_bytes):
         batch = tf.map_fn(lambda data: decode_image(data, size), image_bytes,
                           fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8))
-        probabilities = pixels(tf.cast(batch, tf.float32))["probabilities"]
-        return {"classes": tf.gather(names, tf.argmax(probabilities, axis=-1)), "probabilities": probabilities,
-                "unknown": tf.reduce_max(probabilities, axis=-1) < threshold}
+        out = pixels(tf.cast(batch, tf.float32))
+        probabilities = out["probabilities"]
+        result = {"classes": tf.gather(names, tf.argmax(probabilities, axis=-1)), "probabilities": probabilities}
+        if "known" in out:
+            result["known"] = known = out["known"][:, 0]
+        else:
+            known = tf.reduce_max(probabilities, axis=-1)
+        return {**result, "unknown": known < threshold}
 
     archive = keras.export.ExportArchive()
     archive.add_endpoint(BYTES_SIGNATURE, encoded, [tf.TensorSpec([None], tf.string, name="image_bytes")])
@@ -132,15 +141,33 @@ def _metadata_writer():
     return metadata_writer
 
 
+def output_shapes(path: Path) -> list[list[int]]:
+    """The shapes of a .tflite file's outputs, in the order of its graph (MediaPipe's heads)."""
+    from ai_edge_litert import interpreter as litert
+
+    return [list(d["shape"]) for d in litert.Interpreter(model_path=str(path)).get_output_details()]
+
+
 def add_metadata(path: Path, labels_file: Path, description: str) -> None:
     """Embed labels, input normalization and a description in a .tflite file, as MediaPipe
     Tasks and the LiteRT support library expect. The normalization is the identity (mean 0,
-    std 1): the model takes pixels in [0, 255] and normalizes inside."""
+    std 1): the model takes pixels in [0, 255] and normalizes inside. A file with ``known`` has
+    it as a second classification head of one category, ``known``. The converter, not the
+    signature, orders the outputs, and the heads follow that order: checked, probabilities first."""
     writers = _metadata_writer()
+    shapes = output_shapes(path)
+    labels = labels_file.read_text().splitlines()
+    if shapes[0][-1] != len(labels) or len(shapes) > 2 or (len(shapes) == 2 and shapes[1][-1] != 1):
+        raise StageError(f"{path.name}: outputs of shapes {shapes}; the metadata expects the {len(labels)} "
+                         "probabilities first, then at most the one known column")
     writer = writers.MetadataWriter.create(bytearray(path.read_bytes()))
     writer.add_general_info(path.stem, description)
     writer.add_image_input(norm_mean=[0.0], norm_std=[1.0])
     writer.add_classification_output(writers.Labels().add_from_file(str(labels_file)))
+    if len(shapes) == 2:
+        writer.add_classification_output(writers.Labels().add(["known"], exported_filename="known"), name="known",
+                                         description="below the unknown threshold (calibration.json, 0.5 by "
+                                                     "default): none of the classes")
     model, _ = writer.populate()
     path.write_bytes(model)
     del writer

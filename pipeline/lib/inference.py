@@ -1,4 +1,5 @@
-"""Saved classifiers (Keras, SavedModel, TFLite, ONNX) as one thing: uint8 images -> class probabilities.
+"""Saved classifiers (Keras, SavedModel, TFLite, ONNX) as one thing: uint8 images -> class probabilities
+and, from exports with it, ``known`` (below the unknown threshold: none of the classes).
 
 Evaluation, the export parity check and ``pipeline.predict`` all go through
 ``load_images`` and ``Classifier.predict``, so the metrics are measured on
@@ -29,20 +30,44 @@ CALIBRATION_FILE = "calibration.json"
 
 
 class Classifier:
-    """A loaded model: ``image_size`` and ``probabilities(uint8 batch) -> (n, classes) float32``."""
+    """A loaded model: ``image_size`` and ``outputs(uint8 batch) -> ((n, classes) probabilities,
+    (n,) known or None)``, all float32; None where the file has no ``known`` output."""
 
     image_size: int
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         raise NotImplementedError
 
-    def predict(self, pixels: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
-        """Probabilities for any number of images, ``batch_size`` at a time; with ``tta``, the
-        mean of each image's and its left-right mirror's (test-time augmentation)."""
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+    def classify(self, pixels: np.ndarray, batch_size: int = 64,
+                 tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, known or None) for any number of images, ``batch_size`` at a time; with
+        ``tta``, the mean of each image's and its left-right mirror's (test-time augmentation)."""
         def run(x):
-            parts = [self.probabilities(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-            return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-        return (run(pixels) + run(pixels[:, :, ::-1])) / 2 if tta else run(pixels)
+            parts = [self.outputs(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+            if not parts:
+                return np.zeros((0, 0), np.float32), None
+            known = None if parts[0][1] is None else np.concatenate([k for _, k in parts])
+            return np.concatenate([p for p, _ in parts]), known
+        if not tta:
+            return run(pixels)
+        (p1, k1), (p2, k2) = run(pixels), run(pixels[:, :, ::-1])
+        return (p1 + p2) / 2, None if k1 is None else (k1 + k2) / 2
+
+    def predict(self, pixels: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+        """The probabilities of ``classify``."""
+        return self.classify(pixels, batch_size, tta)[0]
+
+
+def _by_shape(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities, known or None) from a file's outputs in any order: known is the one column."""
+    arrays = [np.asarray(a, np.float32) for a in arrays]
+    if len(arrays) == 1:
+        return arrays[0], None
+    known = next(i for i, a in enumerate(arrays) if a.shape[-1] == 1)
+    return arrays[1 - known], arrays[known].reshape(-1)
 
 
 class KerasClassifier(Classifier):
@@ -50,8 +75,9 @@ class KerasClassifier(Classifier):
         self.model = model
         self.image_size = int(model.input_shape[1])
 
-    def probabilities(self, batch):
-        return np.asarray(self.model.predict_on_batch(batch.astype(np.float32)), dtype=np.float32)
+    def outputs(self, batch):
+        probabilities, known = models.outputs(self.model.predict_on_batch(batch.astype(np.float32)))
+        return _by_shape([probabilities] + ([] if known is None else [known]))
 
 
 class SavedModelClassifier(Classifier):
@@ -65,20 +91,22 @@ class SavedModelClassifier(Classifier):
         spec = next(iter(self.serve.structured_input_signature[1].values()))
         self.image_size = int(spec.shape[1])
 
-    def probabilities(self, batch):
-        out = self.serve(tf.constant(batch, tf.float32))
-        return next(iter(out.values())).numpy().astype(np.float32)
+    def outputs(self, batch):
+        return _by_shape([v.numpy() for v in self.serve(tf.constant(batch, tf.float32)).values()])
 
-    def classify_files(self, paths: list[Path], batch_size: int = 64) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(top class names, probabilities, unknown flags) for image files, decoded by the
-        SavedModel itself. Exports from before the flag have none: all false."""
-        names, parts, unknown = [], [], []
+    def classify_files(self, paths: list[Path], batch_size: int = 64) -> tuple[list[str], np.ndarray,
+                                                                              np.ndarray | None, np.ndarray]:
+        """(top class names, probabilities, known or None, unknown flags) for image files, decoded
+        by the SavedModel itself. Exports from before the flag have none: all false."""
+        names, parts, known, unknown = [], [], [], []
         for i in range(0, len(paths), batch_size):
             out = self.serve_bytes(image_bytes=tf.constant([Path(p).read_bytes() for p in paths[i:i + batch_size]]))
             names += [name.decode() for name in out["classes"].numpy()]
             parts.append(out["probabilities"].numpy().astype(np.float32))
+            known.append(out["known"].numpy().astype(np.float32) if "known" in out else None)
             unknown.append(out["unknown"].numpy() if "unknown" in out else np.zeros(len(parts[-1]), bool))
-        return names, np.concatenate(parts), np.concatenate(unknown)
+        return (names, np.concatenate(parts), None if known[0] is None else np.concatenate(known),
+                np.concatenate(unknown))
 
 
 class TFLiteClassifier(Classifier):
@@ -88,7 +116,7 @@ class TFLiteClassifier(Classifier):
         self.path = path
         self.interpreter = self._interpreter()
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        self.output_details = self.interpreter.get_output_details()
         self.image_size = int(self.input["shape"][1])
         self.batch = None
         self.xnnpack_refused = False  # set when XNNPACK (the fast CPU delegate) refused the graph
@@ -99,7 +127,7 @@ class TFLiteClassifier(Classifier):
                                   experimental_op_resolver_type=resolver.AUTO if delegates
                                   else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 
-    def probabilities(self, batch):
+    def outputs(self, batch):
         if self.batch != len(batch):  # the file is converted for batch 1; any batch size works after a resize
             shape = [len(batch), *self.input["shape"][1:]]
             self.interpreter.resize_tensor_input(self.input["index"], shape)
@@ -123,11 +151,14 @@ class TFLiteClassifier(Classifier):
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
         self.interpreter.set_tensor(self.input["index"], x.astype(dtype))
         self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self.output["index"]).astype(np.float32)
-        if np.issubdtype(self.output["dtype"], np.integer):
-            scale, zero = self.output["quantization"]
-            out = (out - zero) * scale
-        return out
+        found = []
+        for detail in self.output_details:
+            out = self.interpreter.get_tensor(detail["index"]).astype(np.float32)
+            if np.issubdtype(detail["dtype"], np.integer):
+                scale, zero = detail["quantization"]
+                out = (out - zero) * scale
+            found.append(out)
+        return _by_shape(found)
 
 
 class OnnxClassifier(Classifier):
@@ -140,8 +171,8 @@ class OnnxClassifier(Classifier):
         self.input = self.session.get_inputs()[0]
         self.image_size = int(self.input.shape[1])
 
-    def probabilities(self, batch):
-        return self.session.run(None, {self.input.name: batch.astype(np.float32)})[0].astype(np.float32)
+    def outputs(self, batch):
+        return _by_shape(self.session.run(None, {self.input.name: batch.astype(np.float32)}))
 
 
 class MediaPipeClassifier(Classifier):
@@ -160,9 +191,10 @@ class MediaPipeClassifier(Classifier):
         options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)), max_results=-1)
         self.classifier = vision.ImageClassifier.create_from_options(options)
 
-    def probabilities(self, batch):
-        out = np.zeros((len(batch), len(self.labels)), np.float32)
-        for row, image in zip(out, batch):
+    def outputs(self, batch):
+        out, known = np.zeros((len(batch), len(self.labels)), np.float32), np.zeros(len(batch), np.float32)
+        heads = 1
+        for i, (row, image) in enumerate(zip(out, batch)):
             result = self.classifier.classify(self.mp.Image(image_format=self.mp.ImageFormat.SRGB,
                                                             data=np.ascontiguousarray(image, dtype=np.uint8)))
             for category in result.classifications[0].categories:
@@ -170,7 +202,10 @@ class MediaPipeClassifier(Classifier):
                     raise artifacts.StageError(f"{self.path.name}: MediaPipe read label {category.category_name!r} for output "
                                      f"{category.index}, not {self.labels[category.index]!r}")
                 row[category.index] = category.score
-        return out
+            heads = len(result.classifications)
+            if heads > 1:  # the second head: known, one category
+                known[i] = result.classifications[1].categories[0].score
+        return out, known if heads > 1 else None
 
     def close(self) -> None:
         self.classifier.close()
@@ -227,6 +262,24 @@ def load_images(paths: Iterable[Path], size: int) -> tuple[np.ndarray, list[int]
             ok.append(i)
     array = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
     return array, ok, errors
+
+
+def load_ood(folder: Path, size: int) -> tuple[list[Path], np.ndarray]:
+    """(files, pixels) of the readable images of an out-of-distribution folder (calibrate and
+    export measure "unknown" on it), decoded as predict does; the unreadable ones warned about."""
+    log = logging.getLogger("pipeline.lib.inference")
+    deep: list = []
+    files = images.image_files(folder, deep)
+    if deep:
+        log.warning("%s: %d folder(s) nested deeper than %d levels not read, e.g. %s", folder, len(deep),
+                    artifacts.MAX_DEPTH, str(deep[0])[:200])
+    pixels, ok, errors = load_images(files, size)
+    for i, error in errors.items():
+        log.warning("%s: not a readable image, left out of the out-of-distribution set (%s)", files[i], error)
+    if not len(pixels):
+        raise artifacts.StageError(f"{folder}: no readable image: the out-of-distribution set needs images of "
+                                   "things that are none of the classes (docs/evaluation.md#the-out-of-distribution-set)")
+    return [files[i] for i in ok], pixels
 
 
 def load_split(source: Path, split: Path, size: int, part: str = "test") -> tuple[list[dict], np.ndarray, np.ndarray, list[str]]:

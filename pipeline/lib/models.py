@@ -373,11 +373,60 @@ def logits(model: keras.Model) -> keras.Model:
 
     def clone(layer):
         config = layer.get_config()
-        return layer.__class__.from_config({**config, "activation": "linear"} if layer is output else config)
+        if layer is output:  # renamed: the softmax that ``deployable`` puts after it is the probabilities
+            config = {**config, "activation": "linear", "name": "logits"}
+        return layer.__class__.from_config(config)
 
     converted = keras.models.clone_model(model, clone_function=clone, recursive=True)
     converted.set_weights(model.get_weights())
     return converted
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class Known(keras.layers.Layer):
+    """How much an image looks like the training classes, from the calibrated logits ``z``:
+    ``sigmoid((E - center) / scale)``, where ``E = logsumexp(temperature * z)`` is the energy
+    score of the raw logits (Liu et al. 2020). The calibrate stage picks ``center`` (the energy
+    that keeps ``calibrate.unknown_keep`` of the validation images, so 0.5 is the unknown
+    threshold) and ``scale`` (the energy's robust spread over them). ``confidence.known`` is the
+    same arithmetic in NumPy."""
+
+    def __init__(self, temperature: float, center: float, scale: float, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature, self.center, self.scale = float(temperature), float(center), float(scale)
+
+    def call(self, z):
+        energy = keras.ops.logsumexp(keras.ops.cast(z, "float32") * self.temperature, axis=-1, keepdims=True)
+        return keras.ops.sigmoid((energy - self.center) / self.scale)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "temperature": self.temperature, "center": self.center, "scale": self.scale}
+
+
+def deployable(model: keras.Model, calibration: dict) -> keras.Model:
+    """``model`` as it ships (export) and as ``pipeline.predict`` runs an un-exported one: two
+    outputs, ``probabilities`` (calibrated: the output layer's weights divided by the temperature)
+    and ``known`` (``Known``, one value per image), from a copy of ``model`` whose last Dense
+    layer gives the logits. Where ``calibration`` has no energy score (``unknown_score``
+    ``probability``, calibrations from before it), the temperature alone is applied."""
+    if calibration["unknown_score"] != "known":
+        return apply_temperature(model, calibration["temperature"])
+    temperature = float(calibration["temperature"])
+    copy = logits(model)
+    dense = copy.layers[-1]
+    while isinstance(dense, keras.Model):
+        dense = dense.layers[-1]
+    dense.set_weights([w / np.float32(temperature) for w in dense.get_weights()])
+    z = copy.outputs[0]
+    probabilities = keras.layers.Softmax(name="probabilities")(z)
+    known = Known(temperature, calibration["known_center"], calibration["known_scale"], name="known")(z)
+    return keras.Model(copy.inputs, [probabilities, known], name=model.name)
+
+
+def outputs(result) -> tuple:
+    """(probabilities, known or None) from what a model returned: ``deployable`` models return
+    both, the pipeline's other models (and exports from before ``known``) probabilities alone."""
+    return (result[0], result[1]) if isinstance(result, (list, tuple)) else (result, None)
 
 
 def apply_temperature(model: keras.Model, temperature: float) -> keras.Model:

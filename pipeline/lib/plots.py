@@ -135,12 +135,12 @@ def precision_recall(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], pa
 
 
 def score_histograms(scores: dict[str, np.ndarray], threshold: float, path: Path, title: str) -> None:
-    """Histograms of the top calibrated probability of each image set ({name: scores})."""
+    """Histograms of the known score (0 to 1) of each image set ({name: scores}), the threshold marked."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, values in scores.items():
         ax.hist(values, bins=np.linspace(0, 1, 41), alpha=0.55, density=True, label=f"{name} ({len(values)})")
     ax.axvline(threshold, color="red", linestyle="--", label=f"unknown below {threshold:.2f}")
-    ax.set(xlabel="top calibrated probability", ylabel="density", title=title)
+    ax.set(xlabel="known", ylabel="density", title=title)
     ax.legend()
     _save(fig, path)
 

@@ -8,18 +8,19 @@ What the fine-tuned model knows it does not know (docs/evaluation.md):
   test split, before and after, go to the metrics, and the reliability diagram to
   ``calibration.png``. Top-1 accuracy cannot change: the temperature keeps the
   order of the classes.
-- **Unknown.** An image whose top calibrated probability is below a threshold is
-  "unknown"; the threshold keeps ``calibrate.unknown_keep`` of the validation images.
-  Both scores, that probability and the energy of the logits, are measured on
-  the test split against the out-of-distribution folder (``--ood``, images of
-  anything but the classes): AUROC and the false-positive rate at 95% true-positive
-  rate. The probability is what is deployed, as it is the one score every runtime
-  has (MediaPipe's ``score_threshold`` applies it as it is).
+- **Unknown.** The energy score of the logits (``logsumexp``, Liu et al. 2020) is
+  centred on the value that keeps ``calibrate.unknown_keep`` of the validation images
+  and scaled by its robust spread over them, then squashed: ``known``, in (0, 1), below
+  0.5 "unknown". The export stage builds it into every file as a second output, so
+  every runtime applies the same rule. Three scores, the top calibrated probability,
+  the maximum logit and the energy, are measured on the test split against the
+  out-of-distribution folder (``--ood``, images of anything but the classes): AUROC
+  and the false-positive rate at 95% true-positive rate.
 - **Operating points.** Per-class precision-recall curves and accuracy against
   coverage (``coverage.csv``, a DVC plot), to pick a threshold by looking.
 
-``models/calibration.json`` holds the temperature and the threshold, for export
-and ``pipeline.predict``.
+``models/calibration.json`` holds the temperature, the energy's centre and scale and
+the threshold, for export and ``pipeline.predict``.
 """
 from __future__ import annotations
 
@@ -33,22 +34,6 @@ from pipeline.lib import artifacts, confidence, images, inference, models, param
 PARAMS = ["calibrate.unknown_keep", "evaluate.batch_size", "ingest.max_unpacked_mb",
           "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
 log = logging.getLogger("pipeline.stages.calibrate")
-
-
-def ood_pixels(folder, size: int) -> np.ndarray:
-    """The readable images of the out-of-distribution folder, decoded as predict does."""
-    deep: list = []
-    files = images.image_files(folder, deep)
-    if deep:
-        log.warning("%s: %d folder(s) nested deeper than %d levels not read, e.g. %s", folder, len(deep),
-                    artifacts.MAX_DEPTH, str(deep[0])[:200])
-    pixels, _, errors = inference.load_images(files, size)
-    for i, error in errors.items():
-        log.warning("%s: not a readable image, left out of the out-of-distribution set (%s)", files[i], error)
-    if not len(pixels):
-        raise artifacts.StageError(f"{folder}: no readable image: the out-of-distribution set needs images of "
-                                   "things that are none of the classes (docs/evaluation.md#the-out-of-distribution-set)")
-    return pixels
 
 
 def main() -> None:
@@ -65,7 +50,8 @@ def main() -> None:
             raise artifacts.StageError(f"{args.split / (part + '.csv')} holds no image: calibration needs "
                                        "validation and test images (split.val_fraction, split.test_fraction)")
         logits[part] = model.predict(pixels, p.evaluate.batch_size).astype(np.float64)
-    logits["ood"] = model.predict(ood_pixels(args.ood, model.image_size), p.evaluate.batch_size).astype(np.float64)
+    logits["ood"] = model.predict(inference.load_ood(args.ood, model.image_size)[1],
+                                  p.evaluate.batch_size).astype(np.float64)
     log.info("logits of %d validation, %d test and %d out-of-distribution images", len(y["val"]), len(y["test"]),
              len(logits["ood"]))
 
@@ -75,28 +61,33 @@ def main() -> None:
              after["ece"], before["nll"], after["nll"], before["brier"], after["brier"])
 
     score = {part: confidence.scores(logits[part], t) for part in logits}
-    threshold = confidence.threshold_for(score["val"]["probability"], p.calibrate.unknown_keep)
-    ood = {name: confidence.separation(score["test"][name], score["ood"][name]) for name in ("probability", "energy")}
-    kept = score["test"]["probability"] >= threshold
+    center = confidence.threshold_for(score["val"]["energy"], p.calibrate.unknown_keep)
+    scale = confidence.robust_scale(score["val"]["energy"])
+    known = {part: confidence.known(logits[part], center, scale) for part in logits}
+    threshold = confidence.KNOWN_THRESHOLD
+    ood = {name: confidence.separation(score["test"][name], score["ood"][name]) for name in score["test"]}
+    kept = known["test"] >= threshold
     probabilities = confidence.calibrated(logits["test"], t)
-    unknown = {"threshold": threshold,
-               "validation_kept": float(np.mean(score["val"]["probability"] >= threshold)),
+    unknown = {"score": "known", "from": "energy", "threshold": threshold, "energy_center": center,
+               "energy_scale": scale,
+               "validation_kept": float(np.mean(known["val"] >= threshold)),
                "test_kept": float(kept.mean()),
                "test_accuracy_kept": float(np.mean(probabilities[kept].argmax(axis=1) == y["test"][kept]))
                if kept.any() else None,
                "ood_images": len(logits["ood"]),
-               "ood_called_unknown": float(np.mean(score["ood"]["probability"] < threshold)),
+               "ood_called_unknown": float(np.mean(known["ood"] < threshold)),
                "ood_separation": ood}
     for name, m in ood.items():
-        log.info("out-of-distribution score %-11s AUROC %.4f  FPR at 95%% TPR %.4f", name, m["auroc"],
-                 m["fpr_at_95_tpr"])
-    if confidence.looks_like_training(ood["probability"]["auroc"]):
-        log.warning("%s looks like the training data: the model is as sure of its images as of the test images, "
-                    "or surer (AUROC %.2f, 0.5 is chance), so its unknown figures mean nothing. Fill it with "
+        log.info("out-of-distribution score %-11s AUROC %.4f  FPR at 95%% TPR %.4f%s", name, m["auroc"],
+                 m["fpr_at_95_tpr"], "  (shipped as known)" if name == "energy" else "")
+    if confidence.looks_like_training(ood["energy"]["auroc"]):
+        log.warning("%s looks like the training data: the model finds its images as familiar as the test images, "
+                    "or more (AUROC %.2f, 0.5 is chance), so its unknown figures mean nothing. Fill it with "
                     "images of none of the classes (docs/evaluation.md#the-out-of-distribution-set)",
-                    args.ood, ood["probability"]["auroc"])
-    log.info("unknown below %.4f: %.1f%% of test images kept, %.1f%% of out-of-distribution images called unknown",
-             threshold, 100 * unknown["test_kept"], 100 * unknown["ood_called_unknown"])
+                    args.ood, ood["energy"]["auroc"])
+    log.info("unknown where known < %.2f (energy below %.4f): %.1f%% of test images kept, %.1f%% of "
+             "out-of-distribution images called unknown", threshold, center, 100 * unknown["test_kept"],
+             100 * unknown["ood_called_unknown"])
 
     args.plots.mkdir(parents=True, exist_ok=True)
     coverage = confidence.coverage_curve(probabilities, y["test"])
@@ -114,12 +105,11 @@ def main() -> None:
     with artifacts.atomic_file(args.plots / "precision_recall.png") as tmp:
         plots.precision_recall(curves, tmp, "Per-class precision and recall on the test split (calibrated)")
     with artifacts.atomic_file(args.plots / "unknown.png") as tmp:
-        plots.score_histograms({"test images": score["test"]["probability"],
-                                "out-of-distribution images": score["ood"]["probability"]}, threshold, tmp,
-                               "Top calibrated probability: the classes against everything else")
+        plots.score_histograms({"test images": known["test"], "out-of-distribution images": known["ood"]},
+                               threshold, tmp, "Known (from the energy): the classes against everything else")
 
-    artifacts.write_json(args.out, {"temperature": t, "temperature_in_model": False, "unknown_score": "probability",
-                                    "unknown_threshold": threshold})
+    artifacts.write_json(args.out, {"temperature": t, "temperature_in_model": False, "unknown_score": "known",
+                                    "unknown_threshold": threshold, "known_center": center, "known_scale": scale})
     artifacts.write_json(args.metrics, {"temperature": t, "test_before": before, "test_after": after,
                                         "unknown": unknown, "average_precision": {k: v[2] for k, v in curves.items()}})
 

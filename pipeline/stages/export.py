@@ -1,26 +1,29 @@
 """export: models/model.keras + calibration -> models/export/ (SavedModel, TFLite x3, ONNX) + reports/export.json.
 
-The fine-tuned model, its temperature built in (calibrate: its output layer's weights
-divided by it, so every file serves calibrated probabilities), in every format an
-application needs, each with ``labels.txt`` (class names in output order) and
-``calibration.json`` (the temperature, and the unknown threshold on the top
-probability) beside it:
+The fine-tuned model as ``models.deployable`` makes it, in every format an application
+needs: two outputs, ``probabilities`` (its temperature built in: the output layer's
+weights divided by it) and ``known`` (from the energy of the logits; below the unknown
+threshold, 0.5, the image is none of the classes), each with ``labels.txt`` (class names
+in output order) and ``calibration.json`` (the temperature, the energy's centre and
+scale, the threshold) beside it:
 
 - ``model.keras``: the Keras model itself, for Python;
 - ``saved_model/``: for TensorFlow Serving and other SavedModel hosts; its default
   signature takes encoded images (JPEG/PNG bytes) and returns class names,
-  probabilities and the unknown flag (formats.py);
+  probabilities, known and the unknown flag (formats.py);
 - ``model_float32.tflite``, ``model_float16.tflite`` (half-size weights) and
   ``model_int8.tflite`` (integer ops, uint8 pixels in, calibrated on
   ``export.representative_images`` training images): for phones and edge devices,
   with labels and input normalization embedded as metadata, so MediaPipe Tasks'
-  ``ImageClassifier`` loads them as they are;
+  ``ImageClassifier`` loads them as they are (known is its second head);
 - ``model.onnx``: for onnxruntime and other ONNX runtimes.
 
 Every format is then scored on the test split, decoded exactly as
 ``pipeline.predict`` does (the SavedModel's image-bytes signature decodes the files
 itself; the TFLite files run on LiteRT and again through MediaPipe): accuracy,
-agreement with the Keras model (share of identical top-1 predictions) and file size
+agreement with the Keras model (share of identical top-1 predictions), then on the test
+and out-of-distribution (``--ood``) images together the share with Keras' unknown verdict,
+the false-positive rate at 95% true-positive rate of its known, and file size
 go to the DVC metrics file, with each file's speed through its runtime on the machine
 that ran the stage: latency at batch 1 (median and 95th percentile of
 ``export.timing_runs`` calls) and throughput at ``evaluate.batch_size``.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -64,6 +68,11 @@ def write_formats(model, labels: list[str], calibration: dict, folder: Path, des
     return files
 
 
+class Images(NamedTuple):
+    files: list[Path]
+    pixels: np.ndarray
+
+
 class EncodedFiles(inference.Classifier):
     """The SavedModel's image-bytes signature as a Classifier of ``len(batch)`` of ``files``
     (the pixels themselves unused), so that it is timed as an application calls it: the
@@ -77,24 +86,38 @@ class EncodedFiles(inference.Classifier):
         return self.saved_model.classify_files(paths, len(paths))[1]
 
 
-def score(files: dict[str, Path], pixels, test_files: list[Path], labels: list[str], threshold: float,
-          batch_size: int, runs: int) -> tuple[dict[str, np.ndarray], dict[str, dict], dict[str, str]]:
-    """Each file's probabilities on the test images through the runtime an app would use
-    (metrics row -> array), its speed (metrics row -> inference.timing), and the rows left out
-    with the reason."""
-    predictions, speed, refused, not_checked = {}, {}, {}, {}
+class Outputs(NamedTuple):
+    probabilities: np.ndarray  # the test images'
+    known: np.ndarray  # the test images', then the out-of-distribution images'
+
+
+def outputs(name: str, classifier: inference.Classifier, test, ood, batch_size: int) -> Outputs:
+    (probabilities, known), (_, ood_known) = (classifier.classify(pixels, batch_size) for pixels in (test, ood))
+    if known is None:
+        raise artifacts.StageError(f"{name}: the exported file has no known output")
+    return Outputs(probabilities, np.concatenate([known, ood_known]))
+
+
+def score(files: dict[str, Path], test: Images, ood: Images, labels: list[str], threshold: float, batch_size: int,
+          runs: int) -> tuple[dict[str, Outputs], dict[str, dict], dict[str, str]]:
+    """Each file's outputs on the test and out-of-distribution images through the runtime an app
+    would use (metrics row -> Outputs), its speed on the test images (metrics row ->
+    inference.timing), and the rows left out with the reason."""
+    found, speed, refused, not_checked = {}, {}, {}, {}
     for name, path in files.items():
         classifier = inference.load(path)
-        predictions[name] = classifier.predict(pixels, batch_size)
+        found[name] = outputs(name, classifier, test.pixels, ood.pixels, batch_size)
         refused[name] = getattr(classifier, "xnnpack_refused", False)
-        speed[name] = inference.timing(classifier, pixels, batch_size, runs)
+        speed[name] = inference.timing(classifier, test.pixels, batch_size, runs)
     saved_model = inference.SavedModelClassifier(files["saved_model"])
-    names, predictions["saved_model_bytes"], unknown = saved_model.classify_files(test_files, batch_size)
-    if names != [labels[i] for i in predictions["saved_model_bytes"].argmax(axis=1)]:
+    (names, probabilities, known, unknown), (_, _, ood_known, ood_unknown) = (
+        saved_model.classify_files(part.files, batch_size) for part in (test, ood))
+    found["saved_model_bytes"] = Outputs(probabilities, np.concatenate([known, ood_known]))
+    if names != [labels[i] for i in probabilities.argmax(axis=1)]:
         raise artifacts.StageError("the SavedModel's classes output does not match its probabilities")
-    if not np.array_equal(unknown, predictions["saved_model_bytes"].max(axis=1) < threshold):
-        raise artifacts.StageError("the SavedModel's unknown output does not match its probabilities and threshold")
-    speed["saved_model_bytes"] = inference.timing(EncodedFiles(saved_model, test_files), pixels, batch_size, runs)
+    if not np.array_equal(np.concatenate([unknown, ood_unknown]), found["saved_model_bytes"].known < threshold):
+        raise artifacts.StageError("the SavedModel's unknown output does not match its known output and threshold")
+    speed["saved_model_bytes"] = inference.timing(EncodedFiles(saved_model, test.files), test.pixels, batch_size, runs)
     for kind in TFLITE_KINDS:
         row, path = f"mediapipe_{kind}", files[f"tflite_{kind}"]
         if refused[f"tflite_{kind}"]:  # MediaPipe would abort the whole process on it
@@ -103,27 +126,32 @@ def score(files: dict[str, Path], pixels, test_files: list[Path], labels: list[s
             log.warning("%s not checked: %s", row, not_checked[row])
             continue
         mediapipe = inference.MediaPipeClassifier(path, labels)
-        predictions[row] = mediapipe.predict(pixels)
-        speed[row] = inference.timing(mediapipe, pixels, batch_size, runs)
+        found[row] = outputs(row, mediapipe, test.pixels, ood.pixels, batch_size)
+        speed[row] = inference.timing(mediapipe, test.pixels, batch_size, runs)
         mediapipe.close()
-    return predictions, speed, not_checked
+    return found, speed, not_checked
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "model", "calibration", "augmented", "source", "split", "out", "metrics",
+    args = artifacts.start(__doc__, "model", "calibration", "augmented", "source", "split", "ood", "out", "metrics",
                            writes=("out", "metrics"))
     p = params.load(PARAMS)
     models.log_devices()
     source = sources.locate(str(args.source), p.ingest)
     models.set_seed(p.seed)
     calibration = confidence.read_calibration(args.calibration)
-    model = models.apply_temperature(models.load(args.model), calibration["temperature"])
-    rows, pixels, y, labels = inference.load_split(source, args.split, int(model.input_shape[1]))
+    if calibration["unknown_score"] != "known":
+        raise artifacts.StageError(f"{args.calibration} is from before the known score: run the calibrate stage "
+                                   "again (dvc repro calibrate)")
+    model = models.deployable(models.load(args.model), calibration)
+    size = int(model.input_shape[1])
+    rows, pixels, y, labels = inference.load_split(source, args.split, size)
+    test, ood = Images([source / r["path"] for r in rows], pixels), Images(*inference.load_ood(args.ood, size))
     threshold = calibration["unknown_threshold"]
     description = (f"{p.base.backbone} fine-tuned to classify {len(labels)} classes; RGB pixels in [0, 255] "
-                   f"at {model.input_shape[1]} px; calibrated probabilities (temperature "
-                   f"{calibration['temperature']:.4g}): treat a top probability below {threshold:.4g} as unknown "
-                   "(MediaPipe: score_threshold)")
+                   f"at {size} px; calibrated probabilities (temperature {calibration['temperature']:.4g}); "
+                   f"a second output, known: below {threshold:.4g} the image is none of the classes (MediaPipe: "
+                   "the second head's one score)")
 
     def representative():
         # The first images of a seeded shuffle of the training shards: the same sample every run, but
@@ -136,33 +164,40 @@ def main() -> None:
 
     with artifacts.atomic_dir(args.out) as tmp:
         files = write_formats(model, labels, calibration, tmp, description, representative)
-        predictions, speed, not_checked = score(files, pixels, [source / r["path"] for r in rows], labels,
-                                                threshold, p.evaluate.batch_size, p.export.timing_runs)
+        found, speed, not_checked = score(files, test, ood, labels, threshold, p.evaluate.batch_size,
+                                          p.export.timing_runs)
         files.update(saved_model_bytes=files["saved_model"],
                      **{f"mediapipe_{kind}": files[f"tflite_{kind}"] for kind in TFLITE_KINDS})
         sizes = {name: size_mb(path) for name, path in files.items()}
 
     # The reference is the model this stage loaded from --model and calibrated, in memory; the keras
     # row is the exported copy, reloaded from its own file: a file that does not load back the same fails.
-    reference = inference.KerasClassifier(model).predict(pixels, p.evaluate.batch_size).argmax(axis=1)
+    reference = outputs("the model", inference.KerasClassifier(model), test.pixels, ood.pixels, p.evaluate.batch_size)
     metrics = {}
-    for name in (name for name in FORMATS if name in predictions):
-        pred = predictions[name].argmax(axis=1)
-        metrics[name] = {"accuracy": float(np.mean(pred == y)), "agreement": float(np.mean(pred == reference)),
+    for name in (name for name in FORMATS if name in found):
+        pred, known = found[name].probabilities.argmax(axis=1), found[name].known
+        metrics[name] = {"accuracy": float(np.mean(pred == y)),
+                         "agreement": float(np.mean(pred == reference.probabilities.argmax(axis=1))),
+                         "unknown_agreement": float(np.mean((known < threshold) == (reference.known < threshold))),
+                         "ood_called_unknown": float(np.mean(known[len(y):] < threshold)),
+                         "ood_fpr_at_95_tpr": confidence.separation(known[:len(y)], known[len(y):])["fpr_at_95_tpr"],
                          "size_mb": sizes[name], **speed[name]}
-        log.info("%-17s %8.2f MB  test accuracy %.4f  agreement with Keras %.4f  %7.2f ms at batch 1 (p95 %.2f)  "
-                 "%7.1f images/s at batch %d", name, metrics[name]["size_mb"], metrics[name]["accuracy"],
-                 metrics[name]["agreement"], speed[name]["latency_ms_median"], speed[name]["latency_ms_p95"],
-                 speed[name]["images_per_s"], p.evaluate.batch_size)
-        if metrics[name]["agreement"] < FORMATS[name].min_agreement:
-            hint = (" For int8: ship model_float16.tflite instead, or try another calibration sample "
-                    f"(export.representative_images, now {p.export.representative_images}; on the clothing "
-                    "photos, 50 to 1,000 images moved agreement no more than the sample's seed did: "
-                    "docs/export.md#when-int8-disagrees)" if "int8" in name else "")
-            log.warning("%s agrees with the Keras model on only %.1f%% of the test images: check it "
-                        "before shipping it.%s", name, 100 * metrics[name]["agreement"], hint)
-    artifacts.write_json(args.metrics, {**metrics, "test_images": len(rows), "timing_batch_size": p.evaluate.batch_size,
-                                        "not_checked": not_checked})
+        m = metrics[name]
+        log.info("%-17s %8.2f MB  test accuracy %.4f  agreement with Keras %.4f, on unknown %.4f  "
+                 "%7.2f ms at batch 1 (p95 %.2f)  %7.1f images/s at batch %d", name, m["size_mb"], m["accuracy"],
+                 m["agreement"], m["unknown_agreement"], speed[name]["latency_ms_median"],
+                 speed[name]["latency_ms_p95"], speed[name]["images_per_s"], p.evaluate.batch_size)
+        for what, value in (("the test images' top class", m["agreement"]),
+                            ("which test and out-of-distribution images are unknown", m["unknown_agreement"])):
+            if value < FORMATS[name].min_agreement:
+                hint = (" For int8: ship model_float16.tflite instead, or try another calibration sample "
+                        f"(export.representative_images, now {p.export.representative_images}; on the clothing "
+                        "photos, 50 to 1,000 images moved agreement no more than the sample's seed did: "
+                        "docs/export.md#when-int8-disagrees)" if "int8" in name else "")
+                log.warning("%s agrees with the Keras model on %s for only %.1f%% of them: check it before "
+                            "shipping it.%s", name, what, 100 * value, hint)
+    artifacts.write_json(args.metrics, {**metrics, "test_images": len(y), "ood_images": len(ood.files),
+                                        "timing_batch_size": p.evaluate.batch_size, "not_checked": not_checked})
 
 
 if __name__ == "__main__":

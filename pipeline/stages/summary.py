@@ -25,7 +25,7 @@ FIGURES = {  # file under a report folder -> what it shows
     "mistakes.png": "the fine-tuned model's most confident mistakes on the test split, with file names and Grad-CAM heat maps",
     "calibration.png": "reliability diagram before and after calibration, and accuracy against coverage",
     "precision_recall.png": "per-class precision-recall curves (calibrated probabilities)",
-    "unknown.png": "top calibrated probability of test and out-of-distribution images, the unknown threshold marked",
+    "unknown.png": "known (from the energy) of test and out-of-distribution images, the unknown threshold marked",
 }
 
 
@@ -115,11 +115,14 @@ def calibration_section(calibration: dict, figure: str) -> list[str]:
     rows = [[name, m["ece"], m["nll"], m["brier"], m["accuracy"]]
             for name, m in (("uncalibrated", before), (f"temperature {calibration['temperature']:.3f}", after))]
     ood = [[name, m["auroc"], m["fpr_at_95_tpr"]] for name, m in unknown["ood_separation"].items()]
-    text = (f"Unknown: an image whose top calibrated probability is below **{unknown['threshold']:.3f}** "
-            f"(kept {unknown['validation_kept']:.1%} of the validation images). On the test split it keeps "
+    text = (f"Unknown: an image whose known score is below **{unknown['threshold']:.2f}**, i.e. whose energy "
+            f"(logsumexp of the logits) is below {unknown['energy_center']:.3f} (kept "
+            f"{unknown['validation_kept']:.1%} of the validation images); every exported file has known as a second "
+            "output. On the test split it keeps "
             f"{unknown['test_kept']:.1%} of the images, {unknown['test_accuracy_kept'] or 0:.1%} of them right; it "
             f"calls {unknown['ood_called_unknown']:.1%} of the {unknown['ood_images']} out-of-distribution images "
-            "unknown. How well each score separates test from out-of-distribution images:")
+            "unknown. How well each score separates test from out-of-distribution images (known ranks images as "
+            "the energy does):")
     return (["## Calibration and unknown", "", "On the test split (ECE: 15 equal-width bins; the temperature was "
              "fitted on the validation split and is built into every exported file):", ""]
             + table(["probabilities", "ECE", "NLL", "Brier", "accuracy"], rows) + ["", text, ""]
@@ -128,15 +131,20 @@ def calibration_section(calibration: dict, figure: str) -> list[str]:
 
 def export_section(export: dict) -> list[str]:
     rows = [[f"`{FORMATS[name].file}`", FORMATS[name].runtime, f"{m['size_mb']:.2f}", m["accuracy"], m["agreement"],
+             m["unknown_agreement"], m["ood_fpr_at_95_tpr"],
              f"{m['latency_ms_median']:.1f} / {m['latency_ms_p95']:.1f}", f"{m['images_per_s']:.0f}"]
             for name, m in export.items() if name in FORMATS]
-    return ["## Exported model", "", "Each file with `labels.txt` and `calibration.json` (temperature, unknown "
-            "threshold) beside it (the TFLite files also carry the labels, input normalization and threshold as "
-            "metadata); accuracy and agreement (share of test images with the same top-1 class as the Keras model) "
-            "measured on the test split, through the runtime named. Times are from the machine that ran the export "
+    return ["## Exported model", "", "Each file with `labels.txt` and `calibration.json` (temperature, energy "
+            "centre and scale, unknown threshold) beside it (the TFLite files also carry the labels, input "
+            "normalization and threshold as metadata); accuracy and agreement (share of test images with the same "
+            "top-1 class as the Keras model) measured on the test split, through the runtime named; agreement on "
+            f"unknown (the same verdict as the Keras model) on the test and {export.get('ood_images', '?')} "
+            "out-of-distribution images, and the FPR at 95% TPR of the file's own known. Times are from the machine "
+            "that ran the export "
             f"stage: latency of one image (median / 95th percentile), throughput at batch "
             f"{export.get('timing_batch_size', '?')}; compare them only with times measured on the same machine.", ""] + \
-        table(["file", "runtime", "size (MB)", "test accuracy", "agreement", "ms per image", "images/s"], rows) + \
+        table(["file", "runtime", "size (MB)", "test accuracy", "agreement", "agreement on unknown",
+               "FPR at 95% TPR", "ms per image", "images/s"], rows) + \
         [f"\nNot checked: {name} ({reason})." for name, reason in export.get("not_checked", {}).items()]
 
 
