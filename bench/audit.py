@@ -33,7 +33,6 @@ import argparse
 import csv
 import datetime
 import json
-import io
 import sys
 import tempfile
 from pathlib import Path

@@ -113,3 +113,8 @@ def default_params(**sections) -> dict:
         else:
             params[name] = values
     return params
+
+
+def pipeline_check(project: Project, *skip: str) -> subprocess.CompletedProcess:
+    """``python -m pipeline check`` in ``project``, skipping the named checks; not raising on failure."""
+    return project.run("python", "-m", "pipeline", "check", *(f"--skip={name}" for name in skip), check=False)

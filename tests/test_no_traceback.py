@@ -68,6 +68,17 @@ def test_every_stage_ends_a_bad_run_with_one_line_not_a_traceback(tmp_path, case
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]  # nothing written
 
 
+def test_no_stage_imports_tensorflow_before_its_inputs_and_params_are_checked():
+    """The stage modules bind the TensorFlow-importing libraries lazily (pipeline/lib/__init__.py)
+    and import TensorFlow in main() after their checks, so the cases above answer in a second,
+    not after TensorFlow's import."""
+    code = ("import importlib, sys\n"
+            f"for name in {sorted(STAGES)!r}: importlib.import_module('pipeline.stages.' + name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'ai_edge_litert')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout[-2000:] + out.stderr[-2000:]
+
+
 def bad_sources(tmp: Path) -> dict[str, tuple[Path, str]]:
     """Archives and CSV sources that must stop ingest with a message naming the file."""
     cases = {}

@@ -178,6 +178,10 @@ def starts_with(what: str, prefix: bytes) -> Kind:
 
 
 PNG = starts_with("a PNG image", b"\x89PNG\r\n\x1a\n")
+BACKUP_FILES = {"state.npz", "best.npz", "counters.json"}
+# A backup folder training.Backup wrote: what a rerun of train_head or finetune may replace.
+BACKUP = Kind("a backup of this stage (state.npz, best.npz, counters.json)",
+              lambda path: path.is_dir() and set(os.listdir(path)) <= BACKUP_FILES)
 _STAGE: str | None = None  # the stage this process runs (set by start): it replaces its own outputs
 _WRITTEN: set[Path] = set()  # what this process's writers put in place: theirs to replace again
 

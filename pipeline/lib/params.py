@@ -213,7 +213,8 @@ class Export:
 class Calibrate:
     """Calibrated probabilities and "unknown" ([Knowing what it does not know](evaluation.md))."""
     unknown_keep: float = param("share of the validation images kept (not called unknown): the unknown threshold "
-                                "on the top calibrated probability is set to keep it", low=0, high=1, low_open=True)
+                                "on the energy of the logits (known's centre) is set to keep it", low=0, high=1,
+                                low_open=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -180,12 +179,6 @@ class Trainer:
         return tf.stack([tf.reduce_sum(tf.cast(losses, tf.float32)), correct, tf.cast(tf.size(labels), tf.float32)])
 
 
-BACKUP_FILES = {"state.npz", "best.npz", "counters.json"}
-# A backup folder Backup.save wrote: what a rerun may replace.
-BACKUP = artifacts.Kind("a backup of this stage (state.npz, best.npz, counters.json)",
-                        lambda path: path.is_dir() and set(os.listdir(path)) <= BACKUP_FILES)
-
-
 class Backup:
     """The state of a fit after its last finished epoch, in a scratch folder outside DVC's outputs,
     so a stage killed mid-fit (SIGTERM, SIGKILL, a lost machine) resumes there when rerun.
@@ -200,7 +193,7 @@ class Backup:
         self.directory, self.inputs = Path(directory), inputs
 
     def save(self, trainer: Trainer, counters: dict, best_weights: list[np.ndarray]) -> None:
-        with artifacts.atomic_dir(self.directory, BACKUP) as tmp:
+        with artifacts.atomic_dir(self.directory, artifacts.BACKUP) as tmp:
             np.savez(tmp / "state.npz", *[np.asarray(v.numpy()) for v in trainer.state()])
             np.savez(tmp / "best.npz", *best_weights)
             (tmp / "counters.json").write_text(json.dumps({"inputs": self.inputs, **counters}))

@@ -14,7 +14,6 @@ import functools
 import logging
 import time
 
-import keras
 import numpy as np
 from tqdm import tqdm
 
@@ -29,8 +28,10 @@ log = logging.getLogger("pipeline.stages.augment")
 def main() -> None:
     args = artifacts.start(__doc__, "source", "split", "out", writes=("out",))
     p = params.load(PARAMS)
-    models.log_devices()
     source = sources.locate(str(args.source), p.ingest)
+    import keras  # TensorFlow's import, once the inputs and params are known good (pipeline/lib/__init__.py)
+
+    models.log_devices()
     models.set_seed(p.seed)
     size, copies = p.base.image_size, p.augment.copies
     labels = artifacts.read_labels(args.split / "labels.json")

@@ -40,8 +40,8 @@ def main() -> None:
     args = artifacts.start(__doc__, "source", "split", "ood", "model", "out", "metrics", "plots",
                            writes=("out", "metrics", "plots"))
     p = params.load(PARAMS)
-    models.log_devices()
     source = sources.locate(str(args.source), p.ingest)
+    models.log_devices()
     model = inference.KerasClassifier(models.logits(models.load(args.model)))  # its outputs are now logits
     logits, y = {}, {}
     for part in ("val", "test"):

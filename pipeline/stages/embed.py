@@ -18,7 +18,6 @@ import logging
 import time
 
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
 from pipeline.lib import artifacts, images, models, params, sources
@@ -30,8 +29,10 @@ log = logging.getLogger("pipeline.stages.embed")
 def main() -> None:
     args = artifacts.start(__doc__, "source", "manifest", "out", writes=("out",))
     p = params.load(PARAMS)
-    models.log_devices()
     source = sources.locate(str(args.source), p.ingest)
+    import tensorflow as tf  # once the inputs and params are known good (pipeline/lib/__init__.py)
+
+    models.log_devices()
     models.set_seed(p.seed)  # a weights: none backbone is seeded too
     rows = images.read_csv(args.manifest, images.MANIFEST_FIELDS)
     size, batch = p.base.image_size, p.extract.batch_size

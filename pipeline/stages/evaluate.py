@@ -43,8 +43,8 @@ def main() -> None:
     args = artifacts.start(__doc__, "source", "split", "extractor", "head", "model", "metrics", "out",
                            writes=("metrics", "out"))
     p = params.load(PARAMS)
-    models.log_devices()
     source = sources.locate(str(args.source), p.ingest)
+    models.log_devices()
     classifiers = {"head": inference.KerasClassifier(models.assemble(models.load(args.extractor),
                                                                      models.load(args.head))),
                    "finetune": inference.load(args.model)}

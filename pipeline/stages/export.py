@@ -73,10 +73,10 @@ class Images(NamedTuple):
     pixels: np.ndarray
 
 
-class EncodedFiles(inference.Classifier):
-    """The SavedModel's image-bytes signature as a Classifier of ``len(batch)`` of ``files``
-    (the pixels themselves unused), so that it is timed as an application calls it: the
-    files read and decoded by the model."""
+class EncodedFiles:
+    """The SavedModel's image-bytes signature as a classifier for ``inference.timing``, of
+    ``len(batch)`` of ``files`` (the pixels themselves unused), so that it is timed as an
+    application calls it: the files read and decoded by the model."""
 
     def __init__(self, saved_model: inference.SavedModelClassifier, files: list[Path]):
         self.saved_model, self.files = saved_model, files
@@ -136,8 +136,8 @@ def main() -> None:
     args = artifacts.start(__doc__, "model", "calibration", "augmented", "source", "split", "ood", "out", "metrics",
                            writes=("out", "metrics"))
     p = params.load(PARAMS)
-    models.log_devices()
     source = sources.locate(str(args.source), p.ingest)
+    models.log_devices()
     models.set_seed(p.seed)
     calibration = confidence.read_calibration(args.calibration)
     if calibration["unknown_score"] != "known":

@@ -15,7 +15,6 @@ import math
 import time
 
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
 from pipeline.lib import artifacts, distribution, models, params, shards
@@ -25,10 +24,12 @@ PARTS = {"train": ["train", "train_aug"], "val": ["val"]}  # the head trains and
 log = logging.getLogger("pipeline.stages.extract_features")
 
 
-def in_order(forward, batches: tf.data.Dataset, n: int, batch_size: int, strategy, dim: int):
-    """``(features, labels)`` of each of the ``n`` images' batches, in order. Across workers, batch
+def in_order(forward, batches, n: int, batch_size: int, strategy, dim: int):
+    """``(features, labels)`` of each of the ``n`` images' batches (a tf.data.Dataset), in order. Across workers, batch
     ``k`` is extracted by worker ``k % workers``, and each round of one batch per worker is gathered
     to every worker (a collective op: memory holds one round)."""
+    import tensorflow as tf
+
     index, workers = distribution.worker_share(strategy)
     if workers == 1:
         for images, labels in batches:
@@ -52,6 +53,8 @@ def in_order(forward, batches: tf.data.Dataset, n: int, batch_size: int, strateg
 def main() -> None:
     args = artifacts.start(__doc__, "augmented", "out", "extractor", writes=("out", "extractor"))
     p = params.load(PARAMS)
+    import tensorflow as tf  # once the inputs and params are known good (pipeline/lib/__init__.py)
+
     models.log_devices()
     # Extraction is split across machines only: one machine's devices run it as one device.
     strategy = distribution.strategy("multi_worker") if p.distribution.strategy == "multi_worker" \

@@ -45,7 +45,7 @@ def training_batches(augmented: Path, p, batch: int, epoch: int):
 
 def main() -> None:
     args = artifacts.start(__doc__, "augmented", "extractor", "head", "model", "live", "backup",
-                           writes={"model": None, "live": None, "backup": training.BACKUP})
+                           writes={"model": None, "live": None, "backup": artifacts.BACKUP})
     p = params.load(PARAMS)
     models.log_devices()
     hp = p.finetune

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import tensorflow as tf
 
 from pipeline.lib import artifacts, distribution, models, params, training
 
@@ -23,15 +22,17 @@ log = logging.getLogger("pipeline.stages.train_head")
 
 def main() -> None:
     args = artifacts.start(__doc__, "features", "labels", "model", "live", "backup",
-                           writes={"model": None, "live": None, "backup": training.BACKUP})
+                           writes={"model": None, "live": None, "backup": artifacts.BACKUP})
     p = params.load(PARAMS)
-    models.log_devices()
-    strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
-    models.set_seed(p.seed)
     hp = p.train_head
     labels = artifacts.read_labels(args.labels)
     x, y = artifacts.read_features(args.features, "train", len(labels))
     val = artifacts.read_features(args.features, "val", len(labels))
+    import tensorflow as tf  # once the inputs and params are known good (pipeline/lib/__init__.py)
+
+    models.log_devices()
+    strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
+    models.set_seed(p.seed)
     log.info("%d training and %d validation feature vectors of size %d", len(x), len(val[0]), x.shape[1])
     weights = training.class_weights(np.bincount(y, minlength=len(labels)), labels, p.class_weights.mode,
                                       p.class_weights.auto_ratio)
