@@ -108,7 +108,7 @@ def main() -> None:
                       *[f"{row[s]['auroc']:.3f} / {row[s]['fpr_at_95_tpr']:.3f}" for s in SCORES]])
     table("Held-out classes as unknowns (AUROC / FPR at 95% TPR)",
           ["held out", "accuracy on the rest", "unknown images", *SCORES], lines)
-    save("open_set", {"command": "python bench/open_set.py " + " ".join(sys.argv[1:]), "pairs": results})
+    save("open_set", {"command": " ".join(["python bench/open_set.py", *sys.argv[1:]]), "pairs": results})
 
 
 if __name__ == "__main__":
