@@ -26,7 +26,7 @@ class GradCam:
         except ValueError as err:
             raise StageError(f"Grad-CAM needs a model built by this pipeline (extractor + head): {err}") from err
         # A deployable model (models.deployable) has a head that ends in its logits, the softmax after it
-        self.logits = self.head.layers[-1].get_config().get("activation") == "linear"
+        self.logits = models.last_layer(self.head).get_config().get("activation") == "linear"
         self.pool = backbone.layers[-1]
         if not isinstance(self.pool, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)):
             raise StageError(f"Grad-CAM needs the backbone to end in global pooling, not {type(self.pool).__name__}")

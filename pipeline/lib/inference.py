@@ -76,8 +76,8 @@ class KerasClassifier(Classifier):
         self.image_size = int(model.input_shape[1])
 
     def outputs(self, batch):
-        probabilities, known = models.outputs(self.model.predict_on_batch(batch.astype(np.float32)))
-        return _by_shape([probabilities] + ([] if known is None else [known]))
+        result = self.model.predict_on_batch(batch.astype(np.float32))
+        return _by_shape(result if isinstance(result, (list, tuple)) else [result])
 
 
 class SavedModelClassifier(Classifier):

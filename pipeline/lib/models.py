@@ -334,9 +334,7 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
     under a mixed one converts back to float32 exactly (``save`` does)."""
     if precision == "float32" and set(_policies(model)) == {"float32"}:
         return model
-    output = model.layers[-1]
-    while isinstance(output, keras.Model):  # the head nested in a classifier
-        output = output.layers[-1]
+    output = last_layer(model)
 
     def clone(layer):
         config = {**layer.get_config(), "dtype": "float32" if layer is output else precision}
@@ -354,12 +352,18 @@ def _policies(model: keras.Model) -> Iterator[str]:
             yield from _policies(layer)
 
 
+def last_layer(model: keras.Model) -> keras.layers.Layer:
+    """The layer that ends ``model``, looked for in the nested head as well."""
+    layer = model.layers[-1]
+    while isinstance(layer, keras.Model):  # the head nested in a classifier
+        layer = layer.layers[-1]
+    return layer
+
+
 def output_layer(model: keras.Model) -> keras.layers.Dense:
     """The softmax Dense layer that ends a classifier (``build_head``'s ``probabilities``),
     looked for in the nested head as well."""
-    layer = model.layers[-1]
-    while isinstance(layer, keras.Model):
-        layer = layer.layers[-1]
+    layer = last_layer(model)
     if not isinstance(layer, keras.layers.Dense) or layer.get_config()["activation"] != "softmax":
         raise StageError(f"{model.name} does not end in a softmax Dense layer (it ends in {layer.name}, "
                          f"{type(layer).__name__}): not a classifier built by this pipeline")
@@ -413,10 +417,7 @@ def deployable(model: keras.Model, calibration: dict) -> keras.Model:
         return apply_temperature(model, calibration["temperature"])
     temperature = float(calibration["temperature"])
     copy = logits(model)
-    dense = copy.layers[-1]
-    while isinstance(dense, keras.Model):
-        dense = dense.layers[-1]
-    dense.set_weights([w / np.float32(temperature) for w in dense.get_weights()])
+    _divide(last_layer(copy), temperature)
     z = copy.outputs[0]
     probabilities = keras.layers.Softmax(name="probabilities")(z)
     known = Known(temperature, calibration["known_center"], calibration["known_scale"], name="known")(z)
@@ -433,6 +434,10 @@ def apply_temperature(model: keras.Model, temperature: float) -> keras.Model:
     """``model`` with its probabilities calibrated, in place: the output layer's kernel and bias
     divided by ``temperature``, so softmax(z / T) comes out of the very same architecture, and
     every exported format carries the calibration with no new operation."""
-    layer = output_layer(model)
-    layer.set_weights([w / np.float32(temperature) for w in layer.get_weights()])
+    _divide(output_layer(model), temperature)
     return model
+
+
+def _divide(layer: keras.layers.Dense, temperature: float) -> None:
+    """The layer's kernel and bias divided by ``temperature``: its logits z become z / T."""
+    layer.set_weights([w / np.float32(temperature) for w in layer.get_weights()])
