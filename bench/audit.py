@@ -270,11 +270,11 @@ def label_noise(project: Path, name: str, seeds: list[int], p: dict, out: Path) 
 
 
 def gallery(project, rows, flagged, wrong, posterior, y, truth, labels, path, title) -> None:
-    from pipeline.lib import plots
+    from pipeline.lib import plots_gallery
     first = sorted(flagged, key=lambda i: -wrong[i])[:24]
     posterior = posterior.copy()
     posterior[np.arange(len(y)), y] = -1
-    plots.gallery([images.thumbnail(project / "data/images" / rows[i]["path"], 160) for i in first],
+    plots_gallery.gallery([images.thumbnail(project / "data/images" / rows[i]["path"], 160) for i in first],
                   [f"{labels[y[i]]} -> {labels[posterior[i].argmax()]} {wrong[i]:.2f}\n"
                    f"{'flipped' if truth[i] else 'NOT flipped'}" for i in first], path, title, columns=6)
 
@@ -305,7 +305,7 @@ def quality_truth(project: Path, name: str, share: float, seed: int, out: Path) 
     """A seeded ``share`` of the images per kind of QUALITY_KINDS, changed in memory and measured as
     embed measures them; the audit's quality check on all: precision and recall per kind, and
     the share of untouched images flagged."""
-    from pipeline.lib import params, plots
+    from pipeline.lib import params, plots_gallery
     from pipeline.stages import audit as audit_stage
     rows = read_csv(project / "data/embeddings/images.csv")
     rng = np.random.default_rng(seed)
@@ -332,7 +332,7 @@ def quality_truth(project: Path, name: str, share: float, seed: int, out: Path) 
     result["clean_flags"] = sorted(f"{rows[f['i']]['path']}: {f['issue']} ({f['severity']:.2f})" for f in clean)
     worst = clean[:16]
     if worst:
-        plots.gallery([images.thumbnail(project / "data/images" / rows[f["i"]]["path"], 160) for f in worst],
+        plots_gallery.gallery([images.thumbnail(project / "data/images" / rows[f["i"]]["path"], 160) for f in worst],
                       [f"{f['issue']} {f['severity']:.2f}" for f in worst], out / f"{name}-quality-clean.png",
                       f"{name}: untouched images flagged, worst first", columns=4)
     return result

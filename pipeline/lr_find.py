@@ -143,7 +143,7 @@ def main() -> None:
     paths = stage_paths(stage)
     out = args.out or paths["live"].parent
 
-    from pipeline.lib import plots, training  # TensorFlow: after the arguments are checked
+    from pipeline.lib import plots_training, training  # TensorFlow: after the arguments are checked
 
     p = params.load([stage, "class_weights", "augment", "seed"])
     hp = getattr(p, stage)
@@ -153,7 +153,7 @@ def main() -> None:
     suggested = suggest(rates, losses)
     out.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_file(out / f"lr_find_{args.phase}.png", artifacts.PNG) as tmp:
-        plots.lr_range(rates, losses, suggested, tmp, f"Learning-rate range test: {args.phase} "
+        plots_training.lr_range(rates, losses, suggested, tmp, f"Learning-rate range test: {args.phase} "
                        f"({len(rates)} steps of {hp.batch_size})")
     artifacts.write_json(out / f"lr_find_{args.phase}.json", kind=RESULT, data={
         "suggested_learning_rate": suggested, "lowest_loss_at": float(rates[lowest(losses)]),

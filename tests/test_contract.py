@@ -47,3 +47,13 @@ def test_registry_artifacts_are_stage_outputs_with_valid_names():
         assert name_is_compatible(name), name
         assert any(artifact["path"] == o or artifact["path"].startswith(o + "/") for o in outs), name
         assert artifact["type"] and artifact["desc"], name
+
+
+def test_a_figure_change_reruns_only_the_stages_that_draw_it():
+    """Each figure lives in a module of the stages that draw it (pipeline/lib/plots_*.py): a gallery
+    caption must not rerun training."""
+    figures = {stage: {d for d in check.entries(DVC[stage], "deps") if d.startswith("pipeline/lib/plots")}
+               for stage in DVC}
+    assert figures["train_head"] == figures["finetune"] == {"pipeline/lib/plots.py", "pipeline/lib/plots_training.py"}
+    drawers = {stage for stage, deps in figures.items() if "pipeline/lib/plots_gallery.py" in deps}
+    assert drawers == {"audit", "evaluate"}

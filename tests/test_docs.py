@@ -47,3 +47,11 @@ def test_the_parameters_table_is_generated_from_the_declarations():
     keys = re.findall(r"^\| `([\w.]+)` \|", table, re.M)
     assert keys == params.all_keys()  # every key, once, in declaration order
     assert all(meta["doc"] for _, _, meta in params.declarations())
+
+
+def test_the_make_check_example_is_what_check_says_of_this_project():
+    from pipeline import check
+
+    text = (ROOT / "docs" / "ci.md").read_text()
+    for name, run in (("params", check.check_params), ("contract", check.check_contract), ("dag", check.check_dag)):
+        assert f"\nok    {name:<9} {run(ROOT)}\n" in text, f"docs/ci.md's `make check` example: update the {name} line"

@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import digests
@@ -49,6 +50,20 @@ def test_a_changed_source_image_reruns_from_ingest_and_is_never_read_stale(proje
     assert project.repro("ingest") == ["ingest"]
     recorded = {r["path"]: r["sha256"] for r in images.read_csv(project.path / "data/manifest.csv")}
     assert recorded[row["path"]] == hashlib.sha256(image.read_bytes()).hexdigest() != row["sha256"]
+
+
+def test_export_refuses_a_test_image_changed_behind_its_back(project):
+    """Export reads the test images for its own checks (the SavedModel decodes their bytes): each
+    read is checked against the hash ingest recorded, as every other stage's."""
+    row = images.read_csv(project.path / "data/split/test.csv")[0]
+    image = project.path / "data/images" / row["path"]
+    Image.open(image).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(image)
+    before = digests(project.path, ["models/export", "reports/export.json"])
+    cmd = yaml.safe_load((project.path / "dvc.yaml").read_text())["stages"]["export"]["cmd"]
+    out = project.run("bash", "-c", cmd, check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"data/images/{row['path']} changed since ingest recorded it" in out.stderr
+    assert digests(project.path, ["models/export", "reports/export.json"]) == before  # nothing lost
 
 
 def test_a_finetune_param_marks_only_finetune_and_summary(project):

@@ -3,35 +3,30 @@ gallery captions never run under the tile above, long file names are shortened, 
 figure grows down the page (not across it) and writes every value, zero included."""
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from PIL import Image
 
-from pipeline.lib import plots
+from pipeline.lib import plots, plots_evaluation, plots_gallery
 
 
 @pytest.fixture
 def drawn(monkeypatch):
-    """Each figure a plots function saves, laid out as _save lays it out, kept open for measuring."""
+    """Each figure the plots modules save, written to its PNG by plots.save as the stages write it,
+    then kept open (instead of closed) for measuring the layout that was saved."""
     figures = []
-
-    def keep(fig, path, dpi=100):
-        if fig.get_layout_engine() is None:
-            fig.tight_layout()
-        fig.canvas.draw()
-        figures.append(fig)
-
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots.plt, "close", figures.append)
     yield figures
+    monkeypatch.undo()
     for fig in figures:
-        plt.close(fig)
+        plots.plt.close(fig)
 
 
 @pytest.mark.parametrize("shape", [(128, 128, 3), (200, 150, 3), (150, 200, 3), (128, 264, 3), (200, 60, 3)],
                          ids=["square", "tall", "wide", "pair", "narrow"])
-def test_gallery_captions_never_run_under_the_tile_above(drawn, shape):
+def test_gallery_captions_never_run_under_the_tile_above(drawn, shape, tmp_path):
     captions = ["0123456789abcdef0123.png\ntrue: square\npredicted: circle (99%)"] * 12
-    plots.gallery([np.full(shape, 128, np.uint8)] * 12, captions, None, "title\nsecond line")
+    plots_gallery.gallery([np.full(shape, 128, np.uint8)] * 12, captions, tmp_path / "g.png", "title\nsecond line")
     fig = drawn[0]
     renderer = fig.canvas.get_renderer()
     axes = fig.axes
@@ -51,13 +46,13 @@ def test_long_file_names_keep_their_start_and_end():
 
 
 @pytest.mark.parametrize("classes", [5, 25])
-def test_per_class_f1_grows_down_and_shows_a_zero(drawn, classes):
+def test_per_class_f1_grows_down_and_shows_a_zero(drawn, classes, tmp_path):
     labels = [f"class_{i:02d}" for i in range(classes)]
     scores = {"head only": {k: 0.5 for k in labels}, "fine-tuned": {k: 0.8 for k in labels}}
     scores["fine-tuned"]["class_03"] = 0.0
-    plots.per_class_f1(scores, None, "F1")
+    plots_evaluation.per_class_f1(scores, tmp_path / "f1.png", "F1")
     fig = drawn[0]
-    width, height = fig.get_size_inches() * 100  # _save's dpi: the PNG's pixels
+    width, height = Image.open(tmp_path / "f1.png").size
     assert width <= 1000  # one page wide at any class count
     assert height >= 12 * classes * 2  # about a line of text per bar
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]

@@ -1,6 +1,7 @@
 """The GitHub Actions workflows: valid for GitHub, and running the commands this repository has."""
 from __future__ import annotations
 
+import configparser
 import json
 import re
 import subprocess
@@ -102,7 +103,17 @@ def test_full_run_pulls_runs_pushes_with_secrets_only():
         if name.startswith("AWS_"):
             assert value == "${{ secrets.%s }}" % name
     assert not re.search(r"AKIA[0-9A-Z]{16}", text)  # no AWS key id pasted in
-    assert not (ROOT / ".dvc" / "config.local").exists() or "config.local" in (ROOT / ".dvc" / ".gitignore").read_text()
+    # Remote credentials go to .dvc/config.local (`dvc remote modify --local`), which git ignores,
+    # never into the committed .dvc/config
+    committed = configparser.ConfigParser()
+    committed.read(ROOT / ".dvc" / "config")
+    assert not [f"[{section}] {key}" for section in committed.sections() for key in committed[section] if key in SECRETS]
+    assert subprocess.run(["git", "check-ignore", "-q", ".dvc/config.local"], cwd=ROOT).returncode == 0
+
+
+# DVC's remote options that hold a credential (dvc.org/doc/command-reference/remote/modify)
+SECRETS = {"access_key_id", "secret_access_key", "session_token", "password", "key_secret",
+           "account_key", "sas_token", "client_secret", "gdrive_client_secret", "token", "connection_string"}
 
 
 def git_dvc_repo(root: Path) -> None:

@@ -302,8 +302,9 @@ def process_batches(fn: Callable[[T], R], items: list[T], size: int, ahead: int 
     the workers decode the next batches while the caller works on this one, and memory holds a
     few batches, never all results.
 
-    Processes, not threads: decoding a small image is mostly Python-side work (Pillow's wrappers,
-    NumPy conversion, the per-image calls) that holds the GIL, so threads share one core.
+    Processes, not threads: Pillow releases the GIL only inside the decode itself, and for a
+    small image most of the work is Python-side (Pillow's wrappers, NumPy conversion, the
+    per-image calls) and holds it, so threads would mostly take turns on one core.
     ``fn`` must be picklable: a module-level function, or a ``functools.partial`` of one. The
     workers are spawned, never forked, since the caller may have TensorFlow's threads running.
     One core: everything runs here, with no workers."""
@@ -343,9 +344,12 @@ def process_map(fn: Callable[[T], R], items: list[T], size: int = 256) -> Iterat
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
-    """``map`` over threads, in order, so the result never depends on the thread count. Pillow and
-    hashlib release the GIL while decoding and hashing, so threads use every core; the default
-    (``ThreadPoolExecutor``'s: cores + 4, at most 32) keeps them busy while others wait on disk."""
+    """``map`` over threads, in order, so the result never depends on the thread count. For the
+    commands (predict, rank): no worker processes to spawn and no ``fn`` to pickle, in a process
+    that already holds a model. Threads overlap waiting on disk and the parts of decoding that
+    release the GIL (Pillow's decode itself); the Python-side work takes turns (``process_batches``
+    says why the stages use processes). The default (``ThreadPoolExecutor``'s: cores + 4, at most
+    32) keeps the threads busy."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         yield from pool.map(fn, items)
 

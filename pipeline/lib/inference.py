@@ -1,10 +1,12 @@
 """Saved classifiers (Keras, SavedModel, TFLite, ONNX) as one thing: uint8 images -> class probabilities
 and, from exports with it, ``known`` (below the unknown threshold: none of the classes).
 
-Evaluation, the export parity check and ``pipeline.predict`` all go through
-``load_images`` and ``Classifier.predict``, so the metrics are measured on
-exactly what a user of the exported model gets: the training decode and resize
-(``images.load_image``), then the model's own preprocessing inside it. TFLite
+Evaluation, calibration and the export parity check (``load_split``: each image's
+bytes checked against the hash ingest recorded) and ``pipeline.predict``
+(``load_images``) decode with the same function and run a ``Classifier``, so the
+metrics are measured on exactly what a user of the exported model gets: the
+training decode and resize (``images.load_image``), then the model's own
+preprocessing inside it. TFLite
 files run on LiteRT (``ai_edge_litert``), the runtime that replaces
 ``tf.lite.Interpreter``, or through MediaPipe Tasks' image classifier.
 """
@@ -96,11 +98,16 @@ class SavedModelClassifier(Classifier):
 
     def classify_files(self, paths: list[Path], batch_size: int = 64) -> tuple[list[str], np.ndarray,
                                                                               np.ndarray | None, np.ndarray]:
-        """(top class names, probabilities, known or None, unknown flags) for image files, decoded
-        by the SavedModel itself. Exports from before the flag have none: all false."""
+        """``classify_bytes`` of image files."""
+        return self.classify_bytes([Path(p).read_bytes() for p in paths], batch_size)
+
+    def classify_bytes(self, encoded: list[bytes], batch_size: int = 64) -> tuple[list[str], np.ndarray,
+                                                                                 np.ndarray | None, np.ndarray]:
+        """(top class names, probabilities, known or None, unknown flags) for encoded images (JPEG,
+        PNG, ...), decoded by the SavedModel itself. Exports from before the flag have none: all false."""
         names, parts, known, unknown = [], [], [], []
-        for i in range(0, len(paths), batch_size):
-            out = self.serve_bytes(image_bytes=tf.constant([Path(p).read_bytes() for p in paths[i:i + batch_size]]))
+        for i in range(0, len(encoded), batch_size):
+            out = self.serve_bytes(image_bytes=tf.constant(encoded[i:i + batch_size]))
             names += [name.decode() for name in out["classes"].numpy()]
             parts.append(out["probabilities"].numpy().astype(np.float32))
             known.append(out["known"].numpy().astype(np.float32) if "known" in out else None)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from dvclive import Live
 
-from pipeline.lib import artifacts, plots
+from pipeline.lib import artifacts, plots_training
 
 log = logging.getLogger("pipeline.lib.training")
 # DVCLive's names for the loop's metrics: what its Keras callback wrote, so plots and
@@ -256,7 +256,7 @@ def training_log(directory: Path, title: str) -> Iterator[EpochLog]:
         epoch_log = EpochLog(Live(str(tmp), dvcyaml=None, save_dvc_exp=False))  # dvc.yaml declares the outputs
         yield epoch_log
         epoch_log.live.end()  # writes the summary, the step of the last epoch
-        plots.training_curves(epoch_log.history, tmp / "curves.png", title)
+        plots_training.training_curves(epoch_log.history, tmp / "curves.png", title)
 
 
 def fit(trainer: Trainer, batches: Callable[[int], tf.data.Dataset], val: tf.data.Dataset, *, epochs: int,

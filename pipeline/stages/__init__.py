@@ -1,1 +1,1 @@
-"""The nine DVC stages, one script each, run by dvc.yaml as ``python -m pipeline <name>``."""
+"""The DVC stages, one script each, run by dvc.yaml as ``python -m pipeline <name>``."""

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from pipeline.lib import artifacts, audit, confidence, images, params, plots, sources
+from pipeline.lib import artifacts, audit, confidence, images, params, plots_gallery, sources
 
 PARAMS = ["audit", "seed", "base.image_size", "ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]
 # The one list of issue types: each is reports/audit/<name>.csv and <name>.png, and a count in audit.json.
@@ -197,7 +197,7 @@ def main() -> None:
         shown = found[kind][:p.audit.gallery]
         twins = [rows[f["twin"]] if kind == "near_duplicates" else None for f in shown]
         with artifacts.atomic_file(args.out / f"{kind}.png") as tmp:
-            plots.gallery([tile(source, rows[f["i"]], t) for f, t in zip(shown, twins)],
+            plots_gallery.gallery([tile(source, rows[f["i"]], t) for f, t in zip(shown, twins)],
                           [caption(kind, f, rows[f["i"]], t) for f, t in zip(shown, twins)], tmp,
                           f"{title}: {len(found[kind])} (reports/audit/{kind}.csv), first {len(shown)}",
                           empty=f"no {title}")

@@ -29,7 +29,7 @@ import logging
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from pipeline.lib import artifacts, confidence, images, inference, models, params, plots, sources
+from pipeline.lib import artifacts, confidence, images, inference, models, params, plots_calibration, sources
 
 PARAMS = ["calibrate.unknown_keep", "evaluate.batch_size", "ingest.max_unpacked_mb",
           "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
@@ -94,7 +94,7 @@ def main() -> None:
     with artifacts.atomic_file(args.plots / "coverage.csv") as tmp:
         images.write_csv(tmp, coverage, ["threshold", "coverage", "accuracy"])
     with artifacts.atomic_file(args.plots / "calibration.png") as tmp:
-        plots.calibration({"uncalibrated": confidence.reliability(confidence.calibrated(logits["test"], 1.0), y["test"]),
+        plots_calibration.calibration({"uncalibrated": confidence.reliability(confidence.calibrated(logits["test"], 1.0), y["test"]),
                            f"temperature {t:.2f}": confidence.reliability(probabilities, y["test"])},
                           coverage, threshold, tmp, f"Calibration on the test split ({len(y['test'])} images)")
     curves = {}
@@ -103,9 +103,9 @@ def main() -> None:
             precision, recall, _ = precision_recall_curve(y["test"] == i, probabilities[:, i])
             curves[label] = (recall, precision, float(average_precision_score(y["test"] == i, probabilities[:, i])))
     with artifacts.atomic_file(args.plots / "precision_recall.png") as tmp:
-        plots.precision_recall(curves, tmp, "Per-class precision and recall on the test split (calibrated)")
+        plots_calibration.precision_recall(curves, tmp, "Per-class precision and recall on the test split (calibrated)")
     with artifacts.atomic_file(args.plots / "unknown.png") as tmp:
-        plots.score_histograms({"test images": known["test"], "out-of-distribution images": known["ood"]},
+        plots_calibration.score_histograms({"test images": known["test"], "out-of-distribution images": known["ood"]},
                                threshold, tmp, "Known (from the energy): the classes against everything else")
 
     artifacts.write_json(args.out, {"temperature": t, "temperature_in_model": False, "unknown_score": "known",

@@ -19,7 +19,7 @@ import logging
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipeline.lib import artifacts, explain, images, inference, models, params, plots, sources
+from pipeline.lib import artifacts, explain, images, inference, models, params, plots_evaluation, plots_gallery, sources
 
 PARAMS = ["evaluate.batch_size", "evaluate.tta", "ingest.max_unpacked_mb",
           "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
@@ -61,7 +61,7 @@ def main() -> None:
             images.write_csv(tmp, ({"actual": labels[t], "predicted": labels[q]} for t, q in zip(y, pred)),
                              ["actual", "predicted"])
         with artifacts.atomic_file(args.out / f"confusion_{name}.png") as tmp:
-            plots.confusion_png(confusion_matrix(y, pred, labels=range(len(labels))), labels, tmp,
+            plots_evaluation.confusion_png(confusion_matrix(y, pred, labels=range(len(labels))), labels, tmp,
                                 f"{TITLES[name]}: test accuracy {metrics[name]['accuracy']:.3f}")
         log.info("%-8s accuracy %.4f  macro-F1 %.4f", name, metrics[name]["accuracy"], metrics[name]["macro_f1"])
     if p.evaluate.tta == "horizontal_flip":
@@ -79,14 +79,14 @@ def main() -> None:
     mistakes = sorted(np.flatnonzero(pred != y), key=lambda i: -confidence[i])[:GALLERY]
     heat, _ = explain.GradCam(classifiers["finetune"].model)(pixels[mistakes])
     with artifacts.atomic_file(args.out / "mistakes.png") as tmp:
-        plots.gallery([explain.overlay(images.thumbnail(images.read_recorded(source, rows[i]), 200), h)
+        plots_gallery.gallery([explain.overlay(images.thumbnail(images.read_recorded(source, rows[i]), 200), h)
                        for i, h in zip(mistakes, heat)],
                       [f"{rows[i]['path'].rsplit('/', 1)[-1]}\ntrue: {labels[y[i]]}\n"
                        f"predicted: {labels[pred[i]]} ({confidence[i]:.0%})" for i in mistakes],
                       tmp, f"Fine-tuned model: the {len(mistakes)} most confident mistakes on the test split\n"
                            "(Grad-CAM: red is what the predicted class rests on)")
     with artifacts.atomic_file(args.out / "per_class_f1.png") as tmp:
-        plots.per_class_f1({TITLES[name]: {k: v["f1"] for k, v in per_class[name].items()} for name in per_class},
+        plots_evaluation.per_class_f1({TITLES[name]: {k: v["f1"] for k, v in per_class[name].items()} for name in per_class},
                            tmp, "Per-class F1 on the test split")
     artifacts.write_json(args.out / "per_class.json", per_class)
     artifacts.write_json(args.metrics, metrics)

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.lib import artifacts, confidence, formats, inference, models, params, shards, sources
+from pipeline.lib import artifacts, confidence, formats, images, inference, models, params, shards, sources
 from pipeline.lib.exports import FORMATS, TFLITE_KINDS, file_name
 
 PARAMS = ["export.representative_images", "export.timing_runs", "evaluate.batch_size", "seed", "base.backbone",
@@ -69,21 +69,21 @@ def write_formats(model, labels: list[str], calibration: dict, folder: Path, des
 
 
 class Images(NamedTuple):
-    files: list[Path]
-    pixels: np.ndarray
+    encoded: list[bytes]  # each file's bytes, read once (the test images checked against their hash)
+    pixels: np.ndarray  # the same images decoded as predict decodes them
 
 
-class EncodedFiles:
+class EncodedImages:
     """The SavedModel's image-bytes signature as a classifier for ``inference.timing``, of
-    ``len(batch)`` of ``files`` (the pixels themselves unused), so that it is timed as an
-    application calls it: the files read and decoded by the model."""
+    ``len(batch)`` of ``encoded`` (the pixels themselves unused), so that it is timed as an
+    application calls it: the images decoded by the model."""
 
-    def __init__(self, saved_model: inference.SavedModelClassifier, files: list[Path]):
-        self.saved_model, self.files = saved_model, files
+    def __init__(self, saved_model: inference.SavedModelClassifier, encoded: list[bytes]):
+        self.saved_model, self.encoded = saved_model, encoded
 
     def probabilities(self, batch):
-        paths = [self.files[i % len(self.files)] for i in range(len(batch))]
-        return self.saved_model.classify_files(paths, len(paths))[1]
+        return self.saved_model.classify_bytes([self.encoded[i % len(self.encoded)] for i in range(len(batch))],
+                                               len(batch))[1]
 
 
 class Outputs(NamedTuple):
@@ -111,13 +111,13 @@ def score(files: dict[str, Path], test: Images, ood: Images, labels: list[str], 
         speed[name] = inference.timing(classifier, test.pixels, batch_size, runs)
     saved_model = inference.SavedModelClassifier(files["saved_model"])
     (names, probabilities, known, unknown), (_, _, ood_known, ood_unknown) = (
-        saved_model.classify_files(part.files, batch_size) for part in (test, ood))
+        saved_model.classify_bytes(part.encoded, batch_size) for part in (test, ood))
     found["saved_model_bytes"] = Outputs(probabilities, np.concatenate([known, ood_known]))
     if names != [labels[i] for i in probabilities.argmax(axis=1)]:
         raise artifacts.StageError("the SavedModel's classes output does not match its probabilities")
     if not np.array_equal(np.concatenate([unknown, ood_unknown]), found["saved_model_bytes"].known < threshold):
         raise artifacts.StageError("the SavedModel's unknown output does not match its known output and threshold")
-    speed["saved_model_bytes"] = inference.timing(EncodedFiles(saved_model, test.files), test.pixels, batch_size, runs)
+    speed["saved_model_bytes"] = inference.timing(EncodedImages(saved_model, test.encoded), test.pixels, batch_size, runs)
     for kind in TFLITE_KINDS:
         row, path = f"mediapipe_{kind}", files[f"tflite_{kind}"]
         if refused[f"tflite_{kind}"]:  # MediaPipe would abort the whole process on it
@@ -146,7 +146,10 @@ def main() -> None:
     model = models.deployable(models.load(args.model), calibration)
     size = int(model.input_shape[1])
     rows, pixels, y, labels = inference.load_split(source, args.split, size)
-    test, ood = Images([source / r["path"] for r in rows], pixels), Images(*inference.load_ood(args.ood, size))
+    # Every read of a source image checks its hash, the SavedModel's bytes too: read once, here
+    test = Images([images.read_recorded(source, r).getvalue() for r in rows], pixels)
+    ood_files, ood_pixels = inference.load_ood(args.ood, size)
+    ood = Images([f.read_bytes() for f in ood_files], ood_pixels)
     threshold = calibration["unknown_threshold"]
     description = (f"{p.base.backbone} fine-tuned to classify {len(labels)} classes; RGB pixels in [0, 255] "
                    f"at {size} px; calibrated probabilities (temperature {calibration['temperature']:.4g}); "
@@ -196,7 +199,7 @@ def main() -> None:
                         "docs/export.md#when-int8-disagrees)" if "int8" in name else "")
                 log.warning("%s agrees with the Keras model on %s for only %.1f%% of them: check it before "
                             "shipping it.%s", name, what, 100 * value, hint)
-    artifacts.write_json(args.metrics, {**metrics, "test_images": len(y), "ood_images": len(ood.files),
+    artifacts.write_json(args.metrics, {**metrics, "test_images": len(y), "ood_images": len(ood.encoded),
                                         "timing_batch_size": p.evaluate.batch_size, "not_checked": not_checked})
 
 
