@@ -11,6 +11,7 @@ it from Debian's dataset-fashion-mnist package). Fashion-MNIST: Zalando, MIT lic
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,16 @@ BAG = 8  # Fashion-MNIST's class index of "Bag"
 
 
 def main(out: Path, count: int) -> None:
+    # TensorFlow's start-up lines filtered as in every stage (pipeline/lib/quiet.py), before keras is
+    # imported; a copy of this script without the project beside it shows them
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    try:
+        from pipeline.lib import quiet
+    except ModuleNotFoundError:
+        pass
+    else:
+        quiet.install()
     from keras.datasets import fashion_mnist
 
     try:

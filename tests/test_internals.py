@@ -75,20 +75,23 @@ def test_the_log_filter_stays_off_on_another_tensorflow_and_says_so(tmp_path):
     assert "the stderr filter was written for tensorflow 2.21, not 9.9.0" in out.stderr
 
 
-@pytest.mark.parametrize("started", [True, False])
-def test_worker_processes_do_not_hold_the_filter_open_at_exit(started):
+@pytest.mark.parametrize("marked", [True, False])
+def test_worker_processes_do_not_hold_the_filter_open_at_exit(marked):
     """A process that routes stderr through the filter and then spawns workers (images.process_batches)
-    exits at once: multiprocessing's resource tracker, which outlives the workers, was started before
-    the filter on the real stderr. The control (tracker start faked away) waits the filter's 10 s."""
-    code = ("import time; from pipeline.lib import images, quiet; "
-            + ("" if started else "quiet._start_resource_tracker = lambda: None; ")
-            + "quiet.install(); print(sum(sum(b) for b in images.process_batches(abs, list(range(-50, 50)), 10)))")
+    exits at once, its last stderr line passed on: it waits for the filter to pass on its end mark,
+    not for the pipe to close (multiprocessing's resource tracker, started by the workers, holds it
+    until the process has ended). The control (the end mark never sent) waits the filter's 10 s."""
+    code = ("import sys; from pipeline.lib import images, quiet; "
+            + ("" if marked else "quiet._write = lambda fd, data: None; ")
+            + "quiet.install(); print(sum(sum(b) for b in images.process_batches(abs, list(range(-50, 50)), 10))); "
+            + "print('the last line', file=sys.stderr)")
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     seconds = time.perf_counter() - start
     assert out.returncode == 0 and out.stdout.strip() == "2500", out.stderr
-    if started:
-        assert seconds < 6, f"exit took {seconds:.1f} s: something still holds the filter's pipe"
+    if marked:
+        assert seconds < 6, f"exit took {seconds:.1f} s: the filter did not answer the end mark"
+        assert out.stderr.endswith("the last line\n") and "\0" not in out.stderr
     else:
         assert seconds > 9, f"the control exited in {seconds:.1f} s: the test no longer shows the problem"

@@ -17,6 +17,12 @@ there to read what the pipe holds, so the last lines before a crash are never lo
 The filter ignores SIGINT, SIGTERM and SIGHUP (sent to the whole process group) and ends
 when the last writer of the pipe is gone.
 
+At a normal exit the stage writes an end mark into the pipe and waits until the filter has
+passed on everything before it (the filter closes a second pipe, ``done``), not until the pipe
+closes: a process the stage started may still hold the pipe (multiprocessing's resource
+tracker, started by the first worker pool, lives until the stage has ended), and the filter
+goes on passing its lines until it has.
+
 The patterns are TensorFlow's texts, not an interface, written for tensorflow 2.21
 (``WRITTEN_FOR``): on another version the filter stays off and says so in one line, and
 tests/test_logs.py shows that this build still prints them without the filter
@@ -27,6 +33,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -56,46 +63,37 @@ def install() -> None:
         original = os.dup(2)
     except (OSError, ValueError, AttributeError):
         return
-    _start_resource_tracker()
     read_end, write_end = os.pipe()
+    done_read, done_write = os.pipe()
     # -I: the filter needs nothing but the standard library, and no site or environment
-    child = subprocess.Popen([sys.executable, "-I", __file__], stdin=read_end, stdout=original)
+    child = subprocess.Popen([sys.executable, "-I", __file__, str(done_write)], stdin=read_end, stdout=original,
+                             pass_fds=(done_write,))
     os.close(read_end)
+    os.close(done_write)
     os.dup2(write_end, 2)
     os.close(write_end)
 
-    def restore() -> None:  # at a normal exit: hand fd 2 back, so the filter drains and ends first
+    def restore() -> None:  # at a normal exit: the filter passes on all this process wrote, then fd 2 is handed back
         try:
             sys.stderr.flush()
+            _write(2, END)
         except (OSError, ValueError):
             pass
-        os.dup2(original, 2)  # closes the pipe's last write end here: the filter sees EOF
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # a child of the stage still holds the pipe; it drains later
-            pass
+        os.dup2(original, 2)
+        ready, _, _ = select.select([done_read], [], [], 10)  # closed by the filter (or its end): EOF
+        if not ready:
+            print("pipeline: the stderr filter did not answer in 10 s; its last lines may come later", file=sys.stderr)
+        child.poll()
 
     atexit.register(restore)
 
 
-TRACKER_WRITTEN_FOR = (3, 11)  # Python: multiprocessing.resource_tracker.ensure_running
+# Written into the pipe by ``restore``: one write under PIPE_BUF, so never split by other writers
+END = b"\0pipeline.lib.quiet: end of the stage's output\n"
 
 
-def _start_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker now, on the real stderr. Worker processes spawned
-    later (images.process_batches) would start it on the filter's pipe, and since it lives until
-    this process ends, ``restore`` would wait its whole timeout for the filter. An undocumented
-    function, written for Python 3.11: elsewhere this does nothing, and a stage that spawns
-    workers ends up to 10 s later (docs/internals.md)."""
-    if sys.version_info[:2] != TRACKER_WRITTEN_FOR:
-        return
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
-
-
-def pump(read_end: int, out: int) -> None:
-    """Copy ``read_end`` to ``out`` until EOF, less the noise lines."""
+def pump(read_end: int, out: int, done: int | None = None) -> None:
+    """Copy ``read_end`` to ``out`` until EOF, less the noise lines; at the ``END`` line, close ``done``."""
     pending = b""
     while chunk := os.read(read_end, 65536):
         pending += chunk
@@ -103,13 +101,16 @@ def pump(read_end: int, out: int) -> None:
         if pending and not _may_be_noise(pending):
             lines.append(pending)
             pending = b""
-        _write(out, b"".join(line for line in lines if not NOISE.match(line)))
+        _write(out, b"".join(line for line in lines if not NOISE.match(line) and line != END))
+        if END in lines and done is not None:
+            os.close(done)
+            done = None
     if pending and not NOISE.match(pending):
         _write(out, pending)
 
 
 def _may_be_noise(partial: bytes) -> bool:
-    return any(partial.startswith(p) or p.startswith(partial) for p in PREFIXES)
+    return any(partial.startswith(p) or p.startswith(partial) for p in PREFIXES + (END,))
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -121,6 +122,6 @@ if __name__ == "__main__":  # the filter process: stdin is the pipe, stdout the 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # outlive the stage; EOF ends the filter
     try:
-        pump(0, 1)
+        pump(0, 1, int(sys.argv[1]))
     except OSError:  # the reader of our stdout went away: nothing left to show
         pass
