@@ -23,7 +23,6 @@ import ast
 import importlib.util
 import json
 import re
-import shlex
 import subprocess
 import sys
 import urllib.parse
@@ -32,7 +31,7 @@ from typing import Callable
 
 import yaml
 
-from pipeline.lib import artifacts, params
+from pipeline.lib import artifacts, dvcyaml, params
 
 # Stage -> the stages whose outputs it reads. A new stage, or a changed dependency,
 # must be added here on purpose: that is the point of the check.
@@ -66,10 +65,6 @@ class Skipped(Exception):
 
 
 # --- dvc.yaml and the stage modules, read as text (no TensorFlow) ---------------------------
-
-def stages(root: Path) -> dict[str, dict]:
-    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-
 
 def module_of(stage: dict) -> str:
     """The module a stage's cmd runs, as ``stages.<name>`` (``python -m pipeline <name>``)."""
@@ -112,22 +107,12 @@ def pipeline_imports(root: Path, module: str, seen: set[str] | None = None) -> s
     return seen
 
 
-def entries(stage: dict, key: str) -> list[str]:
-    """Paths under ``deps``/``outs``/``metrics``/``plots``, with or without options."""
-    return [e if isinstance(e, str) else next(iter(e)) for e in stage.get(key, [])]
-
-
-def outputs(stage: dict) -> list[str]:
-    """Everything a stage writes: ``outs``, ``metrics`` and ``plots``."""
-    return entries(stage, "outs") + entries(stage, "metrics") + entries(stage, "plots")
-
-
 def graph(dvc_stages: dict[str, dict]) -> dict[str, set[str]]:
     """Stage -> stages producing something it depends on (a path, or a folder around or inside one)."""
-    produced = {name: outputs(s) for name, s in dvc_stages.items()}
+    produced = {name: dvcyaml.outputs(s) for name, s in dvc_stages.items()}
     edges = {}
     for name, stage in dvc_stages.items():
-        edges[name] = {other for dep in entries(stage, "deps") for other, outs in produced.items()
+        edges[name] = {other for dep in dvcyaml.entries(stage, "deps") for other, outs in produced.items()
                        if other != name and any(_within(dep, out) or _within(out, dep) for out in outs)}
     return edges
 
@@ -155,9 +140,8 @@ def cmd_path_problems(root: Path, name: str, stage: dict) -> list[str]:
     """Each ``--flag PATH`` of the stage's cmd is a declared dep or output (or a folder of them),
     and each declared one is passed: a path the stage reads but DVC does not track would not
     rerun it; one DVC tracks but the stage is not given is stale."""
-    args = shlex.split(stage["cmd"])
-    given = {args[i + 1] for i, a in enumerate(args) if a.startswith("--") and i + 1 < len(args)}
-    declared = [d for d in entries(stage, "deps") if not d.startswith("pipeline/")] + outputs(stage)
+    given = set(dvcyaml.arguments(stage).values())
+    declared = [d for d in dvcyaml.entries(stage, "deps") if not d.startswith("pipeline/")] + dvcyaml.outputs(stage)
     problems = []
     for path in sorted(given):
         if path.startswith(SCRATCH):
@@ -173,7 +157,7 @@ def cmd_path_problems(root: Path, name: str, stage: dict) -> list[str]:
 
 def check_contract(root: Path) -> str:
     problems, used = [], set()
-    for name, stage in stages(root).items():
+    for name, stage in dvcyaml.stages(root).items():
         problems += cmd_path_problems(root, name, stage)
         module = module_of(stage)
         reads = set(params.expand(declared_params(root, module)))
@@ -186,7 +170,7 @@ def check_contract(root: Path) -> str:
             problems.append(f"{name}: dvc.yaml lists {', '.join(sorted(listed - reads))} under params "
                             "but the code does not read it (a change would rerun the stage for nothing)")
         code = {source_file(m) for m in pipeline_imports(root, module)}
-        deps = {d for d in entries(stage, "deps") if d.startswith("pipeline/")}
+        deps = {d for d in dvcyaml.entries(stage, "deps") if d.startswith("pipeline/")}
         if code != deps:
             missing, extra = sorted(code - deps), sorted(deps - code)
             problems.append(f"{name}: code deps in dvc.yaml differ from the imports"
@@ -201,7 +185,7 @@ def check_contract(root: Path) -> str:
 
 
 def check_dag(root: Path) -> str:
-    actual = graph(stages(root))
+    actual = graph(dvcyaml.stages(root))
     if actual != EXPECTED_DAG:
         lines = []
         for name in [*EXPECTED_DAG, *(n for n in actual if n not in EXPECTED_DAG)]:
@@ -221,7 +205,7 @@ def check_lock(root: Path) -> str:
     if not (root / "dvc.lock").exists():
         raise Failed("no dvc.lock: run `dvc repro` and commit dvc.lock")
     status = status_json(_dvc(root, "status", "--json"))
-    written = [path for stage in stages(root).values() for path in outputs(stage)] + tracked_data(root)
+    written = [path for stage in dvcyaml.stages(root).values() for path in dvcyaml.outputs(stage)] + tracked_data(root)
     problems, missing = [], 0
     for stage, changes in status.items():
         for change in changes:
@@ -292,16 +276,10 @@ def check_backbone(root: Path) -> str:
     return f"keras.applications.{p.backbone}, weights {p.weights}"
 
 
-def ingest_source(root: Path) -> str:
-    """The ingest stage's ``--source`` in dvc.yaml, e.g. ``data/images``."""
-    cmd = stages(root)["ingest"]["cmd"].split()
-    return cmd[cmd.index("--source") + 1]
-
-
 def check_source(root: Path) -> str:
     """The ingest stage's source (its --source in dvc.yaml) is tracked by DVC: a ``.dvc`` file
     beside it (``dvc add``, ``dvc import``, ``dvc import-url``) or inside it (several imports)."""
-    source = ingest_source(root)
+    source = dvcyaml.source(root)
     path = root / source
     inside = ([d / f for d, _, files in artifacts.walk(path) for f in files if f.endswith(".dvc")]
               if path.is_dir() else [])

@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from pipeline.lib import artifacts, params
+from pipeline.lib import artifacts, dvcyaml, params
 
 STAGES = {"head": "train_head", "finetune": "finetune"}
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected
@@ -32,12 +30,6 @@ DIVERGED = 4.0  # stop once the smoothed loss is this many times its lowest valu
 SKIP_START = 10  # steps left out when looking for the lowest loss
 RISE = 1.25  # the loss has clearly started to climb once it is 25% above its lowest
 log = logging.getLogger("pipeline.lr_find")
-
-
-def stage_paths(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, Path]:
-    """The ``--name path`` arguments of ``stage``'s command in dvc.yaml (paths live there only)."""
-    cmd = shlex.split(yaml.safe_load(dvc_yaml.read_text())["stages"][stage]["cmd"])
-    return {a[2:].replace("-", "_"): Path(cmd[i + 1]) for i, a in enumerate(cmd) if a.startswith("--")}
 
 
 def lowest(losses: np.ndarray) -> int:
@@ -103,23 +95,19 @@ def range_test(model, batches, label_smoothing: float, class_weights: dict[int, 
 
 def setup(stage: str, paths: dict[str, Path], p) -> tuple:
     """(model, endless batches, class names, training images per class), as the stage builds them."""
-    import tensorflow as tf
-
-    from pipeline.lib import models, shards
+    from pipeline.lib import finetuning, models, shards, training
 
     models.set_seed(p.seed)
     hp = getattr(p, stage)
     if stage == "train_head":
         labels = artifacts.read_labels(paths["labels"])
         x, y = artifacts.read_features(paths["features"], "train", len(labels))
-        batches = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=p.seed).repeat().batch(hp.batch_size)
+        batches = training.feature_batches(x, y, p.seed, 0, hp.batch_size).repeat()
         return (models.build_head(x, len(labels), hp.hidden_units, hp.dropout), batches, labels,
                 np.bincount(y, minlength=len(labels)))
-    from pipeline.stages import finetune  # the stage's own set-up, so the test sees what it would
-
-    model = finetune.unfrozen_model(paths["extractor"], paths["head"], hp.unfreeze_layers, "float32")
+    model = finetuning.unfrozen_model(paths["extractor"], paths["head"], hp.unfreeze_layers, "float32")
     meta = shards.meta(paths["augmented"])
-    batches = finetune.training_batches(paths["augmented"], p, hp.batch_size, epoch=0)
+    batches = finetuning.training_batches(paths["augmented"], p, hp.batch_size, epoch=0)
     return model, batches.repeat(), meta["labels"], meta["class_counts"]["train"]
 
 
@@ -140,7 +128,7 @@ def main() -> None:
         parser.error("need 0 < --min-lr < --max-lr and --steps >= 2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     stage = STAGES[args.phase]
-    paths = stage_paths(stage)
+    paths = dvcyaml.paths(dvcyaml.stages()[stage])
     out = args.out or paths["live"].parent
 
     from pipeline.lib import plots_training, training  # TensorFlow: after the arguments are checked

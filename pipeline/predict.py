@@ -27,63 +27,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import glob
 import json
 import sys
 from pathlib import Path
 
-from pipeline.lib import artifacts, images
+from pipeline.lib import artifacts, inputs
 from pipeline.lib.artifacts import StageError
-
-CHUNK = 256  # images decoded at a time: bounds memory for big folders
-UNKNOWN = "unknown"
-
-
-def expand(patterns: list[str], command: str = "predict") -> tuple[list[Path], list[str]]:
-    """(files to classify, patterns that matched nothing). Folders give their image files, sorted,
-    read no deeper than ``artifacts.MAX_DEPTH`` folders (the deeper ones are named)."""
-    files, unmatched = [], []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            deep: list[Path] = []
-            files += images.image_files(path, deep)
-            if deep:
-                print(f"{command}: {pattern}: {len(deep)} folder(s) nested deeper than {artifacts.MAX_DEPTH} "
-                      f"levels not read, e.g. {str(deep[0])[:200]}...", file=sys.stderr)
-        elif path.is_file():
-            files.append(path)
-        elif path.exists():  # reading a FIFO would wait for a writer for ever
-            print(f"{command}: {pattern}: not a regular file (a FIFO, device or socket): skipped", file=sys.stderr)
-        elif glob.has_magic(pattern) and (matches := matched(pattern, command)):
-            files += [Path(m) for m in matches if Path(m).is_file()]
-        else:
-            unmatched.append(pattern)
-    return files, unmatched
-
-
-def matched(pattern: str, command: str) -> list[str]:
-    """``glob`` of ``pattern``, sorted. Its ``**`` recurses once per folder level: a tree deeper
-    than Python's stack gives a one-line error instead of a RecursionError."""
-    try:
-        return sorted(glob.glob(pattern, recursive=True))
-    except RecursionError as err:
-        raise StageError(f"{pattern}: the folders below are nested too deep for a ** pattern; give the "
-                         f"folder itself (read up to {artifacts.MAX_DEPTH} levels down)") from err
-
-
-def beside(model: Path, given: Path | None, name: str) -> Path | None:
-    """``given``, else ``name`` beside the model file or inside the SavedModel folder, if there."""
-    return next((path for path in ([given] if given else [model.parent / name, model / name]) if path.is_file()), None)
-
-
-def find_labels(model: Path, given: Path | None, name: str) -> Path:
-    """``--labels``, else ``name`` beside the model file or inside the SavedModel folder."""
-    if path := beside(model, given, name):
-        return path
-    raise SystemExit(f"predict: no {name} beside {model} (the export folder has one); "
-                     "pass --labels FILE (a labels.txt, or the split stage's labels.json)")
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline predict", description=__doc__,
@@ -121,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                    flag="--explain")
     except StageError as err:
         parser.error(str(err))
-    files, unmatched = expand(args.images)
+    files, unmatched = inputs.expand(args.images)
     for pattern in unmatched:
         print(f"predict: {pattern}: no such file, folder or matching pattern", file=sys.stderr)
     if not files:
@@ -129,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.lib import inference  # TensorFlow: imported only once the arguments are known good
 
-    labels = inference.read_labels(find_labels(args.model, args.labels, inference.LABELS_FILE))
+    labels = artifacts.read_labels(inputs.find_labels(args.model, args.labels, inference.LABELS_FILE))
     top_k = min(args.top_k, len(labels))
-    calibration = read_calibration(args, parser)
+    calibration = inputs.read_calibration(args.model, args.calibration, args.unknown_threshold, parser.error)
     try:
         classifier = inference.load(args.model)
         if calibration.pop("build", None):  # models/model.keras: made what the export stage ships
@@ -150,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         args.explain.mkdir(parents=True, exist_ok=True)
     results = [] if args.csv is None else None  # --csv streams: nothing is kept
     with Rows(args.csv, top_k, len(files)) as rows:
-        for start in range(0, len(files), CHUNK):
-            chunk = files[start:start + CHUNK]
+        for start in range(0, len(files), inputs.CHUNK):
+            chunk = files[start:start + inputs.CHUNK]
             pixels, ok, errors = inference.load_images(chunk, classifier.image_size)
             probs, known = classifier.classify(pixels, args.batch_size, tta=args.tta)
-            probs = calibrate(probs, calibration)
+            probs = inputs.calibrate(probs, calibration)
             if calibration["score"] == "known" and known is None and len(pixels):
                 raise SystemExit(f"predict: {args.model} has no known output, but its calibration.json names it: "
                                  "use the files of one export folder together")
@@ -184,80 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if rows.classified else 1
 
 
+UNKNOWN = "unknown"
 CSV = artifacts.starts_with("a CSV that predict wrote", b"file,label_1,probability_1,")
-
-
-class Unreadable:
-    """Unreadable inputs on stderr: the first ``SHOWN`` named with the reason, the rest counted,
-    so ten thousand bad files make a few lines (every one is still in the CSV or JSON)."""
-    SHOWN = 5
-
-    def __init__(self, command: str):
-        self.command, self.count = command, 0
-
-    def add(self, path, error: str, note: str = "") -> None:
-        self.count += 1
-        if self.count <= self.SHOWN:
-            print(f"{self.command}: {path}: not a readable image ({error[:300]}){note}", file=sys.stderr)
-
-    def summary(self, total: int, where: str | None = None) -> None:
-        if self.count > self.SHOWN:
-            print(f"{self.command}: {self.count - self.SHOWN:,} more unreadable file(s) not named above "
-                  f"({self.count:,} of {total:,} unreadable{'; every one is ' + where if where else ''})",
-                  file=sys.stderr)
-
-
-def read_calibration(args, parser) -> dict:
-    """{"temperature": to apply to the model's probabilities (1 where it is built in), "score":
-    "known" or "probability" (what the threshold applies to), "unknown_threshold": float or None},
-    from ``--calibration`` or calibration.json beside the model; with "build" and "found" (the
-    calibration) where the model is a .keras file the export stage has not yet made deployable."""
-    from pipeline.lib import inference
-
-    path = beside(args.model, args.calibration, inference.CALIBRATION_FILE)
-    if args.calibration and not path:
-        parser.error(f"--calibration {args.calibration}: no such file")
-    if path:
-        from pipeline.lib import confidence
-
-        try:
-            found = confidence.read_calibration(path)
-        except StageError as err:
-            parser.error(f"{artifacts.describe(err)} (calibration.json comes from the calibrate or export stage)")
-        temperature = 1.0 if found["temperature_in_model"] else float(found["temperature"])
-        threshold, score = float(found["unknown_threshold"]), found["unknown_score"]
-    else:
-        temperature, threshold, score = 1.0, None, "probability"
-    if args.unknown_threshold is not None:
-        if not 0 <= args.unknown_threshold <= 1:
-            parser.error("--unknown-threshold must be between 0 and 1")
-        threshold = args.unknown_threshold or None
-    calibration = {"temperature": temperature, "unknown_threshold": threshold, "score": score}
-    if score == "known" and not found["temperature_in_model"]:
-        if args.model.suffix != ".keras":
-            parser.error(f"{path} is the calibrate stage's, for a .keras model; {args.model} is another format: "
-                         "use the calibration.json of its export folder")
-        calibration.update(temperature=1.0, build=True, found=found)
-    return calibration
-
-
-def calibrate(probs, calibration: dict):
-    """The model's probabilities at the calibration's temperature (unchanged at 1)."""
-    if calibration["temperature"] == 1.0 or not probs.size:
-        return probs
-    from pipeline.lib import confidence
-
-    return confidence.calibrated(confidence.logits_of(probs), calibration["temperature"]).astype("float32")
 
 
 class Rows:
     """Counts the images classified; with a CSV path, streams each result into it as a row
     (written to a temporary file, renamed over FILE at the end) behind a progress bar. The
-    unreadable inputs go to ``bad`` (``Unreadable``: the first few named, the rest counted)."""
+    unreadable inputs go to ``bad`` (``inputs.Unreadable``: the first few named, the rest counted)."""
 
     def __init__(self, path: Path | None, top_k: int, total: int):
         self.path, self.total, self.top_k, self.classified, self.unknown = path, total, top_k, 0, 0
-        self.bad = Unreadable("predict")
+        self.bad = inputs.Unreadable("predict")
 
     def __enter__(self):
         self._open = contextlib.ExitStack()
@@ -309,7 +196,7 @@ def write_explanations(gradcam, pixels, classes, paths: list[Path], labels: list
 
 def table(results: list[dict]) -> str:
     """One line per classified image: the path, then each of the top-k labels with its probability,
-    aligned. Unreadable ones are left out: stderr names them (``Unreadable``)."""
+    aligned. Unreadable ones are left out: stderr names them (``inputs.Unreadable``)."""
     results = [r for r in results if "predictions" in r]
     width = max((len(r["path"]) for r in results), default=0)
     label_width = max((len(p["label"]) for r in results for p in r["predictions"]), default=0)

@@ -7,7 +7,8 @@ probability, uncertainty. MODEL is a ``.keras`` model of this pipeline
 beside it): the probabilities are calibrated as ``pipeline.predict`` calibrates
 them, and the images' features (the backbone's, of each image and its mirror, as
 the embed stage computes them) keep near duplicates out: an image whose cosine
-similarity with one ranked above it reaches ``--similarity`` is left out, so the top
+similarity with one ranked above it reaches ``--similarity`` (default: the project's
+``audit.duplicate_similarity`` in params.yaml, the audit's notion of a near duplicate) is left out, so the top
 of the list is diverse (confidence.rank). ``--by margin`` (default) ranks by 1 minus
 the gap between the two most probable classes, ``--by entropy`` by the entropy of
 the probabilities. IMAGES are files, folders or glob patterns, as for predict.
@@ -18,13 +19,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline import predict
-from pipeline.lib import artifacts
+from pipeline.lib import artifacts, inputs, params
 from pipeline.lib.artifacts import StageError
 
 FIELDS = ["rank", "file", "label", "probability", "uncertainty"]
 CSV = artifacts.starts_with("a CSV that rank wrote", ",".join(FIELDS).encode() + b"\r\n")
-DEFAULT_SIMILARITY = 0.92  # audit.duplicate_similarity's default: the same notion of a near duplicate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,24 +33,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", help="image files, folders or glob patterns: the unlabelled pool")
     parser.add_argument("--out", type=Path, required=True, help="the CSV to write")
     parser.add_argument("--by", choices=("margin", "entropy"), default="margin")
-    parser.add_argument("--similarity", type=float, default=DEFAULT_SIMILARITY,
-                        help=f"cosine similarity of near duplicates, left out below the first (default {DEFAULT_SIMILARITY})")
+    parser.add_argument("--similarity", type=float,
+                        help="cosine similarity of near duplicates, left out below the first "
+                             "(default: audit.duplicate_similarity in ./params.yaml)")
     parser.add_argument("--top", type=int, help="write only the first N images")
     parser.add_argument("--labels", type=Path, help="class names file (default: labels.txt beside MODEL)")
     parser.add_argument("--calibration", type=Path,
                         help="temperature (default: calibration.json beside MODEL, if any)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    args.unknown_threshold = None
     if args.model.suffix != ".keras" or not args.model.is_file():
         parser.error(f"{args.model}: not a .keras file (rank needs the model's features as well as its probabilities)")
+    if args.similarity is None:
+        try:
+            args.similarity = params.load(["audit.duplicate_similarity"]).audit.duplicate_similarity
+        except (params.ParamsError, OSError) as err:
+            parser.error(f"--similarity not given, and {artifacts.describe(err)}")
     if not 0 < args.similarity <= 1 or (args.top is not None and args.top < 1) or args.batch_size < 1:
         parser.error("--similarity must be in (0, 1], --top and --batch-size at least 1")
     try:  # before any work: nothing written may replace what rank did not write
         artifacts.check_output(args.out, folder=False, kind=CSV, reads=[args.model], flag="--out")
     except StageError as err:
         parser.error(str(err))
-    files, unmatched = predict.expand(args.images, "rank")
+    files, unmatched = inputs.expand(args.images, "rank")
     for pattern in unmatched:
         print(f"rank: {pattern}: no such file, folder or matching pattern", file=sys.stderr)
     if not files:
@@ -63,22 +67,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.lib import confidence, images, inference, models
 
-    labels = inference.read_labels(predict.find_labels(args.model, args.labels, inference.LABELS_FILE))
-    calibration = predict.read_calibration(args, parser)
+    labels = artifacts.read_labels(inputs.find_labels(args.model, args.labels, inference.LABELS_FILE, "rank"))
+    calibration = inputs.read_calibration(args.model, args.calibration, None, parser.error)
     try:
         model = models.load(args.model)
         if calibration.pop("build", None):  # models/model.keras: calibrated as the export stage ships it
             model = models.deployable(model, calibration.pop("found"))
-        extractor = model.get_layer("extractor")
+        extractor = model.get_layer(models.EXTRACTOR)
     except (StageError, ValueError) as err:
         parser.error(f"{args.model}: {artifacts.describe(err)} (rank needs a model built by this pipeline)")
     size = int(model.input_shape[1])
-    both = tf.function(lambda x: (models.outputs(model(x, training=False))[0],
-                                  extractor(x, training=False) + extractor(tf.reverse(x, [2]), training=False)))
-    kept, probs, features, bad = [], [], [], predict.Unreadable("rank")
+    both = tf.function(lambda x: (models.outputs(model(x, training=False))[0], models.embedding(extractor, x)))
+    kept, probs, features, bad = [], [], [], inputs.Unreadable("rank")
     with tqdm(total=len(files), desc="rank", unit="img", file=sys.stderr) as bar:
-        for start in range(0, len(files), predict.CHUNK):
-            chunk = files[start:start + predict.CHUNK]
+        for start in range(0, len(files), inputs.CHUNK):
+            chunk = files[start:start + inputs.CHUNK]
             pixels, ok, errors = inference.load_images(chunk, size)
             for i, error in errors.items():
                 bad.add(chunk[i], error, "; left out")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     bad.summary(len(files))
     if not kept:
         parser.error("no readable image to rank")
-    probs = predict.calibrate(np.concatenate(probs), calibration)
+    probs = inputs.calibrate(np.concatenate(probs), calibration)
     order, uncertainty = confidence.rank(probs, np.concatenate(features), args.similarity, args.by, args.top)
     rows = ({"rank": r, "file": str(kept[i]), "label": labels[int(probs[i].argmax())],
              "probability": f"{probs[i].max():.6f}", "uncertainty": f"{u:.6f}"}

@@ -25,8 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline import check
-from pipeline.lib import artifacts, params, sources
+from pipeline.lib import artifacts, dvcyaml, params, sources
 from pipeline.lib.images import read_csv
 from pipeline.lib.artifacts import StageError
 
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quarantine", type=Path, help="where rejected images go (default: quarantine/ beside it)")
     parser.add_argument("--dry-run", action="store_true", help="print the moves, move nothing")
     args = parser.parse_args(argv)
-    images = args.images or Path(check.ingest_source(Path.cwd()))
+    images = args.images or Path(dvcyaml.source())
     quarantine = args.quarantine or images.parent / "quarantine"
     if not images.is_dir():
         raise StageError(f"{images} is not a folder: relabel edits a folder of class folders "

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-import yaml
+from pipeline.lib import dvcyaml
 
 DISTRIBUTED = ("extract_features", "train_head", "finetune")
 
@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     if "TF_CONFIG" not in os.environ:
         sys.exit("worker: set TF_CONFIG to the cluster and this machine's task (docs/scaling.md)")
-    commands = yaml.safe_load(open("dvc.yaml"))["stages"]
+    commands = dvcyaml.stages()
     for stage in args.stages:
         print(f"worker: {stage}", file=sys.stderr, flush=True)
         done = subprocess.run(commands[stage]["cmd"], shell=True)

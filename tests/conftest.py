@@ -40,11 +40,9 @@ def shapes_dir(tmp_path: Path) -> Path:
 def _watched() -> tuple[str, ...]:
     """What a test of the finished project may not change: params, lock and source, every stage's
     output in dvc.yaml, and anything else under models/ and reports/."""
-    import yaml
+    from pipeline.lib import dvcyaml
 
-    from pipeline import check
-
-    outs = {o for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values() for o in check.outputs(stage)}
+    outs = {o for stage in dvcyaml.stages(ROOT).values() for o in dvcyaml.outputs(stage)}
     return ("params.yaml", "dvc.lock", "data/images", "models", "reports",
             *sorted(o for o in outs if not o.startswith(("models/", "reports/"))))
 

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import ROOT
 from pipeline import check
-from pipeline.lib import params
+from pipeline.lib import dvcyaml, params
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -41,7 +41,7 @@ def test_registry_artifacts_are_stage_outputs_with_valid_names():
     from dvc.repo.artifacts import name_is_compatible
 
     artifacts = yaml.safe_load((ROOT / "dvc.yaml").read_text())["artifacts"]
-    outs = [out for stage in DVC.values() for out in check.outputs(stage)]
+    outs = [out for stage in DVC.values() for out in dvcyaml.outputs(stage)]
     assert "image-classifier" in artifacts and artifacts["image-classifier"]["path"] == "models/model.keras"
     for name, artifact in artifacts.items():
         assert name_is_compatible(name), name
@@ -52,8 +52,24 @@ def test_registry_artifacts_are_stage_outputs_with_valid_names():
 def test_a_figure_change_reruns_only_the_stages_that_draw_it():
     """Each figure lives in a module of the stages that draw it (pipeline/lib/plots_*.py): a gallery
     caption must not rerun training."""
-    figures = {stage: {d for d in check.entries(DVC[stage], "deps") if d.startswith("pipeline/lib/plots")}
+    figures = {stage: {d for d in dvcyaml.entries(DVC[stage], "deps") if d.startswith("pipeline/lib/plots")}
                for stage in DVC}
     assert figures["train_head"] == figures["finetune"] == {"pipeline/lib/plots.py", "pipeline/lib/plots_training.py"}
     drawers = {stage for stage, deps in figures.items() if "pipeline/lib/plots_gallery.py" in deps}
     assert drawers == {"audit", "evaluate"}
+
+
+def test_commands_and_the_library_never_import_a_command_or_a_stage():
+    """A command (pipeline/*.py) or a library module depends on pipeline/lib only: what two of them
+    share lives there, so no command's internals are another's interface."""
+    import ast
+
+    wrong = []
+    for path in [*(ROOT / "pipeline").glob("*.py"), *(ROOT / "pipeline" / "lib").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            wrong += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.startswith("pipeline")
+                      and n not in ("pipeline", "pipeline.lib") and not n.startswith("pipeline.lib")]
+    assert wrong == []

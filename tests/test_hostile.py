@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import ROOT
 from pipeline import check, predict, rank, relabel
-from pipeline.lib import artifacts, audit, confidence, images, sources
+from pipeline.lib import artifacts, audit, confidence, images, inputs, sources
 from pipeline.lib.artifacts import StageError
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -345,7 +345,7 @@ def deep(tmp_path):
 
 
 def test_no_walk_of_a_deep_folder_recurses(deep, capsys, tmp_path):
-    files, unmatched = predict.expand([str(deep)])
+    files, unmatched = inputs.expand([str(deep)])
     assert [f.name for f in files] == ["top.png"] and not unmatched
     assert f"folder(s) nested deeper than {artifacts.MAX_DEPTH} levels not read" in capsys.readouterr().err
     found: list[Path] = []
@@ -360,7 +360,7 @@ def test_no_walk_of_a_deep_folder_recurses(deep, capsys, tmp_path):
 
 def test_a_deep_glob_is_one_line(deep):
     with pytest.raises(StageError, match="nested too deep for a \\*\\* pattern"):
-        predict.expand([str(deep / "**" / "*.png")])
+        inputs.expand([str(deep / "**" / "*.png")])
 
 
 # --- 6. degenerate data says so ----------------------------------------------------------------

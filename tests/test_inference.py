@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.lib import formats, images, inference, models
+from pipeline.lib import formats, images, inference, inputs, models
 from pipeline import predict
 from pipeline.lib.artifacts import StageError
 
@@ -117,7 +117,7 @@ def test_expand_files_folders_and_globs(tmp_path):
     for name in ("a/1.png", "a/b/2.JPG", "a/.hidden/3.png", "a/notes.txt", "c.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    files, unmatched = predict.expand([str(tmp_path / "a"), str(tmp_path / "*.png"), str(tmp_path / "nope.jpg")])
+    files, unmatched = inputs.expand([str(tmp_path / "a"), str(tmp_path / "*.png"), str(tmp_path / "nope.jpg")])
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a/1.png", "a/b/2.JPG", "c.png"]
     assert unmatched == [str(tmp_path / "nope.jpg")]
 
@@ -151,7 +151,7 @@ def test_predict_caps_k_and_summarises_unreadable_files(exported, tmp_path, caps
         (tmp_path / f"bad{i:02d}.jpg").write_bytes(b"not an image")
     code = predict.main([str(exported / "model.keras"), str(tmp_path), "-k", "10000000", "--csv", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err
-    assert code == 0 and err.count("not a readable image") == predict.Unreadable.SHOWN  # the first few, named
+    assert code == 0 and err.count("not a readable image") == inputs.Unreadable.SHOWN  # the first few, named
     assert "7 more unreadable file(s) not named above (12 of 13 unreadable; every one is in" in err
     rows = images.read_csv(tmp_path / "p.csv")
     assert len(rows) == 13 and sum(bool(r["error"]) for r in rows) == 12  # every one in the CSV

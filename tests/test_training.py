@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from pipeline.lib import artifacts, models, training
+from pipeline.lib import artifacts, dvcyaml, models, training
 from pipeline import lr_find
 from pipeline.lib.artifacts import StageError
 
@@ -96,8 +96,8 @@ def test_lr_find_range_test_stops_when_the_loss_explodes():
     assert 1e-4 < lr_find.suggest(rates, losses) < 10
 
 
-def test_lr_find_reads_the_stage_inputs_from_dvc_yaml():
-    paths = lr_find.stage_paths("finetune", ROOT / "dvc.yaml")
+def test_lr_find_gets_the_stage_paths_from_its_command_in_dvc_yaml():
+    paths = dvcyaml.paths(dvcyaml.stages(ROOT)["finetune"])
     assert {"augmented", "extractor", "head", "live"} <= set(paths)
     assert str(paths["head"]).endswith("head.keras")
 

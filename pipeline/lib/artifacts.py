@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
-import yaml
 
+from pipeline.lib import dvcyaml
 from pipeline.lib.params import ParamsError
 
 log = logging.getLogger(__name__)
@@ -108,58 +108,10 @@ def missing_input(path: Any) -> StageError:
 def damaged(path: Any, what: str) -> StageError:
     """The error for an artifact that exists but cannot be what its stage wrote (a killed copy, a
     bad disk, a hand edit): it names the file and the stage of dvc.yaml that writes it."""
-    stage, out = producer(path)
+    stage, out = dvcyaml.producer(path, dvcyaml.stages(strict=False))
     fix = (f"rerun `dvc repro -f -s {stage}` or restore it with `dvc checkout {out}`" if stage
            else "replace it with a good copy")
     return StageError(f"{path} is damaged ({what}): {fix}")
-
-
-def producer(path: Any, dvc_yaml: Path = Path("dvc.yaml")) -> tuple[str | None, str | None]:
-    """(the dvc.yaml stage whose output holds ``path``, that output), or (None, None) when no
-    stage of ./dvc.yaml writes it (a file given to ``predict``, a run outside a project)."""
-    target = _relative(path)
-    for out, stage in _outputs(_stages(dvc_yaml)).items():
-        if target == out or out in target.parents:
-            return stage, out.as_posix()
-    return None, None
-
-
-def _stages(dvc_yaml: Path = Path("dvc.yaml")) -> dict:
-    """The ``stages`` of ``dvc_yaml``, or {} where there is none (a run outside a project)."""
-    try:
-        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
-        return stages if isinstance(stages, dict) else {}
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
-        return {}
-
-
-def _entries(stage: Any, kinds: Iterable[str]) -> list[Path]:
-    """The paths a dvc.yaml stage lists under ``kinds`` (deps, outs, metrics, plots)."""
-    found = []
-    for kind in kinds:
-        for entry in (stage.get(kind) or [] if isinstance(stage, dict) else []):
-            name = next(iter(entry), None) if isinstance(entry, dict) else entry
-            if isinstance(name, str):
-                found.append(Path(name))
-    return found
-
-
-def _outputs(stages: dict) -> dict[Path, str]:
-    """{every output dvc.yaml's ``stages`` declare (outs, metrics, plots): the stage that writes it}."""
-    return {out: name for name, stage in stages.items()
-            for out in _entries(stage, ("outs", "metrics", "plots"))}
-
-
-def not_created(stages: dict) -> list[Path]:
-    """What dvc.yaml's ``stages`` read and none writes: the team's data (data/images, data/ood),
-    the code. Nothing the pipeline writes may be, hold or lie inside one of them."""
-    outs = _outputs(stages)
-    deps = {dep for stage in stages.values() for dep in _entries(stage, ("deps",))}
-    return sorted(d for d in deps if not any(d == o or o in d.parents for o in outs))
-
-
-def _relative(path: Any) -> Path:
-    return Path(os.path.relpath(Path(path).absolute(), Path.cwd()))
 
 
 class Kind(NamedTuple):
@@ -192,7 +144,7 @@ def check_output(path: Any, folder: bool | None = None, kind: Kind | None = None
     destroy what this command did not create:
 
     - one that is, holds or lies inside a path it ``reads`` (the model, the input folders), or
-      something the pipeline does not create (``not_created``: data/images, the code);
+      something the pipeline does not create (``dvcyaml.not_created``: data/images, the code);
     - an existing folder where a file goes (``folder=False``), or a file where a folder goes;
     - anything else already there, unless this process wrote it, it is one of the running stage's
       outputs in ./dvc.yaml, or ``kind`` says it is what this command writes (a CSV it wrote before).
@@ -204,8 +156,8 @@ def check_output(path: Any, folder: bool | None = None, kind: Kind | None = None
         raise StageError(f"{shown!r}: the path has control characters; name another")
     real = Path(os.path.realpath(target))
     protected = [(Path(r), "this command reads it") for r in reads]
-    stages = _stages()  # ./dvc.yaml, read once per check
-    protected += [(p, "the pipeline does not create it (dvc.yaml reads it)") for p in not_created(stages)]
+    stages = dvcyaml.stages(strict=False)  # ./dvc.yaml, read once per check
+    protected += [(Path(p), "the pipeline does not create it (dvc.yaml reads it)") for p in dvcyaml.not_created(stages)]
     for other, why in protected:
         other_real = Path(os.path.realpath(other))
         if real == other_real:
@@ -235,15 +187,15 @@ def _replaceable(target: Path, kind: Kind | None, stages: dict) -> bool:
     if target.absolute() in _WRITTEN:
         return True
     if _STAGE is not None:
-        mine = [out for out, stage in _outputs(stages).items() if stage == _STAGE]
-        relative = _relative(target)
+        mine = [Path(out) for out, stage in dvcyaml.writers(stages).items() if stage == _STAGE]
+        relative = dvcyaml.relative(target)
         inside = lambda p: any(p == out or out in p.parents for out in mine)  # noqa: E731
         if inside(relative):
             return True
         if target.is_dir() and not target.is_symlink() and mine:  # a folder of this stage's outputs only
             deep: list[Path] = []
             files = [d / f for d, _, fs in walk(target, deep=deep) for f in fs]
-            if not deep and all(inside(_relative(f)) for f in files):
+            if not deep and all(inside(dvcyaml.relative(f)) for f in files):
                 return True
     try:
         return kind is not None and kind.test(target)

@@ -21,7 +21,7 @@ from pipeline.lib.artifacts import StageError
 class GradCam:
     def __init__(self, model: keras.Model):
         try:
-            extractor, self.head = model.get_layer("extractor"), model.get_layer("head")
+            extractor, self.head = model.get_layer(models.EXTRACTOR), model.get_layer(models.HEAD)
             backbone = models.backbone_of(model)
         except ValueError as err:
             raise StageError(f"Grad-CAM needs a model built by this pipeline (extractor + head): {err}") from err

@@ -29,6 +29,10 @@ R = TypeVar("R")
 # split (or ""), content hash, size in bytes and pixels. Later stages read the source through it.
 MANIFEST_FIELDS = ["path", "label", "split", "sha256", "bytes", "width", "height"]
 SPLITS = ("train", "val", "test")
+# Where a group of copies spanning the source's own splits goes (ingest keeps one copy, split
+# places a near-duplicate group): the first of its splits in this order, so an evaluation image
+# is never moved into training. "": the source had no split folders.
+SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2, "": 3}
 # What the split stage records of each image in train.csv, val.csv and test.csv.
 SPLIT_FIELDS = ["path", "label", "sha256"]  # the hash: later stages check each image they read against it
 

@@ -218,7 +218,8 @@ class MediaPipeClassifier(Classifier):
         self.classifier.close()
 
 
-FORMATS = "a .keras, .tflite or .onnx file or a SavedModel folder"
+# What ``load`` reads (the exported formats are exports.FORMATS, a table of its rows)
+LOADABLE = "a .keras, .tflite or .onnx file or a SavedModel folder"
 
 
 def load(path: Path) -> Classifier:
@@ -234,18 +235,13 @@ def load(path: Path) -> Classifier:
     elif path.suffix == ".keras" and path.is_file():
         return KerasClassifier(models.load(path))  # models.load names a damaged file itself
     else:
-        raise artifacts.StageError(f"{path}: not {FORMATS}")
+        raise artifacts.StageError(f"{path}: not {LOADABLE}")
     try:
         return kind(path)
     except Exception as err:  # TensorFlow, LiteRT and onnxruntime each raise their own types
         message = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise artifacts.damaged(path, f"{kind.__name__[:-len('Classifier')]} cannot load it: "
                                       f"{type(err).__name__}: {message}") from err
-
-
-def read_labels(path: Path) -> list[str]:
-    """Class names from ``labels.txt`` (one per line) or a JSON list (``labels.json``)."""
-    return artifacts.read_labels(path)
 
 
 def write_labels(path: Path, labels: Iterable[str]) -> None:

@@ -24,6 +24,15 @@ from pipeline.lib import artifacts
 from pipeline.lib.artifacts import StageError
 
 log = logging.getLogger("pipeline.lib.models")
+# The names of the two parts the pipeline builds and assembles: layers of models/model.keras that
+# rank, Grad-CAM and the backbone look-up find again by name.
+EXTRACTOR, HEAD = "extractor", "head"
+
+
+def embedding(extractor, x):
+    """What the audit, split and rank compare images by: the sum of the extractor's features of the
+    images ``x`` and of their mirror images, so a mirrored copy has the very same embedding."""
+    return extractor(x, training=False) + extractor(tf.reverse(x, [2]), training=False)
 
 
 def log_devices() -> list[str]:
@@ -125,7 +134,7 @@ def build_extractor(base: SimpleNamespace) -> keras.Model:
     backbone.trainable = False
     inputs = keras.Input(shape, name="image")
     features = backbone(Preprocess(base.backbone)(inputs), training=False)
-    return keras.Model(inputs, features, name="extractor")
+    return keras.Model(inputs, features, name=EXTRACTOR)
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -163,7 +172,7 @@ def build_head(train_features: np.ndarray, n_classes: int, hidden_units: int, dr
         x = keras.layers.Dense(hidden_units, activation="relu")(x)
         x = keras.layers.Dropout(dropout)(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="head")
+    return keras.Model(inputs, outputs, name=HEAD)
 
 
 def assemble(extractor: keras.Model, head: keras.Model) -> keras.Model:
@@ -176,7 +185,7 @@ def backbone_of(model: keras.Model) -> keras.Model:
     """The ``keras.applications`` model nested in an extractor or a classifier."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            return layer if layer.name not in ("extractor", "head") else backbone_of(layer)
+            return layer if layer.name not in (EXTRACTOR, HEAD) else backbone_of(layer)
     raise ValueError(f"{model.name} holds no backbone model")
 
 

@@ -311,6 +311,11 @@ def fit(trainer: Trainer, batches: Callable[[int], tf.data.Dataset], val: tf.dat
     trainer.model.set_weights(best_weights)
 
 
+def feature_batches(x: np.ndarray, y: np.ndarray, seed: int, epoch: int, batch: int) -> tf.data.Dataset:
+    """Epoch ``epoch``'s shuffled batches of cached features (train_head, ``lr_find head``)."""
+    return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=epoch_seed(seed, epoch)).batch(batch)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch's shuffle and augmentation: a function of the params' seed and the
     epoch alone, so a resumed run draws what an uninterrupted one would."""

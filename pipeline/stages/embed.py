@@ -37,7 +37,7 @@ def main() -> None:
     rows = images.read_csv(args.manifest, images.MANIFEST_FIELDS)
     size, batch = p.base.image_size, p.extract.batch_size
     extractor = models.build_extractor(p.base)
-    forward = tf.function(lambda x: extractor(x, training=False) + extractor(tf.reverse(x, [2]), training=False),
+    forward = tf.function(lambda x: models.embedding(extractor, x),
                           input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     dim = extractor.output_shape[-1]
 

@@ -15,32 +15,12 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
-from pipeline.lib import artifacts, distribution, models, params, shards, training
+from pipeline.lib import artifacts, distribution, finetuning, models, params, shards, training
 
 PARAMS = ["finetune", "class_weights", "distribution", "augment.flip", "augment.rotation", "augment.zoom",
           "augment.translation", "augment.contrast", "seed"]
 log = logging.getLogger("pipeline.stages.finetune")
-
-
-def unfrozen_model(extractor: Path, head: Path, unfreeze_layers: int, precision: str):
-    """Preprocessing, backbone and trained head as one model computing in ``precision``, the
-    backbone's top layers unfrozen (BatchNorm excluded). Call it in the distribution strategy's scope."""
-    model = models.with_precision(models.assemble(models.load(extractor), models.load(head)), precision)
-    backbone = models.backbone_of(model)
-    n_trainable = models.unfreeze_top(backbone, unfreeze_layers)
-    log.info("%s: top %d of %d layers unfrozen (%d with weights, BatchNorm excluded)", backbone.name,
-             min(unfreeze_layers, len(backbone.layers)), len(backbone.layers), n_trainable)
-    return model
-
-
-def training_batches(augmented: Path, p, batch: int, epoch: int):
-    """Epoch ``epoch``'s shuffled training batches, through the augment.* transforms if
-    finetune.online_augmentation, both seeded by the epoch (training.epoch_seed)."""
-    seed = training.epoch_seed(p.seed, epoch)
-    transform = models.online_augmentation(p.augment, seed) if p.finetune.online_augmentation else None
-    return shards.dataset(augmented, "train", batch, shuffle_seed=seed, transform=transform)
 
 
 def main() -> None:
@@ -59,7 +39,7 @@ def main() -> None:
     weights = training.class_weights(meta["class_counts"]["train"], meta["labels"], p.class_weights.mode,
                                       p.class_weights.auto_ratio)
     with strategy.scope():  # the variables live on every replica
-        model = unfrozen_model(args.extractor, args.head, hp.unfreeze_layers, p.distribution.precision)
+        model = finetuning.unfrozen_model(args.extractor, args.head, hp.unfreeze_layers, p.distribution.precision)
         # A fresh optimizer once `trainable` has changed, as the recipe says, at the low fine-tuning rate.
         trainer = training.Trainer(model, strategy, rate, hp.label_smoothing, weights, p.distribution.precision)
 
@@ -72,7 +52,7 @@ def main() -> None:
         backup = training.Backup(distribution.scratch_path(args.backup, strategy),
                                  training.fingerprint(p, args.augmented, args.extractor, args.head))
         with training.training_log(distribution.output_path(args.live, strategy), "Fine-tuning") as epoch_log:
-            training.fit(trainer, lambda epoch: training_batches(args.augmented, p, batch, epoch), val,
+            training.fit(trainer, lambda epoch: finetuning.training_batches(args.augmented, p, batch, epoch), val,
                          epochs=hp.epochs, patience=hp.patience, log_to=epoch_log, backup=backup,
                          rate_key="finetune.learning_rate", rate=hp.learning_rate)
             if min(epoch_log.history["val_loss"]) >= start_loss:

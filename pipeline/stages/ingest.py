@@ -31,13 +31,12 @@ log = logging.getLogger("pipeline.stages.ingest")
 
 def deduplicate(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """One row per distinct content; a copy in an evaluation split wins over a training copy."""
-    priority = {"test": 0, "val": 1, "train": 2, "": 3}
     groups = collections.defaultdict(list)
     for row in rows:
         groups[row["sha256"]].append(row)
     kept, dropped = [], []
     for group in groups.values():
-        group.sort(key=lambda r: (priority[r["split"]], r["path"]))
+        group.sort(key=lambda r: (images.SPLIT_PRIORITY[r["split"]], r["path"]))
         labels = sorted({r["label"] for r in group})
         if len(labels) > 1:
             dropped += [{**r, "reason": "same image under several labels",

@@ -43,7 +43,6 @@ PARAMS = ["split", "seed", "audit.duplicate_similarity", "audit.neighbours"]
 PLACING = ("seed", "split.strategy", "split.val_fraction", "split.test_fraction", "split.group_near_duplicates",
            "audit.duplicate_similarity", "audit.neighbours")
 OTHER = "other"  # where split.small_classes: merge puts the small classes
-PRIORITY = {"test": 0, "val": 1, "train": 2, "": 3}  # a group spanning the source's splits goes to the first
 # A near-duplicate group this big (a share of all images, and at least MIN_BIG images) is no set of copies
 # but a chain of look-alikes joined pair by pair: images the backbone finds all alike at this threshold.
 # Split then groups nothing, saying so, rather than put most of the data in one split.
@@ -162,18 +161,18 @@ def key(row: dict) -> str:
 
 
 def placed(unit: list[dict], before: dict[str, str]) -> str | None:
-    """Where the members of ``unit`` already placed ``before`` are (the first by PRIORITY when a new
+    """Where the members of ``unit`` already placed ``before`` are (the first by images.SPLIT_PRIORITY when a new
     image joined groups from two splits), or None when none is."""
     seen = [before[key(r)] for r in unit if key(r) in before]
-    return min(seen, key=PRIORITY.__getitem__) if seen else None
+    return min(seen, key=images.SPLIT_PRIORITY.__getitem__) if seen else None
 
 
 def keep_together(groups: list[list[dict]], before: dict[str, str]) -> tuple[list[list[dict]], int]:
     """In the source's own split: every member of a group into the split its members already have
-    (``before``), else into its members' first split by PRIORITY."""
+    (``before``), else into its members' first split by images.SPLIT_PRIORITY."""
     moved, out = 0, []
     for group in groups:
-        target = placed(group, before) or min((r["split"] for r in group), key=PRIORITY.__getitem__)
+        target = placed(group, before) or min((r["split"] for r in group), key=images.SPLIT_PRIORITY.__getitem__)
         moved += sum(r["split"] != target for r in group)
         out.append([{**r, "split": target} for r in group])
     return out, moved

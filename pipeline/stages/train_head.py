@@ -43,13 +43,11 @@ def main() -> None:
         trainer = training.Trainer(head, strategy, hp.learning_rate, hp.label_smoothing, weights,
                                    p.distribution.precision)
     batch = distribution.global_batch(hp.batch_size, strategy)
-    train = tf.data.Dataset.from_tensor_slices((x, y))
     val = tf.data.Dataset.from_tensor_slices(val).batch(batch)
     backup = training.Backup(distribution.scratch_path(args.backup, strategy),
                              training.fingerprint(p, args.features, args.labels))
     with training.training_log(distribution.output_path(args.live, strategy), "Head on cached features") as epoch_log:
-        training.fit(trainer, lambda epoch: train.shuffle(len(x), seed=training.epoch_seed(p.seed, epoch)).batch(batch),
-                     val, epochs=hp.epochs, patience=hp.patience, log_to=epoch_log, backup=backup,
+        training.fit(trainer, lambda epoch: training.feature_batches(x, y, p.seed, epoch, batch), val, epochs=hp.epochs, patience=hp.patience, log_to=epoch_log, backup=backup,
                      rate_key="train_head.learning_rate", rate=hp.learning_rate)
         val_loss, val_accuracy = trainer.evaluate(val)
         epoch_log.live.summary.update(best_val_loss=val_loss, best_val_accuracy=val_accuracy,
