@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 from bench.common import ROOT, save, table  # noqa: E402
-from pipeline.lib import audit, confidence, images  # noqa: E402
+from pipeline.lib import audit, confidence, schemas  # noqa: E402
 
 SIMILARITY = 0.92  # audit.duplicate_similarity's default, as pipeline rank's --similarity
 
@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.embeddings / "features.npy").exists():
         sys.exit(f"{args.embeddings}: no features.npy; run `make repro` (or `dvc repro embed`) first")
-    rows = images.read_csv(args.embeddings / "images.csv")
+    rows = schemas.read_csv(args.embeddings / "images.csv")
     x = np.load(args.embeddings / "features.npy")
     labels = sorted({r["label"] for r in rows})
     y = np.array([labels.index(r["label"]) for r in rows])

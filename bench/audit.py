@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 from bench.common import ROOT, copy_clothing, environment, make_project, require_assets, save, table  # noqa: E402
 from bench.scale import timed  # noqa: E402
-from pipeline.lib import audit, confidence, images  # noqa: E402
+from pipeline.lib import audit, confidence, images, quality, schemas  # noqa: E402
 
 STAGES = ("ingest", "embed", "split", "audit")
 DUPLICATES = 30
@@ -166,7 +166,7 @@ def planted_truth(project: Path, env: dict, planted: dict) -> dict:
     for name in ("split", "audit"):
         stage(name, project, env)
     where = {}
-    for split in images.SPLITS:
+    for split in schemas.SPLITS:
         where.update({r["path"]: split for r in read_csv(project / f"data/split/{split}.csv")})
     result["planted_pairs_straddling_splits_grouping_on"] = sum(where[a] != where[b] for a, b, _ in planted["pairs"])
     result["audit_metrics_grouping_on"] = yaml.safe_load((project / "reports/audit.json").read_text())
@@ -316,7 +316,7 @@ def quality_truth(project: Path, name: str, share: float, seed: int, out: Path) 
         for i in order[k * n:(k + 1) * n]:
             with Image.open(project / "data/images" / rows[i]["path"]) as im:
                 im = make(ImageOps.exif_transpose(im).convert("RGB"))
-            rows[i] = {**rows[i], "width": im.width, "height": im.height, **images.quality(im)}
+            rows[i] = {**rows[i], "width": im.width, "height": im.height, **quality.measure(im)}
             planted[int(i)] = kind
     p = params.parse(yaml.safe_load((project / "params.yaml").read_text()))
     found = audit_stage.quality(rows, SimpleNamespace(audit=p["audit"], base=p["base"]))

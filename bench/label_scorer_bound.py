@@ -33,14 +33,14 @@ import numpy as np
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 from bench.audit import flipped, precision_at_recall  # noqa: E402
 from bench.common import ROOT, copy_clothing, environment, make_project, run, save, table  # noqa: E402
-from pipeline.lib import artifacts, audit, confidence, images, params  # noqa: E402
+from pipeline.lib import audit, confidence, images, params, schemas  # noqa: E402
 
 SETTINGS = {"uniform 5%": ("uniform", 0.05), "uniform 10%": ("uniform", 0.10), "look-alike 5%": ("look-alike", 0.05)}
 
 
 def fine_tuned_probabilities(rows: list[dict], size: int) -> np.ndarray:
-    from pipeline.lib import inference, models
-    model = inference.KerasClassifier(models.load(ROOT / "models/model.keras"))
+    from pipeline.lib import inference, keras_files
+    model = inference.KerasClassifier(keras_files.load(ROOT / "models/model.keras"))
     source = ROOT / "data/images"
     pixels = np.stack([images.decode_recorded(source, size, r) for r in rows])
     return model.predict(pixels)
@@ -67,7 +67,7 @@ def mislabelled(kind: str, rate: float, lookalike: dict, seed: int, moved: dict)
 def trained(seeds, p) -> dict:
     import tempfile
 
-    from pipeline.lib import models
+    from pipeline.lib import keras_files
     lookalike = {}
     result = {}
     for setting, (kind, rate) in SETTINGS.items():
@@ -83,9 +83,9 @@ def trained(seeds, p) -> dict:
                 project = make_project(tmp / "project", env, fill=mislabelled(kind, rate, lookalike, seed, moved))
                 seconds, _ = run(["dvc", "repro", "-q", "finetune"], project, env)
                 split = project / "data/split"
-                labels = artifacts.read_labels(split / "labels.json")
-                rows = [{**r, "split": name} for name in images.SPLITS
-                        for r in images.read_csv(split / f"{name}.csv", images.SPLIT_FIELDS)]
+                labels = schemas.read_labels(split / "labels.json")
+                rows = [{**r, "split": name} for name in schemas.SPLITS
+                        for r in schemas.read_csv(split / f"{name}.csv", schemas.SPLIT_FIELDS)]
                 _, x = audit.read_embeddings(project / "data/embeddings", rows)
                 x = audit.normalized(x)
                 y = np.array([labels.index(r["label"]) for r in rows])
@@ -93,7 +93,7 @@ def trained(seeds, p) -> dict:
                 clean = np.array([labels.index(moved.get(r["path"], r["label"])) for r in rows])
                 train = np.array([r["split"] == "train" for r in rows])
                 c = len(labels)
-                model = models.load(project / "models/model.keras")
+                model = keras_files.load(project / "models/model.keras")
                 pixels = np.stack([images.decode_recorded(project / "data/images", p.base.image_size, r) for r in rows])
                 tuned = model.predict(pixels, batch_size=64, verbose=0)
                 features = model.get_layer("extractor").predict(pixels, batch_size=64, verbose=0)
@@ -142,8 +142,8 @@ def main() -> None:
     seeds = args.seeds or range(1, 21)
     p = params.load(["audit", "seed", "base.image_size"], ROOT / "params.yaml")
     split = ROOT / "data/split"
-    labels = artifacts.read_labels(split / "labels.json")
-    rows = [{**r, "split": name} for name in images.SPLITS for r in images.read_csv(split / f"{name}.csv", images.SPLIT_FIELDS)]
+    labels = schemas.read_labels(split / "labels.json")
+    rows = [{**r, "split": name} for name in schemas.SPLITS for r in schemas.read_csv(split / f"{name}.csv", schemas.SPLIT_FIELDS)]
     recorded, x = audit.read_embeddings(ROOT / "data/embeddings", rows)
     x = audit.normalized(x)
     given = np.array([labels.index(r["label"]) for r in rows])

@@ -30,7 +30,7 @@ from sklearn.preprocessing import StandardScaler
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 from bench.audit import flipped, precision_at_recall  # noqa: E402
 from bench.common import ROOT, save, table  # noqa: E402
-from pipeline.lib import artifacts, audit, confidence, images, params, shards  # noqa: E402
+from pipeline.lib import audit, confidence, params, schemas, shards  # noqa: E402
 
 SETTINGS = {"uniform 5%": ("uniform", 0.05), "uniform 10%": ("uniform", 0.10), "look-alike 5%": ("look-alike", 0.05)}
 AUM_EPOCHS = (5, 20)
@@ -60,7 +60,7 @@ def interleaved(sizes: list[int], cycle: int) -> list[tuple[int, int]]:
 def augmented_views(rows: list[dict], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each image's row in data/features/train_x.npy's augmented copies (-1 if none), and that array,
     normalised: the features come in shards.dataset's interleaved order."""
-    train = images.read_csv(ROOT / "data/split/train.csv", images.SPLIT_FIELDS)
+    train = schemas.read_csv(ROOT / "data/split/train.csv", schemas.SPLIT_FIELDS)
     augmented = ROOT / "data/augmented"
     sizes = []  # records per shard file, in file order: the writer fills each file to SHARD_SIZE
     for name in ("train", "train_aug"):
@@ -127,8 +127,8 @@ def main() -> None:
     args = parser.parse_args()
     p = params.load(["audit"], ROOT / "params.yaml").audit
     split = ROOT / "data/split"
-    labels = artifacts.read_labels(split / "labels.json")
-    rows = [{**r, "split": name} for name in images.SPLITS for r in images.read_csv(split / f"{name}.csv", images.SPLIT_FIELDS)]
+    labels = schemas.read_labels(split / "labels.json")
+    rows = [{**r, "split": name} for name in schemas.SPLITS for r in schemas.read_csv(split / f"{name}.csv", schemas.SPLIT_FIELDS)]
     _, x = audit.read_embeddings(ROOT / "data/embeddings", rows)
     x = audit.normalized(x)
     view, xa = augmented_views(rows, x)

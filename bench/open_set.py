@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 from bench.common import ROOT, save, table  # noqa: E402
-from pipeline.lib import audit, confidence, images, params  # noqa: E402
+from pipeline.lib import audit, confidence, params, schemas  # noqa: E402
 
 SCORES = ("probability", "max_logit", "energy", "mahalanobis", "knn")
 NEIGHBOUR = 10  # the k of the k-nearest-neighbour score, as Sun et al. use it
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     p = params.load(["train_head", "seed"], ROOT / "params.yaml")
-    rows = {part: images.read_csv(ROOT / "data/split" / f"{part}.csv") for part in ("train", "val", "test")}
+    rows = {part: schemas.read_csv(ROOT / "data/split" / f"{part}.csv") for part in ("train", "val", "test")}
     records, features = {}, {}
     for part, found in rows.items():
         records[part], features[part] = audit.read_embeddings(ROOT / "data/embeddings", found)

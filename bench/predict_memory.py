@@ -21,7 +21,7 @@ from PIL import Image
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 from bench.common import ROOT, save, table  # noqa: E402
 from bench.scale import timed  # noqa: E402
-from pipeline.lib import images  # noqa: E402
+from pipeline.lib import schemas  # noqa: E402
 
 
 def write_images(folder: Path, n: int, seed: int = 0) -> None:
@@ -49,7 +49,7 @@ def main() -> None:
             out = Path(tmp) / f"predictions-{n}.csv"
             seconds, peak, _ = timed([sys.executable, "-m", "pipeline", "predict", str(args.model), str(folder),
                                       "--csv", str(out)], ROOT, env)
-            rows = len(images.read_csv(out))
+            rows = len(schemas.read_csv(out))
             assert rows == n, f"{out}: {rows} rows for {n} images"
             results.append({"images": n, "seconds": round(seconds, 1), "images_per_s": round(n / seconds, 1),
                             "peak_rss_mb": round(peak, 1), "csv_rows": rows})

@@ -33,9 +33,9 @@ def raw_rates(env: dict, params: dict) -> tuple[float, float]:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.lib import models
+    from pipeline.lib import models, runtime
 
-    models.set_seed(params["seed"])
+    runtime.set_seed(params["seed"])
     extractor = models.build_extractor(SimpleNamespace(**params["base"]))
     size = params["base"]["image_size"]
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (params["extract"]["batch_size"], size, size, 3)),

@@ -4,7 +4,7 @@ NAME is a stage of pipeline/stages/ (dvc.yaml runs ``python -m pipeline ingest .
 command: predict, rank, check, lr_find, relabel, worker. Before the module (and TensorFlow) is imported,
 TensorFlow's C++ log level is set and its known start-up noise is filtered out of stderr
 (pipeline.lib.quiet); nothing of the kind happens when pipeline is merely imported.
-``PIPELINE_DEBUG=1`` prints the whole chained traceback of an error (artifacts.describe).
+``PIPELINE_DEBUG=1`` prints the whole chained traceback of an error (errors.describe).
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from typing import Callable
 
 import yaml
 
-from pipeline.lib import artifacts, dvcyaml, params
+from pipeline.lib import artifacts, dvcyaml, errors, params
 
 # Stage -> the stages whose outputs it reads. A new stage, or a changed dependency,
 # must be added here on purpose: that is the point of the check.
@@ -346,7 +346,7 @@ def run_checks(root: Path, skip: set[str] = frozenset()) -> dict[str, tuple[str,
         except Skipped as err:
             results[name] = ("skip", str(err))
         except Failed as err:
-            results[name] = ("FAIL", artifacts.describe(err))
+            results[name] = ("FAIL", errors.describe(err))
     return results
 
 

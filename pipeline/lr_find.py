@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.lib import artifacts, dvcyaml, params
+from pipeline.lib import artifacts, dvcyaml, errors, params, schemas
 
 STAGES = {"head": "train_head", "finetune": "finetune"}
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected
@@ -95,13 +95,13 @@ def range_test(model, batches, label_smoothing: float, class_weights: dict[int, 
 
 def setup(stage: str, paths: dict[str, Path], p) -> tuple:
     """(model, endless batches, class names, training images per class), as the stage builds them."""
-    from pipeline.lib import finetuning, models, shards, training
+    from pipeline.lib import finetuning, models, runtime, shards, training
 
-    models.set_seed(p.seed)
+    runtime.set_seed(p.seed)
     hp = getattr(p, stage)
     if stage == "train_head":
-        labels = artifacts.read_labels(paths["labels"])
-        x, y = artifacts.read_features(paths["features"], "train", len(labels))
+        labels = schemas.read_labels(paths["labels"])
+        x, y = schemas.read_features(paths["features"], "train", len(labels))
         batches = training.feature_batches(x, y, p.seed, 0, hp.batch_size).repeat()
         return (models.build_head(x, len(labels), hp.hidden_units, hp.dropout), batches, labels,
                 np.bincount(y, minlength=len(labels)))
@@ -155,6 +155,6 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, params.ParamsError, artifacts.StageError) as err:
-        print(f"lr_find: {artifacts.describe(err)} (run `dvc repro` first: the range test needs the pipeline's inputs)", file=sys.stderr)
+    except (FileNotFoundError, params.ParamsError, errors.StageError) as err:
+        print(f"lr_find: {errors.describe(err)} (run `dvc repro` first: the range test needs the pipeline's inputs)", file=sys.stderr)
         sys.exit(1)

@@ -31,8 +31,8 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.lib import artifacts, inputs
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import artifacts, inputs, schemas
+from pipeline.lib.errors import StageError, describe
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline predict", description=__doc__,
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.lib import inference  # TensorFlow: imported only once the arguments are known good
 
-    labels = artifacts.read_labels(inputs.find_labels(args.model, args.labels, inference.LABELS_FILE))
+    labels = schemas.read_labels(inputs.find_labels(args.model, args.labels, inference.LABELS_FILE))
     top_k = min(args.top_k, len(labels))
     calibration = inputs.read_calibration(args.model, args.calibration, args.unknown_threshold, parser.error)
     try:
@@ -88,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
 
             classifier = inference.KerasClassifier(models.deployable(classifier.model, calibration.pop("found")))
     except StageError as err:  # not one of the formats, or a damaged file of one
-        parser.error(artifacts.describe(err))
+        parser.error(describe(err))
     if args.explain:
         from pipeline.lib import explain
 
         try:
             gradcam = explain.GradCam(classifier.model)
         except StageError as err:
-            parser.error(artifacts.describe(err))
+            parser.error(describe(err))
         args.explain.mkdir(parents=True, exist_ok=True)
     results = [] if args.csv is None else None  # --csv streams: nothing is kept
     with Rows(args.csv, top_k, len(files)) as rows:
@@ -214,7 +214,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         return main(argv)
     except StageError as err:
-        print(f"predict: {artifacts.describe(err)}", file=sys.stderr)
+        print(f"predict: {describe(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # --csv FILE is written atomically: nothing half-written is left
         print("predict: interrupted", file=sys.stderr)

@@ -19,8 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.lib import artifacts, inputs, params
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import artifacts, inputs, params, schemas
+from pipeline.lib.errors import StageError, describe
 
 FIELDS = ["rank", "file", "label", "probability", "uncertainty"]
 CSV = artifacts.starts_with("a CSV that rank wrote", ",".join(FIELDS).encode() + b"\r\n")
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args.similarity = params.load(["audit.duplicate_similarity"]).audit.duplicate_similarity
         except (params.ParamsError, OSError) as err:
-            parser.error(f"--similarity not given, and {artifacts.describe(err)}")
+            parser.error(f"--similarity not given, and {describe(err)}")
     if not 0 < args.similarity <= 1 or (args.top is not None and args.top < 1) or args.batch_size < 1:
         parser.error("--similarity must be in (0, 1], --top and --batch-size at least 1")
     try:  # before any work: nothing written may replace what rank did not write
@@ -65,17 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
     from tqdm import tqdm
 
-    from pipeline.lib import confidence, images, inference, models
+    from pipeline.lib import confidence, inference, keras_files, models
 
-    labels = artifacts.read_labels(inputs.find_labels(args.model, args.labels, inference.LABELS_FILE, "rank"))
+    labels = schemas.read_labels(inputs.find_labels(args.model, args.labels, inference.LABELS_FILE, "rank"))
     calibration = inputs.read_calibration(args.model, args.calibration, None, parser.error)
     try:
-        model = models.load(args.model)
+        model = keras_files.load(args.model)
         if calibration.pop("build", None):  # models/model.keras: calibrated as the export stage ships it
             model = models.deployable(model, calibration.pop("found"))
         extractor = model.get_layer(models.EXTRACTOR)
     except (StageError, ValueError) as err:
-        parser.error(f"{args.model}: {artifacts.describe(err)} (rank needs a model built by this pipeline)")
+        parser.error(f"{args.model}: {describe(err)} (rank needs a model built by this pipeline)")
     size = int(model.input_shape[1])
     both = tf.function(lambda x: (models.outputs(model(x, training=False))[0], models.embedding(extractor, x)))
     kept, probs, features, bad = [], [], [], inputs.Unreadable("rank")
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
              "probability": f"{probs[i].max():.6f}", "uncertainty": f"{u:.6f}"}
             for r, (i, u) in enumerate(zip(order, uncertainty), 1))
     with artifacts.atomic_file(args.out, CSV) as tmp:
-        images.write_csv(tmp, rows, FIELDS)
+        schemas.write_csv(tmp, rows, FIELDS)
     left_out = len(kept) - len(order) if args.top is None else None
     print(f"rank: {len(order)} images ranked by {args.by} into {args.out}"
           + (f"; {left_out} near duplicate{'s' * (left_out > 1)} of images ranked above left out" if left_out else ""),

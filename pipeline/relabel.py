@@ -25,9 +25,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.lib import artifacts, dvcyaml, params, sources
-from pipeline.lib.images import read_csv
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import cli, dvcyaml, params, sources
+from pipeline.lib.schemas import read_csv
+from pipeline.lib.errors import StageError
 
 
 def plan(rows: dict[str, dict], images: Path, quarantine: Path, accept: list[str], reject: list[str],
@@ -137,4 +137,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    artifacts.run(lambda: sys.exit(main()))
+    cli.run(lambda: sys.exit(main()))

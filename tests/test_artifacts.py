@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.lib import artifacts
+from pipeline.lib import artifacts, schemas
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):
@@ -36,4 +36,4 @@ def test_atomic_file_keeps_suffix_and_cleans_stale(tmp_path):
 
 def test_json_roundtrip(tmp_path):
     artifacts.write_json(tmp_path / "r" / "m.json", {"accuracy": 0.5})
-    assert artifacts.read_json(tmp_path / "r" / "m.json") == {"accuracy": 0.5}
+    assert schemas.read_json(tmp_path / "r" / "m.json") == {"accuracy": 0.5}

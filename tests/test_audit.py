@@ -17,8 +17,8 @@ from sklearn.datasets import load_sample_images
 
 from conftest import ROOT, shared_or_skip
 from pipeline import relabel
-from pipeline.lib import audit, confidence, images, params
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import audit, confidence, params, quality, schemas
+from pipeline.lib.errors import StageError
 from pipeline.stages import audit as audit_stage
 from project import default_params
 from shapes import CLASSES, draw
@@ -96,7 +96,7 @@ def test_an_image_far_from_every_other_is_an_outlier():
 
 
 def measured(made: dict) -> list[dict]:
-    return [{"path": name, "width": im.width, "height": im.height, **images.quality(im)} for name, im in made.items()]
+    return [{"path": name, "width": im.width, "height": im.height, **quality.measure(im)} for name, im in made.items()]
 
 
 def test_each_bad_frame_is_flagged_for_its_issue_worst_first_and_good_ones_are_not():
@@ -126,12 +126,12 @@ def test_each_bad_frame_is_flagged_for_its_issue_worst_first_and_good_ones_are_n
     assert all(0 < f["severity"] <= 1 for f in found)
 
 
-@pytest.mark.parametrize("factor", [0.25, 0.5, 2.0])  # down to 150 px: above images.QUALITY_SIDE
+@pytest.mark.parametrize("factor", [0.25, 0.5, 2.0])  # down to 150 px: above quality.QUALITY_SIDE
 def test_quality_does_not_change_when_an_image_is_resized(factor):
     rng = np.random.default_rng(1)
     for im in (draw("circle", CLASSES["circle"], 600, rng), Image.fromarray(load_sample_images().images[1])):
         resized = im.resize((round(im.width * factor), round(im.height * factor)), Image.Resampling.LANCZOS)
-        before, after = images.quality(im), images.quality(resized)
+        before, after = quality.measure(im), quality.measure(resized)
         assert abs(before["blur"] - after["blur"]) < 0.05
         assert abs(before["brightness"] - after["brightness"]) < 0.02
 
@@ -174,7 +174,7 @@ def run(cwd: Path, stage: str, env: dict) -> None:
 
 
 def report(cwd: Path, kind: str) -> list[dict]:
-    return images.read_csv(cwd / "reports" / "audit" / f"{kind}.csv")
+    return schemas.read_csv(cwd / "reports" / "audit" / f"{kind}.csv")
 
 
 @pytest.mark.integration
@@ -212,7 +212,7 @@ def test_the_audit_finds_what_was_planted_and_the_split_keeps_twins_together(tmp
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     run(tmp_path, "split", env)
     run(tmp_path, "audit", env)
-    where = {r["path"]: s for s in images.SPLITS for r in images.read_csv(tmp_path / "data" / "split" / f"{s}.csv")}
+    where = {r["path"]: s for s in schemas.SPLITS for r in schemas.read_csv(tmp_path / "data" / "split" / f"{s}.csv")}
     assert where[planted["twin"][0]] == where[planted["twin"][1]] == "test"  # the evaluation side wins
     assert json.loads((tmp_path / "reports" / "audit.json").read_text())["leakage_rate"] == 0
 
@@ -226,7 +226,7 @@ def test_the_audit_finds_what_was_planted_and_the_split_keeps_twins_together(tmp
         mirrors[f"test/{label}/mirror.jpg"] = original
     for stage in ("ingest", "embed", "split"):
         run(tmp_path, stage, env)
-    after = {r["path"]: s for s in images.SPLITS for r in images.read_csv(tmp_path / "data" / "split" / f"{s}.csv")}
+    after = {r["path"]: s for s in schemas.SPLITS for r in schemas.read_csv(tmp_path / "data" / "split" / f"{s}.csv")}
     assert {p: after[p] for p in where} == where
     assert all(after[mirror] == "train" for mirror in mirrors)
     report_ = json.loads((tmp_path / "reports" / "split.json").read_text())
@@ -246,7 +246,7 @@ def reviewed(tmp_path):
             {"file": "train/cat/b.jpg", "label": "cat", "suggested": "dog"},
             {"file": "test/dog/d.jpg", "label": "dog", "suggested": ""},
             {"file": "../outside.jpg", "label": "cat", "suggested": "dog"}]
-    images.write_csv(tmp_path / "issues.csv", rows, ["file", "label", "suggested"])
+    schemas.write_csv(tmp_path / "issues.csv", rows, ["file", "label", "suggested"])
     (tmp_path / "outside.jpg").write_bytes(b"not the data's")
     return tmp_path
 

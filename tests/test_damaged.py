@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from pipeline.lib import artifacts, images, params, sources
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import artifacts, images, params, schemas, sources
+from pipeline.lib.errors import StageError
 from pipeline.lib.params import ParamsError
 
 
@@ -53,7 +53,7 @@ def test_a_damaged_npy_is_named_with_the_stage_that_writes_it(project, damage, w
     np.save(project / "data/features/train_y.npy", np.zeros(4, np.int32))
     damage(path)
     with pytest.raises(StageError, match=what) as err:
-        artifacts.read_features(project / "data/features", "train", 3)
+        schemas.read_features(project / "data/features", "train", 3)
     assert "train_x.npy is damaged" in str(err.value) and "dvc repro -f -s extract_features" in str(err.value)
     assert "dvc checkout data/features" in str(err.value)
 
@@ -64,10 +64,10 @@ def test_features_and_labels_that_disagree_are_damaged(project):
     np.save(folder / "val_x.npy", np.zeros((4, 3), np.float32))
     np.save(folder / "val_y.npy", np.array([0, 1, 2, 7], np.int32))
     with pytest.raises(StageError, match="class indices outside 0..2"):
-        artifacts.read_features(folder, "val", 3)
+        schemas.read_features(folder, "val", 3)
     np.save(folder / "val_y.npy", np.zeros(5, np.int32))
     with pytest.raises(StageError, match="5 labels for 4 feature vectors"):
-        artifacts.read_features(folder, "val", 3)
+        schemas.read_features(folder, "val", 3)
 
 
 def test_json_labels_and_csv_artifacts_that_are_damaged_are_named(project):
@@ -75,16 +75,16 @@ def test_json_labels_and_csv_artifacts_that_are_damaged_are_named(project):
     split.mkdir(parents=True)
     (split / "labels.json").write_text("[\"a\", ")
     with pytest.raises(StageError, match=r"labels.json is damaged \(not valid JSON.*dvc repro -f -s split"):
-        artifacts.read_labels(split / "labels.json")
+        schemas.read_labels(split / "labels.json")
     (split / "labels.txt").write_bytes("circle\nsquare\ncaf\xe9\n".encode("latin-1"))
     with pytest.raises(StageError, match=r"not UTF-8 text: line 3"):
-        artifacts.read_labels(split / "labels.txt")
+        schemas.read_labels(split / "labels.txt")
     (split / "train.csv").write_text("path,label\x00,split\nx.png,a,train\n")
     with pytest.raises(StageError, match="train.csv is damaged"):
-        images.read_csv(split / "train.csv", images.MANIFEST_FIELDS)
+        schemas.read_csv(split / "train.csv", schemas.MANIFEST_FIELDS)
     (split / "train.csv").write_text("file,label\nx.png,a\n")  # a column renamed
     with pytest.raises(StageError, match="no column path"):
-        images.read_csv(split / "train.csv", images.MANIFEST_FIELDS)
+        schemas.read_csv(split / "train.csv", schemas.MANIFEST_FIELDS)
 
 
 def test_damaged_shards_and_meta_are_named(project):
@@ -302,14 +302,14 @@ def test_a_damaged_exif_jpeg_and_a_large_16_bit_canvas_go_through_ingest_augment
         assert out.returncode == 0 and "Traceback" not in out.stderr, f"{name}: {out.stderr[-2000:]}"
 
     stage("ingest", "--source", source, "--manifest", "manifest.csv", "--report", "ingest.json")
-    rows = images.read_csv(project / "manifest.csv")
+    rows = schemas.read_csv(project / "manifest.csv")
     assert {"circle/exif.jpg", "triangle/big.png"} <= {row["path"] for row in rows}
     # the split written here, not by the split stage, so that both hard images are in train
     (project / "split").mkdir()
     val = [row for row in rows if row["path"].endswith("001.png")]
     train = [row for row in rows if row not in val]
     for part, chosen in (("train", train), ("val", val), ("test", val)):
-        images.write_csv(project / "split" / f"{part}.csv", chosen, images.SPLIT_FIELDS)
+        schemas.write_csv(project / "split" / f"{part}.csv", chosen, schemas.SPLIT_FIELDS)
     artifacts.write_json(project / "split" / "labels.json", ["circle", "square", "triangle"])
     stage("augment", "--source", source, "--split", "split", "--out", "augmented")
     meta = json.loads((project / "augmented" / "meta.json").read_text())

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from conftest import ROOT
 from pipeline.lib import distribution
-from pipeline.lib.artifacts import StageError
+from pipeline.lib.errors import StageError
 
 # Trains a small classifier the way the stages do (strategy first, model and trainer in its
 # scope, per-replica batch scaled), then prints what happened as JSON.

@@ -55,3 +55,10 @@ def test_the_make_check_example_is_what_check_says_of_this_project():
     text = (ROOT / "docs" / "ci.md").read_text()
     for name, run in (("params", check.check_params), ("contract", check.check_contract), ("dag", check.check_dag)):
         assert f"\nok    {name:<9} {run(ROOT)}\n" in text, f"docs/ci.md's `make check` example: update the {name} line"
+
+
+def test_the_module_map_names_every_library_module_once():
+    text = (ROOT / "docs" / "internals.md").read_text().split("## The module map", 1)[1]
+    named = re.findall(r"`(\w+)`", "\n".join(line.split(" | ")[0] for line in text.splitlines() if line.startswith("| `")))
+    modules = sorted(p.stem for p in (ROOT / "pipeline" / "lib").glob("*.py") if p.stem != "__init__")
+    assert sorted(named) == modules

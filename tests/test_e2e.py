@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.lib import images
+from pipeline.lib import images, schemas
 from pipeline.lib.exports import FORMATS
 from project import pipeline_check
 
@@ -55,7 +55,7 @@ def test_outputs_exist_with_the_right_shapes(finished):
 def test_test_accuracy_is_well_above_chance(finished):
     project = finished
     metrics = project.metrics()
-    test_split = images.read_csv(project.path / "data/split/test.csv")
+    test_split = schemas.read_csv(project.path / "data/split/test.csv")
     # the hash split gives each image a 25% chance (split.test_fraction), not exactly a quarter of 120
     assert metrics["test_images"] == len(test_split) and 18 <= len(test_split) <= 42
     assert metrics["head"]["accuracy"] >= 0.6, metrics  # chance is 1/3
@@ -135,7 +135,7 @@ def test_predict_says_unknown_below_the_threshold_and_its_csv_matches_the_table(
 
     project, export = finished, "models/export/model.keras"
     other = make_ood(tmp_path / "other", count=16, seed=7)
-    inside = project.path / "data/images" / images.read_csv(project.path / "data/split/train.csv")[0]["path"]
+    inside = project.path / "data/images" / schemas.read_csv(project.path / "data/split/train.csv")[0]["path"]
     files = [str(inside), *map(str, sorted(other.iterdir()))]
     default = json.loads(project.run("python", "-m", "pipeline", "predict", export, *files, "-k", "2", "--json").stdout)
     threshold = json.loads((project.path / "models/export/calibration.json").read_text())["unknown_threshold"]
@@ -152,7 +152,7 @@ def test_predict_says_unknown_below_the_threshold_and_its_csv_matches_the_table(
                       str(tmp_path / "p.csv"), *override)
     unknown = sum(r["unknown"] for r in results)
     assert out.stdout == "" and f"17 images classified ({unknown} unknown, 0 unreadable)" in out.stderr
-    rows = images.read_csv(tmp_path / "p.csv")
+    rows = schemas.read_csv(tmp_path / "p.csv")
     assert [(r["file"], r["label_1"], float(r["probability_1"]), r["label_2"], float(r["known"]), r["unknown"])
             for r in rows] == [(r["path"], r["predictions"][0]["label"], r["predictions"][0]["probability"],
                                 r["predictions"][1]["label"], r["known"], str(r["unknown"]).lower()) for r in results]
@@ -173,7 +173,7 @@ def test_the_mediapipe_example_says_unknown_as_predict_does(finished, tmp_path):
 
     project, model = finished, "models/export/model_float32.tflite"
     size = project.params()["base"]["image_size"]
-    inside = project.path / "data/images" / images.read_csv(project.path / "data/split/train.csv")[0]["path"]
+    inside = project.path / "data/images" / schemas.read_csv(project.path / "data/split/train.csv")[0]["path"]
     files = []
     for path in [*sorted(make_ood(tmp_path / "other", count=8, seed=3).iterdir()), inside]:
         files.append(tmp_path / f"{path.stem}.png")
@@ -193,14 +193,14 @@ def test_rank_lists_the_least_sure_first_without_duplicates(finished, tmp_path):
     project = finished
     pool = tmp_path / "pool"
     pool.mkdir()
-    sources = [project.path / "data/images" / r["path"] for r in images.read_csv(project.path / "data/split/test.csv")[:6]]
+    sources = [project.path / "data/images" / r["path"] for r in schemas.read_csv(project.path / "data/split/test.csv")[:6]]
     for path in sources:
         shutil.copy(path, pool / path.name)
     shutil.copy(sources[0], pool / "copy.png")  # an exact duplicate: only one of the two is listed
     # a random backbone puts distinct shapes at cosine 0.90-0.97: only a copy reaches 0.99
     out = project.run("python", "-m", "pipeline", "rank", "models/export/model.keras", str(pool),
                       "--out", str(tmp_path / "next.csv"), "--similarity", "0.99")
-    rows = images.read_csv(tmp_path / "next.csv")
+    rows = schemas.read_csv(tmp_path / "next.csv")
     assert len(rows) == 6 and "1 near duplicate of images ranked above left out" in out.stderr
     assert sum(Path(r["file"]).name in ("copy.png", sources[0].name) for r in rows) == 1
     uncertainty = [float(r["uncertainty"]) for r in rows]
@@ -250,6 +250,6 @@ def test_no_output_holds_a_copy_of_a_source_image(finished):
     copies = [f"{f.relative_to(p)} = {source[h].relative_to(p)}" for f in outputs
               if (h := hashlib.sha256(f.read_bytes()).hexdigest()) in source]
     assert not copies
-    manifest = images.read_csv(p / "data/manifest.csv")
+    manifest = schemas.read_csv(p / "data/manifest.csv")
     assert len(manifest) == 120 and {r["sha256"] for r in manifest} <= set(source)
     assert all(int(r["bytes"]) == (p / "data/images" / r["path"]).stat().st_size for r in manifest)

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from conftest import digests
-from pipeline.lib import images
+from pipeline.lib import schemas
 from project import BIN, RUNNING_STAGE, Project, pipeline_check
 from tiny_run import tiny_project
 
@@ -33,7 +33,7 @@ def project(finished, tmp_path):
 
 
 def test_a_changed_source_image_reruns_from_ingest_and_is_never_read_stale(project):
-    row = images.read_csv(project.path / "data/split/train.csv")[0]
+    row = schemas.read_csv(project.path / "data/split/train.csv")[0]
     image = project.path / "data/images" / row["path"]
     Image.open(image).transpose(Image.Transpose.ROTATE_90).save(image)  # same path, other content
     assert project.changed_stages() == {"ingest", "embed", "audit", "augment", "evaluate", "calibrate", "export",
@@ -48,14 +48,14 @@ def test_a_changed_source_image_reruns_from_ingest_and_is_never_read_stale(proje
     assert f"data/images/{row['path']} changed since ingest recorded it" in out.stderr
     assert digests(project.path, ["data/augmented"]) == before  # nothing lost
     assert project.repro("ingest") == ["ingest"]
-    recorded = {r["path"]: r["sha256"] for r in images.read_csv(project.path / "data/manifest.csv")}
+    recorded = {r["path"]: r["sha256"] for r in schemas.read_csv(project.path / "data/manifest.csv")}
     assert recorded[row["path"]] == hashlib.sha256(image.read_bytes()).hexdigest() != row["sha256"]
 
 
 def test_export_refuses_a_test_image_changed_behind_its_back(project):
     """Export reads the test images for its own checks (the SavedModel decodes their bytes): each
     read is checked against the hash ingest recorded, as every other stage's."""
-    row = images.read_csv(project.path / "data/split/test.csv")[0]
+    row = schemas.read_csv(project.path / "data/split/test.csv")[0]
     image = project.path / "data/images" / row["path"]
     Image.open(image).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(image)
     before = digests(project.path, ["models/export", "reports/export.json"])

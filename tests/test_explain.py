@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.lib import explain, models
-from pipeline.lib.artifacts import StageError
+from pipeline.lib.errors import StageError
 
 SIZE = 64
 COLOURS = np.array([[220, 30, 30], [30, 200, 30], [30, 60, 230]])  # class = the square's colour

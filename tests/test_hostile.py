@@ -19,8 +19,8 @@ from PIL import Image
 
 from conftest import ROOT
 from pipeline import check, predict, rank, relabel
-from pipeline.lib import artifacts, audit, confidence, images, inputs, sources
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import artifacts, audit, confidence, images, inputs, quality, schemas, sources
+from pipeline.lib.errors import StageError
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 
@@ -134,7 +134,7 @@ def test_every_stage_output_is_found():
 @pytest.mark.parametrize("stage, flag, path", stage_outputs())
 def test_every_stage_refuses_an_output_over_the_data_or_its_inputs(project, monkeypatch, stage, flag, path):
     """Each stage's main(), with one output pointed at the images (or at the stage's own first input):
-    one StageError from artifacts.start, before the stage reads anything."""
+    one StageError from cli.start, before the stage reads anything."""
     import importlib
     import signal
 
@@ -170,7 +170,7 @@ def audited(tmp_path, monkeypatch):
     (folder / "train/linked").symlink_to(tmp_path / "elsewhere")  # a class folder that is a link
     rows = [{"file": "train/cat/a.jpg", "label": "cat", "suggested": "dog"},
             {"file": "train/cat/b.jpg", "label": "cat", "suggested": "../../../escaped"}]
-    images.write_csv(tmp_path / "issues.csv", rows, ["file", "label", "suggested"])
+    schemas.write_csv(tmp_path / "issues.csv", rows, ["file", "label", "suggested"])
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -185,7 +185,7 @@ def audited(tmp_path, monkeypatch):
     ("do\ng", "control characters"),
 ])
 def test_relabel_refuses_every_destination_outside_the_classes(audited, suggested, message):
-    images.write_csv(audited / "issues.csv", [{"file": "train/cat/b.jpg", "label": "cat", "suggested": suggested}],
+    schemas.write_csv(audited / "issues.csv", [{"file": "train/cat/b.jpg", "label": "cat", "suggested": suggested}],
                      ["file", "label", "suggested"])
     before = everything(audited)
     with pytest.raises(StageError, match=message):
@@ -194,7 +194,7 @@ def test_relabel_refuses_every_destination_outside_the_classes(audited, suggeste
 
 
 def test_relabel_accepts_a_new_class_only_when_named(audited):
-    images.write_csv(audited / "issues.csv", [{"file": "train/cat/b.jpg", "label": "cat", "suggested": "bird"}],
+    schemas.write_csv(audited / "issues.csv", [{"file": "train/cat/b.jpg", "label": "cat", "suggested": "bird"}],
                      ["file", "label", "suggested"])
     assert relabel.main(["issues.csv", "--images", "data/images", "--accept-all", "--new-class", "bird"]) == 0
     assert (audited / "data/images/train/bird/b.jpg").read_bytes() == b"train/cat/b.jpg"
@@ -209,7 +209,7 @@ def test_relabel_accepts_a_new_class_only_when_named(audited):
 ])
 def test_relabel_refuses_hostile_file_names_with_one_line(audited, file, message):
     (audited / "elsewhere/x.jpg").write_bytes(b"outside")
-    images.write_csv(audited / "issues.csv", [{"file": file, "label": "cat", "suggested": "dog"}],
+    schemas.write_csv(audited / "issues.csv", [{"file": file, "label": "cat", "suggested": "dog"}],
                      ["file", "label", "suggested"])
     before = everything(audited)
     with pytest.raises(StageError, match=message):
@@ -259,7 +259,7 @@ def test_non_finite_embeddings_are_named_with_the_stage_that_writes_them(project
     folder.mkdir(parents=True)
     rows = [{"path": f"{i}.png", "label": "a", "split": "", "sha256": str(i), "bytes": "1", "width": "8", "height": "8",
              "brightness": "0.5", "contrast": "0.1", "blur": "0.1", "entropy": "1"} for i in range(5)]
-    images.write_csv(folder / "images.csv", rows, images.MANIFEST_FIELDS + images.QUALITY_FIELDS)
+    schemas.write_csv(folder / "images.csv", rows, schemas.MANIFEST_FIELDS + quality.QUALITY_FIELDS)
     x = np.ones((5, 4), np.float32)
     x[3, 1] = bad
     np.save(folder / "features.npy", x)
@@ -276,7 +276,7 @@ def test_non_finite_features_are_named_with_the_stage_that_writes_them(project):
     np.save(folder / "train_x.npy", x)
     np.save(folder / "train_y.npy", np.zeros(3, np.int64))
     with pytest.raises(StageError, match=r"train_x.npy is damaged \(row 2 .*-s extract_features"):
-        artifacts.read_features(folder, "train", 2)
+        schemas.read_features(folder, "train", 2)
 
 
 def labels_csv(tmp_path: Path, text: str, **columns) -> tuple[list[dict], list[dict]]:
@@ -368,7 +368,7 @@ def test_a_deep_glob_is_one_line(deep):
 def test_split_says_no_class_is_left_after_the_small_class_rule(project):
     rows = [{"path": f"c{c}/{i}.png", "label": f"c{c}", "split": "", "sha256": f"{c:04d}{i}", "bytes": "1",
              "width": "8", "height": "8"} for c in range(500) for i in range(2)]
-    images.write_csv(project / "data/manifest.csv", rows, images.MANIFEST_FIELDS)
+    schemas.write_csv(project / "data/manifest.csv", rows, schemas.MANIFEST_FIELDS)
     params = (project / "params.yaml").read_text()
     (project / "params.yaml").write_text(params.replace("min_images_per_class: 10", "min_images_per_class: 3"))
     cmd = shlex.split(DVC_YAML["stages"]["split"]["cmd"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.lib import images
+from pipeline.lib import images, pools, schemas
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "I;16", "LA"])
@@ -59,8 +59,8 @@ def test_inspect_reports_size_and_rejects_broken_files(tmp_path):
 
 def test_csv_roundtrip_and_sha(tmp_path):
     rows = [{"path": "a/ü.png", "label": "a", "split": "", "sha256": "0", "width": 1, "height": 2}]
-    images.write_csv(tmp_path / "m.csv", rows, images.MANIFEST_FIELDS)
-    assert images.read_csv(tmp_path / "m.csv")[0]["path"] == "a/ü.png"
+    schemas.write_csv(tmp_path / "m.csv", rows, schemas.MANIFEST_FIELDS)
+    assert schemas.read_csv(tmp_path / "m.csv")[0]["path"] == "a/ü.png"
     (tmp_path / "f").write_bytes(b"abc")
     assert images.sha256_file(tmp_path / "f").startswith("ba7816bf")
 
@@ -119,16 +119,16 @@ def test_a_png_cut_off_in_its_last_chunks_is_refused(tmp_path):
 
 
 def test_a_worker_process_error_reaches_the_user_as_its_own_one_line(tmp_path, monkeypatch):
-    """images.process_batches re-raises a worker's StageError as the worker raised it; the worker's
+    """pools.process_batches re-raises a worker's StageError as the worker raised it; the worker's
     traceback (which concurrent.futures chains as a cause) is kept as a note, for PIPELINE_DEBUG."""
     import functools
 
-    from pipeline.lib import artifacts
+    from pipeline.lib import errors
 
-    monkeypatch.setattr(images, "cores", lambda: 2)  # workers even on a one-core machine
+    monkeypatch.setattr(pools, "cores", lambda: 2)  # workers even on a one-core machine
     rows = [{"path": "gone.png", "sha256": "0"}] * 3
-    with pytest.raises(artifacts.StageError) as caught:
-        list(images.process_batches(functools.partial(images.decode_recorded, tmp_path, 32), rows, 2))
-    assert artifacts.describe(caught.value) == str(caught.value)  # no "[cause: ...]"
+    with pytest.raises(errors.StageError) as caught:
+        list(pools.process_batches(functools.partial(images.decode_recorded, tmp_path, 32), rows, 2))
+    assert errors.describe(caught.value) == str(caught.value)  # no "[cause: ...]"
     assert str(caught.value).startswith(f"{tmp_path / 'gone.png'}: recorded by ingest but missing")
     assert "in a worker process:" in caught.value.__notes__[0] and "read_recorded" in caught.value.__notes__[0]

@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.lib import formats, images, inference, inputs, models
+from pipeline.lib import formats, images, inference, inputs, keras_files, models, schemas
 from pipeline import predict
-from pipeline.lib.artifacts import StageError
+from pipeline.lib.errors import StageError
 
 SIZE = 32
 LABELS = ["circle", "square", "triangle"]
@@ -50,7 +50,7 @@ def exported(tmp_path_factory):
     calibration = tiny_calibration(plain)
     model = models.deployable(plain, calibration)
     folder = tmp_path_factory.mktemp("export")
-    models.save(model, folder / "model.keras")
+    keras_files.save(model, folder / "model.keras")
     inference.write_labels(folder / inference.LABELS_FILE, LABELS)
     (folder / inference.CALIBRATION_FILE).write_text(json.dumps({**calibration, "temperature_in_model": True}))
     formats.saved_model(model, LABELS, folder / "saved_model", unknown_threshold=UNKNOWN_BELOW)
@@ -153,7 +153,7 @@ def test_predict_caps_k_and_summarises_unreadable_files(exported, tmp_path, caps
     err = capsys.readouterr().err
     assert code == 0 and err.count("not a readable image") == inputs.Unreadable.SHOWN  # the first few, named
     assert "7 more unreadable file(s) not named above (12 of 13 unreadable; every one is in" in err
-    rows = images.read_csv(tmp_path / "p.csv")
+    rows = schemas.read_csv(tmp_path / "p.csv")
     assert len(rows) == 13 and sum(bool(r["error"]) for r in rows) == 12  # every one in the CSV
     assert list(rows[0]) == ["file", "label_1", "probability_1", "label_2", "probability_2", "label_3",
                              "probability_3", "known", "unknown", "error"]  # -k capped at the 3 classes
@@ -191,7 +191,7 @@ def test_predict_fails_only_when_nothing_could_be_classified(exported, tmp_path,
 def test_a_failed_conversion_names_the_file_and_the_reason(exported, tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from pipeline.lib.artifacts import StageError
+    from pipeline.lib.errors import StageError
 
     class Refuses:
         target_spec = type("Spec", (), {})()

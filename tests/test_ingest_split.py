@@ -23,7 +23,7 @@ from conftest import ROOT
 from project import default_params
 from pipeline.lib import sources
 from pipeline.stages import ingest, split
-from pipeline.lib.artifacts import StageError
+from pipeline.lib.errors import StageError
 
 DiskUsage = collections.namedtuple("DiskUsage", "total used free")  # what shutil.disk_usage returns
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 from pipeline import check
 from pipeline.lib import compat
-from pipeline.lib.artifacts import StageError
+from pipeline.lib.errors import StageError
 
 
 def test_require_names_the_use_the_versions_and_what_to_check(monkeypatch):
@@ -40,7 +40,7 @@ def test_the_metadata_stand_in_stops_on_another_mediapipe(monkeypatch):
 
 
 def test_the_reproducible_save_stops_on_another_keras_archive_layout(tmp_path):
-    from pipeline.lib import models
+    from pipeline.lib import keras_files
 
     path = tmp_path / "m.keras"
     with zipfile.ZipFile(path, "w") as zf:
@@ -48,7 +48,7 @@ def test_the_reproducible_save_stops_on_another_keras_archive_layout(tmp_path):
         zf.writestr("config.json", "{}")
         zf.writestr("model.weights.safetensors", b"")
     with pytest.raises(StageError, match=r"m\.keras: this Keras .* was written for Keras 3\.15's"):
-        models._make_reproducible(path)
+        keras_files._make_reproducible(path)
 
 
 @pytest.mark.parametrize("out", ['["ingest"]', '{"ingest": {"changed": true}}', '{"ingest": [{"changed deps": []}]}'])
@@ -77,13 +77,13 @@ def test_the_log_filter_stays_off_on_another_tensorflow_and_says_so(tmp_path):
 
 @pytest.mark.parametrize("marked", [True, False])
 def test_worker_processes_do_not_hold_the_filter_open_at_exit(marked):
-    """A process that routes stderr through the filter and then spawns workers (images.process_batches)
+    """A process that routes stderr through the filter and then spawns workers (pools.process_batches)
     exits at once, its last stderr line passed on: it waits for the filter to pass on its end mark,
     not for the pipe to close (multiprocessing's resource tracker, started by the workers, holds it
     until the process has ended). The control (the end mark never sent) waits the filter's 10 s."""
-    code = ("import sys; from pipeline.lib import images, quiet; "
+    code = ("import sys; from pipeline.lib import pools, quiet; "
             + ("" if marked else "quiet._write = lambda fd, data: None; ")
-            + "quiet.install(); print(sum(sum(b) for b in images.process_batches(abs, list(range(-50, 50)), 10))); "
+            + "quiet.install(); print(sum(sum(b) for b in pools.process_batches(abs, list(range(-50, 50)), 10))); "
             + "print('the last line', file=sys.stderr)")
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,

@@ -90,10 +90,10 @@ def test_the_filter_drops_exactly_the_known_lines_and_passes_everything_else():
 
 CRASHING_STAGE = """
 import logging, os, signal
-from pipeline.lib import artifacts
+from pipeline.lib import cli
 
 def main():
-    artifacts.start("a stage that dies")
+    cli.start("a stage that dies")
     os.write(2, b"I0000 00:00:1795627947.729969   20007 port.cc:153] oneDNN custom operations are on. (noise)\\n")
     logging.getLogger("pipeline").info("first line")
     logging.getLogger("pipeline").info("last words")
@@ -102,7 +102,7 @@ def main():
     os.kill(os.getpid(), signal.SIGKILL)
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)
 """
 
 
@@ -164,13 +164,13 @@ def test_an_error_is_one_line_naming_its_cause_and_the_whole_chain_with_pipeline
 
 
 def test_describe_names_the_cause_and_only_a_cause():
-    from pipeline.lib import artifacts
+    from pipeline.lib import errors
 
     try:
         try:
             {}["key"]
         except KeyError as err:
-            raise artifacts.StageError("no such key") from err
-    except artifacts.StageError as err:
-        assert artifacts.describe(err) == "no such key [cause: KeyError; PIPELINE_DEBUG=1 shows the traceback]"
-    assert artifacts.describe(artifacts.StageError("plain")) == "plain"
+            raise errors.StageError("no such key") from err
+    except errors.StageError as err:
+        assert errors.describe(err) == "no such key [cause: KeyError; PIPELINE_DEBUG=1 shows the traceback]"
+    assert errors.describe(errors.StageError("plain")) == "plain"

@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from pipeline.lib import models
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import augmentation, keras_files, models
+from pipeline.lib.errors import StageError
 
 BASE = SimpleNamespace(backbone="MobileNetV2", weights="none", image_size=32, pooling="avg")
 
@@ -148,18 +148,18 @@ def test_without_the_freeze_batchnorm_drifts(classifier):
 def test_saved_classifier_loads_in_safe_mode_with_same_predictions(classifier, tmp_path):
     x = np.random.default_rng(4).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     classifier.save(tmp_path / "m.keras")
-    loaded = models.load(tmp_path / "m.keras")
+    loaded = keras_files.load(tmp_path / "m.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), classifier.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_the_same_model_saved_by_two_processes_is_the_same_file(tmp_path):
     """Keras stamps the save time and Python object addresses (config.json's shared_object_id) into
-    a .keras file; models.save takes them out, so a stage rerun that builds the same model writes
+    a .keras file; keras_files.save takes them out, so a stage rerun that builds the same model writes
     the same bytes and DVC sees no change."""
-    code = ("import sys; from types import SimpleNamespace as S; from pipeline.lib import models\n"
-            "models.set_seed(0)\n"
+    code = ("import sys; from types import SimpleNamespace as S; from pipeline.lib import keras_files, models, runtime\n"
+            "runtime.set_seed(0)\n"
             "m = models.build_extractor(S(backbone='MobileNetV2', weights='none', image_size=32, pooling='avg'))\n"
-            "models.save(m, sys.argv[1])")
+            "keras_files.save(m, sys.argv[1])")
     for name in ("a.keras", "b.keras"):  # a second apart at least: Keras' dates have one-second resolution
         subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], cwd=ROOT, check=True, timeout=300,
                        capture_output=True)
@@ -168,36 +168,36 @@ def test_the_same_model_saved_by_two_processes_is_the_same_file(tmp_path):
         assert json.loads(zf.read("metadata.json"))["date_saved"] == "1980-01-01@00:00:00"
         assert '"shared_object_id": 0' in zf.read("config.json").decode()
     x = np.random.default_rng(4).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    assert models.load(tmp_path / "b.keras").predict(x, verbose=0).shape == (2, 1280)
+    assert keras_files.load(tmp_path / "b.keras").predict(x, verbose=0).shape == (2, 1280)
 
 
 def test_augmenter_is_seeded_and_skips_zero_factors():
     aug = SimpleNamespace(flip="horizontal", rotation=0.1, zoom=0.0, translation=0.1, contrast=0.0)
-    assert [type(layer).__name__ for layer in models.augmenter(aug, 7).layers] == \
+    assert [type(layer).__name__ for layer in augmentation.augmenter(aug, 7).layers] == \
         ["RandomFlip", "RandomAffine"]
     x = np.random.default_rng(5).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
-    runs = [keras.ops.convert_to_numpy(models.augmenter(aug, 7)(x, training=True)) for _ in range(2)]
+    runs = [keras.ops.convert_to_numpy(augmentation.augmenter(aug, 7)(x, training=True)) for _ in range(2)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], x)
 
 
 def test_random_affine_is_identity_at_zero_and_turns_about_the_centre():
     x = np.random.default_rng(6).uniform(0, 255, (8, 17, 17, 3)).astype("float32")
-    still = models.RandomAffine(0.0, 0.0, 0.0, seed=1)(x, training=True)
+    still = augmentation.RandomAffine(0.0, 0.0, 0.0, seed=1)(x, training=True)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(still), x)
     # Rotation and zoom pivot on the centre pixel, so it keeps its value exactly;
     # an off-by-half-a-pixel centre would blend it with its neighbours.
-    turned = keras.ops.convert_to_numpy(models.RandomAffine(0.2, 0.3, 0.0, seed=1)(x, training=True))
+    turned = keras.ops.convert_to_numpy(augmentation.RandomAffine(0.2, 0.3, 0.0, seed=1)(x, training=True))
     np.testing.assert_allclose(turned[:, 8, 8], x[:, 8, 8], atol=1e-3)
     assert not np.allclose(turned, x)
-    moved = keras.ops.convert_to_numpy(models.RandomAffine(0.0, 0.0, 0.3, seed=1)(x, training=True))
+    moved = keras.ops.convert_to_numpy(augmentation.RandomAffine(0.0, 0.0, 0.3, seed=1)(x, training=True))
     assert not np.allclose(moved[:, 8, 8], x[:, 8, 8])
-    np.testing.assert_array_equal(models.RandomAffine(0.2, 0.3, 0.3, seed=1)(x, training=False), x)
+    np.testing.assert_array_equal(augmentation.RandomAffine(0.2, 0.3, 0.3, seed=1)(x, training=False), x)
 
 
 def test_augmenter_runs_in_tf_data_on_images_of_unknown_size():
     aug = SimpleNamespace(flip="horizontal", rotation=0.05, zoom=0.1, translation=0.1, contrast=0.1)
-    augmenter = models.augmenter(aug, 7)
+    augmenter = augmentation.augmenter(aug, 7)
     x = np.random.default_rng(7).uniform(0, 255, (10, 16, 16, 3)).astype("float32")
     # Decoded images have unknown height and width in tf.data, as in shards.dataset
     ds = tf.data.Dataset.from_generator(lambda: iter(x), output_signature=tf.TensorSpec([None, None, 3]))

@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT
-from pipeline.lib import images
+from pipeline.lib import images, schemas
 from project import BIN
 import shapes
 from shapes import make_dataset
@@ -166,7 +166,7 @@ def test_fuzzed_image_files_are_skipped_with_a_reason_and_never_crash_ingest(tmp
     log = out.stdout + out.stderr
     assert out.returncode == 0 and "Traceback" not in log, log[-3000:]
     report = json.loads((project / "reports" / "ingest.json").read_text())
-    manifest = images.read_csv(project / "data" / "manifest.csv")
+    manifest = schemas.read_csv(project / "data" / "manifest.csv")
     kept = {Path(row["path"]).name for row in manifest}
     assert not set(junk) & kept
     files = [f for f in source.rglob("*") if f.is_file()]

@@ -78,17 +78,17 @@ def test_the_cuda_requirements_pin_the_same_version(tmp_path):
 
 def test_stages_name_their_devices_and_warn_when_the_driver_sees_a_gpu_tensorflow_does_not(
         tmp_path, monkeypatch, caplog):
-    from pipeline.lib import models
+    from pipeline.lib import runtime
 
     caplog.set_level(logging.INFO, logger="pipeline")
     monkeypatch.setenv("PATH", f"{stand_in(tmp_path / 'bin', H100)}:{os.environ['PATH']}")
-    assert models.driver_gpus() == ["NVIDIA H100 80GB HBM3"]
-    assert models.log_devices() == []  # tensorflow-cpu sees no GPU
+    assert runtime.driver_gpus() == ["NVIDIA H100 80GB HBM3"]
+    assert runtime.log_devices() == []  # tensorflow-cpu sees no GPU
     assert "devices: CPU (no GPU visible)" in caplog.text
     assert ("nvidia-smi lists NVIDIA H100 80GB HBM3 but TensorFlow sees no GPU, so this runs on the CPU: "
             "this TensorFlow is built without CUDA (tensorflow-cpu): `make setup TENSORFLOW=cuda`") in caplog.text
     caplog.clear()
     monkeypatch.setenv("PATH", f"{stand_in(tmp_path / 'nodriver', None)}:{os.environ['PATH']}")
-    assert models.driver_gpus() == []
-    models.log_devices()
+    assert runtime.driver_gpus() == []
+    runtime.log_devices()
     assert "devices: CPU (no GPU visible)" in caplog.text and "nvidia-smi lists" not in caplog.text

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from pipeline.lib import images
+from pipeline.lib import schemas
 from project import default_params
 from shapes import make_dataset
 
@@ -67,7 +67,7 @@ def test_each_source_goes_through_ingest_split_and_augment_without_a_copy(kind, 
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, f"{stage}: {out.stderr[-2000:]}"
         logs.append(out.stderr)
-    manifest = images.read_csv(project / "data/manifest.csv")
+    manifest = schemas.read_csv(project / "data/manifest.csv")
     assert len(manifest) == 36
     unpacked = tmp_path / "keras-home" / "datasets" / "unpacked"
     if kind in ("zip archive", "keras dataset"):  # unpacked once, by ingest; augment found it there

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.lib import images
+from pipeline.lib import schemas
 from project import Project, default_params
 from shapes import make_dataset
 from tiny_run import TINY
@@ -92,7 +92,7 @@ def test_no_image_changed_split_when_b_added_and_moved_images(b_changed, finishe
     content, another folder), leave every earlier image where it was."""
     def where(project):
         return {r["sha256"]: name for name in ("train", "val", "test")
-                for r in images.read_csv(project.path / "data" / "split" / f"{name}.csv")}
+                for r in schemas.read_csv(project.path / "data" / "split" / f"{name}.csv")}
     before, after = where(finished), where(b_changed[0])
     assert len(after) == len(before) + len(ADDED)
     assert {h: after[h] for h in before} == before

@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from pipeline.lib import artifacts, dvcyaml, models, training
+from pipeline.lib import artifacts, dvcyaml, keras_files, models, training
 from pipeline import lr_find
-from pipeline.lib.artifacts import StageError
+from pipeline.lib.errors import StageError
 
 
 def test_class_weights_auto_turns_on_only_past_the_ratio():
@@ -66,8 +66,8 @@ def test_saved_model_has_no_optimizer_state_and_predicts_the_same(tmp_path):
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
     model.fit(x, np.arange(32) % 3, epochs=1, verbose=0)
     model.save(tmp_path / "compiled.keras")
-    models.save(model, tmp_path / "inference.keras")
-    loaded = models.load(tmp_path / "inference.keras")
+    keras_files.save(model, tmp_path / "inference.keras")
+    loaded = keras_files.load(tmp_path / "inference.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
     assert getattr(loaded, "optimizer", None) is None and not loaded.compiled
     assert (tmp_path / "inference.keras").stat().st_size < (tmp_path / "compiled.keras").stat().st_size
@@ -255,8 +255,8 @@ def test_bfloat16_mixed_precision_trains_above_chance_and_saves_float32(tmp_path
     assert trainer.model.layers[-2].compute_dtype == "bfloat16" and trainer.model.layers[-1].compute_dtype == "float32"
     log = fit(trainer, x, y, tmp_path, epochs=8)
     assert log.history["val_accuracy"][-1] > 0.8  # chance: 1/3
-    models.save(trainer.model, tmp_path / "head.keras")
-    saved = models.load(tmp_path / "head.keras")
+    keras_files.save(trainer.model, tmp_path / "head.keras")
+    saved = keras_files.load(tmp_path / "head.keras")
     assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
     np.testing.assert_allclose(saved.predict(x, verbose=0), trainer.model.predict(x, verbose=0), atol=0.02)
 

@@ -1,7 +1,6 @@
-"""What the stages and commands share: params, data sources, images, shards, models, training,
-distribution, inference, plots, atomic outputs and log filtering. Nothing here is run directly,
-except ``python -m pipeline.lib.params`` (the docs' params table) and ``pipeline.lib.sources``
-(scripts/get-data.sh).
+"""What the stages and commands share, one job a module (docs/internals.md#the-module-map).
+Nothing here is run directly, except ``python -m pipeline.lib.params`` (the docs' params
+table) and ``pipeline.lib.sources`` (scripts/get-data.sh).
 
 The modules that import TensorFlow (``HEAVY``) are bound lazily by ``from pipeline.lib import
 ...``: a stand-in that imports the real module at its first attribute, so a stage that stops on
@@ -13,7 +12,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-HEAVY = ("distribution", "explain", "formats", "inference", "models", "shards", "training")
+HEAVY = ("augmentation", "distribution", "explain", "formats", "inference", "keras_files", "models",
+         "runtime", "shards", "training")
 
 
 class _Later:

@@ -1,6 +1,6 @@
 """The data audit's methods, on the frozen backbone's embeddings: nearest neighbours (near
 duplicates, leakage, outliers) and the probability that a given label is wrong. NumPy, SciPy and
-scikit-learn only, no TensorFlow: split and audit start in a second.
+scikit-learn only, no TensorFlow: split and audit never pay its import.
 
 Similarities are cosine similarities of L2-normalised embeddings, computed a block of rows at a
 time against all rows, so memory holds ``BLOCK_BYTES`` of similarities, never an N x N matrix.
@@ -15,8 +15,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.lib import artifacts, images
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import errors, quality, schemas
+from pipeline.lib.errors import StageError
 
 # Similarities held at once while searching neighbours; the search's scratch (their top-k partition's
 # int64 indices) takes twice this beside them, so memory stays bounded at any number of images.
@@ -35,7 +35,7 @@ EM_START, EM_ROUNDS = 0.1, 3
 def read_embeddings(folder: Path, rows: list[dict]) -> tuple[list[dict], np.ndarray]:
     """Embed's record (``images.csv``: manifest fields and measured quality) and embedding of each of
     ``rows``, checked by path and content hash to be embed's output for these very images."""
-    recorded = images.read_csv(folder / "images.csv", images.MANIFEST_FIELDS + images.QUALITY_FIELDS)
+    recorded = schemas.read_csv(folder / "images.csv", schemas.MANIFEST_FIELDS + quality.QUALITY_FIELDS)
     by_path = {r["path"]: i for i, r in enumerate(recorded)}
     for row in rows:
         i = by_path.get(row["path"])
@@ -43,9 +43,9 @@ def read_embeddings(folder: Path, rows: list[dict]) -> tuple[list[dict], np.ndar
             raise StageError(f"{folder} has no embedding of {row['path']} as recorded here (embed ran on other "
                              "images): run `dvc repro`")
     at = [by_path[r["path"]] for r in rows]
-    features = artifacts.read_npy(folder / "features.npy", "float32", 2, mmap=True)
+    features = schemas.read_npy(folder / "features.npy", "float32", 2, mmap=True)
     if len(features) != len(recorded):
-        raise artifacts.damaged(folder / "features.npy", f"{len(features):,} embeddings for the "
+        raise errors.damaged(folder / "features.npy", f"{len(features):,} embeddings for the "
                                 f"{len(recorded):,} images of {folder / 'images.csv'}")
     return [recorded[i] for i in at], features[at]
 

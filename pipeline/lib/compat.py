@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from pipeline.lib.artifacts import StageError
+from pipeline.lib.errors import StageError
 
 # Distribution names to try for a package, in order (TensorFlow comes as tensorflow-cpu here).
 DISTRIBUTIONS = {"tensorflow": ("tensorflow-cpu", "tensorflow")}

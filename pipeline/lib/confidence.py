@@ -25,7 +25,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, logsumexp, softmax
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from pipeline.lib import artifacts
+from pipeline.lib import errors, schemas
 
 BINS = 15  # equal-width confidence bins of the expected calibration error, as in Guo et al.
 TEMPERATURES = (0.05, 20.0)  # the search range of the fitted temperature
@@ -45,7 +45,7 @@ def read_calibration(path: Path) -> dict:
     temperature that is a finite number > 0 (a negative one would reverse every ranking), an
     unknown threshold in [0, 1], ``temperature_in_model`` true or false. Anything else is
     ``damaged``, naming the file and the key, never applied."""
-    data = artifacts.read_json(path, dict)
+    data = schemas.read_json(path, dict)
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     checks = {"temperature": (lambda v: number(v) and v > 0, "a finite number above 0"),
               "temperature_in_model": (lambda v: isinstance(v, bool), "true or false"),
@@ -56,9 +56,9 @@ def read_calibration(path: Path) -> dict:
                       known_scale=(lambda v: number(v) and v > 0, "a finite number above 0"))
     for key, (ok, allowed) in checks.items():
         if key not in data:
-            raise artifacts.damaged(path, f"no {key}")
+            raise errors.damaged(path, f"no {key}")
         if not ok(data[key]):
-            raise artifacts.damaged(path, f"{key} is {str(data[key])[:40]!r}; it must be {allowed}")
+            raise errors.damaged(path, f"{key} is {str(data[key])[:40]!r}; it must be {allowed}")
     return data
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from pipeline.lib.artifacts import StageError
+from pipeline.lib.errors import StageError
 
 log = logging.getLogger("pipeline.lib.distribution")
 STRATEGIES = ("single", "auto", "mirrored", "multi_worker")

@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from PIL import Image
 
 from pipeline.lib import models
-from pipeline.lib.artifacts import StageError
+from pipeline.lib.errors import StageError
 
 
 class GradCam:

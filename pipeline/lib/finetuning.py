@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.lib import models, shards, training
+from pipeline.lib import augmentation, keras_files, models, shards, training
 
 log = logging.getLogger("pipeline.lib.finetuning")
 
@@ -14,7 +14,7 @@ log = logging.getLogger("pipeline.lib.finetuning")
 def unfrozen_model(extractor: Path, head: Path, unfreeze_layers: int, precision: str):
     """Preprocessing, backbone and trained head as one model computing in ``precision``, the
     backbone's top layers unfrozen (BatchNorm excluded). Call it in the distribution strategy's scope."""
-    model = models.with_precision(models.assemble(models.load(extractor), models.load(head)), precision)
+    model = models.with_precision(models.assemble(keras_files.load(extractor), keras_files.load(head)), precision)
     backbone = models.backbone_of(model)
     n_trainable = models.unfreeze_top(backbone, unfreeze_layers)
     log.info("%s: top %d of %d layers unfrozen (%d with weights, BatchNorm excluded)", backbone.name,
@@ -26,5 +26,5 @@ def training_batches(augmented: Path, p, batch: int, epoch: int):
     """Epoch ``epoch``'s shuffled training batches, through the augment.* transforms if
     finetune.online_augmentation, both seeded by the epoch (training.epoch_seed)."""
     seed = training.epoch_seed(p.seed, epoch)
-    transform = models.online_augmentation(p.augment, seed) if p.finetune.online_augmentation else None
+    transform = augmentation.online_augmentation(p.augment, seed) if p.finetune.online_augmentation else None
     return shards.dataset(augmented, "train", batch, shuffle_seed=seed, transform=transform)

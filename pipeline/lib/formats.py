@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from pipeline.lib import compat, models
-from pipeline.lib.artifacts import StageError
+from pipeline.lib.errors import StageError
 
 BYTES_SIGNATURE = "serving_default"  # encoded images -> {"classes", "probabilities", "known", "unknown"}
 PIXELS_SIGNATURE = "serving_pixels"  # (n, size, size, 3) float32 pixels -> {"probabilities", "known"}

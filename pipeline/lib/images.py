@@ -1,40 +1,22 @@
-"""Image files and manifests: decoding, resizing, hashing, CSV manifests. No TensorFlow here,
-so ingest and split start in a second instead of paying TensorFlow's import."""
+"""Image files: finding them in a folder, decoding and resizing them as training does (and
+predict, and every exported format's check), hashing them, reading what ingest recorded (checked
+against its hash), thumbnails and PNGs. No TensorFlow here, so ingest never pays its import."""
 from __future__ import annotations
 
-import collections
 import contextlib
-import csv
 import hashlib
 import io
-import multiprocessing
-import os
 import threading
 import warnings
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
-from scipy import ndimage
 
-from pipeline.lib import artifacts
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import artifacts, quality
+from pipeline.lib.errors import StageError
 
-T = TypeVar("T")
-R = TypeVar("R")
-
-# What ingest records of each image it keeps: its path inside the source, label, the source's own
-# split (or ""), content hash, size in bytes and pixels. Later stages read the source through it.
-MANIFEST_FIELDS = ["path", "label", "split", "sha256", "bytes", "width", "height"]
-SPLITS = ("train", "val", "test")
-# Where a group of copies spanning the source's own splits goes (ingest keeps one copy, split
-# places a near-duplicate group): the first of its splits in this order, so an evaluation image
-# is never moved into training. "": the source had no split folders.
-SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2, "": 3}
-# What the split stage records of each image in train.csv, val.csv and test.csv.
-SPLIT_FIELDS = ["path", "label", "sha256"]  # the hash: later stages check each image they read against it
 
 
 def load_image(path: Path | io.BytesIO, size: int) -> np.ndarray:
@@ -197,32 +179,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_csv(path: Path, required: Iterable[str] = ()) -> list[dict[str, str]]:
-    """The rows of a CSV a stage wrote, which must have the ``required`` columns: a file that is
-    not such a CSV (not UTF-8, a NUL byte, a row longer than the header, a column renamed) is
-    ``damaged``, named with the stage that writes it."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in required if c not in (reader.fieldnames or [])]
-            if missing:
-                raise artifacts.damaged(path, f"no column {', '.join(missing)}")
-            rows = list(reader)
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise artifacts.damaged(path, f"not a readable UTF-8 CSV: {err}") from err
-    if required and any(None in row or None in row.values() for row in rows):
-        raise artifacts.damaged(path, "a row has more or fewer fields than the header")
-    return rows
-
-
-def write_csv(path: Path, rows: Iterable[dict], fields: list[str]) -> None:
-    """Write rows to ``path`` (call inside an atomic context: this writes in place)."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def examine(path: Path) -> dict:
     """What ingest records of one file: ``{sha256, bytes, width, height}`` of a readable image, or
     ``{reason, detail}`` of one it skips."""
@@ -240,122 +196,15 @@ def decode_recorded(root: Path, size: int, row: dict) -> np.ndarray:
     return load_image(read_recorded(root, row), size)
 
 
-# Image quality is measured on the grey image resized, up or down, to this long side: the same
-# figures for an image and any resized copy of it, so a small original does not look blurred.
-QUALITY_SIDE = 128
-QUALITY_FIELDS = ["brightness", "contrast", "blur", "entropy"]
-BLUR_BOX = 11  # the re-blur's box width in the blur measure, as Crete-Roffet et al. define it
-
-
-def blur(g: np.ndarray) -> float:
-    """How blurred a grey image (0-1) is, from 0 (sharp) to 1: the share of its neighbouring-pixel
-    variation that survives blurring it again with a BLUR_BOX box, along the worse of its two axes
-    (Crete-Roffet, Dolmiere, Ladret and Nicolas 2007, "The blur effect"). A sharp image loses much
-    of its variation to the box; a blurred one has little left to lose. A ratio, so the contrast
-    and the brightness do not enter."""
-    worst = 0.0
-    for axis in (0, 1):
-        if g.shape[axis] < 2:
-            return 1.0  # a single row or column: no variation to measure
-        varied = np.abs(np.diff(g, axis=axis))
-        reblurred = np.abs(np.diff(ndimage.uniform_filter1d(g, BLUR_BOX, axis=axis), axis=axis))
-        total = varied.sum()
-        kept = total - np.maximum(varied - reblurred, 0).sum()
-        worst = max(worst, float(kept / total) if total > 1e-9 else 1.0)
-    return worst
-
-
-def quality(im: Image.Image) -> dict[str, float]:
-    """What the audit's image-quality checks read: mean brightness and its standard deviation
-    (0-1 grey levels), the ``blur`` measure and the grey-level histogram's entropy in bits (0 for
-    a constant image, 8 at most), on the image resized to QUALITY_SIDE on its long side."""
-    grey = im.convert("L")
-    scale = QUALITY_SIDE / max(grey.size)
-    if scale != 1:
-        grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
-                           Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
-    g = np.asarray(grey, dtype=np.float32) / 255
-    hist = np.bincount(np.asarray(grey).ravel(), minlength=256) / g.size
-    hist = hist[hist > 0]
-    return {"brightness": float(g.mean()), "contrast": float(g.std()), "blur": blur(g),
-            "entropy": float(-(hist * np.log2(hist)).sum())}
-
-
 def decode_and_measure(root: Path, size: int, row: dict) -> tuple[np.ndarray, dict[str, float]]:
-    """``decode_recorded`` and the image's ``quality``, from one read of the file."""
+    """``decode_recorded`` and the image's ``quality.measure``, from one read of the file."""
     data = read_recorded(root, row)
     pixels = load_image(data, size)
     data.seek(0)
     with Image.open(data) as im:
-        im.draft("RGB", (QUALITY_SIDE, QUALITY_SIDE))
+        im.draft("RGB", (quality.QUALITY_SIDE, quality.QUALITY_SIDE))
         with _decoding(im):
-            return pixels, quality(upright(im))
-
-
-def cores() -> int:
-    """The cores this process may run on (``taskset`` and cgroup cpusets count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def process_batches(fn: Callable[[T], R], items: list[T], size: int, ahead: int = 2) -> Iterator[list[R]]:
-    """``fn`` over ``items`` in worker processes, one per core, yielded ``size`` results at a time,
-    in order (so the output never depends on the core count), with ``ahead`` batches in flight:
-    the workers decode the next batches while the caller works on this one, and memory holds a
-    few batches, never all results.
-
-    Processes, not threads: Pillow releases the GIL only inside the decode itself, and for a
-    small image most of the work is Python-side (Pillow's wrappers, NumPy conversion, the
-    per-image calls) and holds it, so threads would mostly take turns on one core.
-    ``fn`` must be picklable: a module-level function, or a ``functools.partial`` of one. The
-    workers are spawned, never forked, since the caller may have TensorFlow's threads running.
-    One core: everything runs here, with no workers."""
-    starts = range(0, len(items), size)
-    if cores() == 1:
-        yield from ([fn(item) for item in items[start:start + size]] for start in starts)
-        return
-    workers = cores()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: collections.deque = collections.deque()
-        for start in starts:
-            part = items[start:start + size]
-            pending.append(pool.map(fn, part, chunksize=max(1, len(part) // (4 * workers))))
-            if len(pending) > ahead:
-                yield _results(pending.popleft())
-        while pending:
-            yield _results(pending.popleft())
-
-
-def _results(batch: Iterator[R]) -> list[R]:
-    """A worker's results; its exception as the worker raised it. concurrent.futures chains the
-    worker's traceback text to it as a cause; that text becomes a note instead (shown with the
-    whole traceback under PIPELINE_DEBUG=1), so the user's one line stays the error's own."""
-    try:
-        return list(batch)
-    except Exception as err:
-        if err.__cause__ is not None:
-            err.add_note(f"in a worker process:{err.__cause__}")
-            err.__cause__ = None
-        raise
-
-
-def process_map(fn: Callable[[T], R], items: list[T], size: int = 256) -> Iterator[R]:
-    """``process_batches`` one result at a time."""
-    for batch in process_batches(fn, items, size):
-        yield from batch
-
-
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
-    """``map`` over threads, in order, so the result never depends on the thread count. For the
-    commands (predict, rank): no worker processes to spawn and no ``fn`` to pickle, in a process
-    that already holds a model. Threads overlap waiting on disk and the parts of decoding that
-    release the GIL (Pillow's decode itself); the Python-side work takes turns (``process_batches``
-    says why the stages use processes). The default (``ThreadPoolExecutor``'s: cores + 4, at most
-    32) keeps the threads busy."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(fn, items)
+            return pixels, quality.measure(upright(im))
 
 
 def save_png(pixels: np.ndarray, path: Path) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
 
-from pipeline.lib import artifacts, formats, images, models
+from pipeline.lib import artifacts, errors, formats, images, keras_files, pools, schemas
 
 LABELS_FILE = "labels.txt"  # one class name per line, in output order; written beside exported models
 # {"temperature", "temperature_in_model", "unknown_score", "unknown_threshold"}: written by calibrate
@@ -206,7 +206,7 @@ class MediaPipeClassifier(Classifier):
                                                             data=np.ascontiguousarray(image, dtype=np.uint8)))
             for category in result.classifications[0].categories:
                 if category.category_name != self.labels[category.index]:
-                    raise artifacts.StageError(f"{self.path.name}: MediaPipe read label {category.category_name!r} for output "
+                    raise errors.StageError(f"{self.path.name}: MediaPipe read label {category.category_name!r} for output "
                                      f"{category.index}, not {self.labels[category.index]!r}")
                 row[category.index] = category.score
             heads = len(result.classifications)
@@ -233,14 +233,14 @@ def load(path: Path) -> Classifier:
     elif path.suffix == ".onnx" and path.is_file():
         kind = OnnxClassifier
     elif path.suffix == ".keras" and path.is_file():
-        return KerasClassifier(models.load(path))  # models.load names a damaged file itself
+        return KerasClassifier(keras_files.load(path))  # keras_files.load names a damaged file itself
     else:
-        raise artifacts.StageError(f"{path}: not {LOADABLE}")
+        raise errors.StageError(f"{path}: not {LOADABLE}")
     try:
         return kind(path)
     except Exception as err:  # TensorFlow, LiteRT and onnxruntime each raise their own types
         message = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        raise artifacts.damaged(path, f"{kind.__name__[:-len('Classifier')]} cannot load it: "
+        raise errors.damaged(path, f"{kind.__name__[:-len('Classifier')]} cannot load it: "
                                       f"{type(err).__name__}: {message}") from err
 
 
@@ -257,7 +257,7 @@ def load_images(paths: Iterable[Path], size: int) -> tuple[np.ndarray, list[int]
             return f"{type(err).__name__}: {err}"
 
     pixels, ok, errors = [], [], {}
-    for i, result in enumerate(images.parallel_map(decode, list(paths))):
+    for i, result in enumerate(pools.parallel_map(decode, list(paths))):
         if isinstance(result, str):
             errors[i] = result
         else:
@@ -280,7 +280,7 @@ def load_ood(folder: Path, size: int) -> tuple[list[Path], np.ndarray]:
     for i, error in errors.items():
         log.warning("%s: not a readable image, left out of the out-of-distribution set (%s)", files[i], error)
     if not len(pixels):
-        raise artifacts.StageError(f"{folder}: no readable image: the out-of-distribution set needs images of "
+        raise errors.StageError(f"{folder}: no readable image: the out-of-distribution set needs images of "
                                    "things that are none of the classes (docs/evaluation.md#the-out-of-distribution-set)")
     return [files[i] for i in ok], pixels
 
@@ -289,11 +289,11 @@ def load_split(source: Path, split: Path, size: int, part: str = "test") -> tupl
     """(rows of split ``part``: train, val or test; their pixels decoded as predict does, integer
     labels, class names). The images are read from the source folder ``source``, each checked
     against the hash ingest recorded."""
-    labels = artifacts.read_labels(split / "labels.json")
-    rows = images.read_csv(split / f"{part}.csv", images.SPLIT_FIELDS)
+    labels = schemas.read_labels(split / "labels.json")
+    rows = schemas.read_csv(split / f"{part}.csv", schemas.SPLIT_FIELDS)
 
     decode = functools.partial(images.decode_recorded, source, size)
-    batches = [image for batch in images.process_batches(decode, rows, 256) for image in batch]
+    batches = [image for batch in pools.process_batches(decode, rows, 256) for image in batch]
     pixels = np.stack(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
     index = {label: i for i, label in enumerate(labels)}
     return rows, pixels, np.array([index[r["label"]] for r in rows], dtype=int), labels

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from pipeline.lib import artifacts, images
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import artifacts, errors, images
+from pipeline.lib.errors import StageError
 
 CHUNK = 256  # images decoded at a time: bounds memory for big folders
 
@@ -99,7 +99,7 @@ def read_calibration(model: Path, given: Path | None, unknown_threshold: float |
         try:
             found = confidence.read_calibration(path)
         except StageError as err:
-            fail(f"{artifacts.describe(err)} (calibration.json comes from the calibrate or export stage)")
+            fail(f"{errors.describe(err)} (calibration.json comes from the calibrate or export stage)")
         temperature = 1.0 if found["temperature_in_model"] else float(found["temperature"])
         threshold, score = float(found["unknown_threshold"]), found["unknown_score"]
     else:

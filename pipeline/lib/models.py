@@ -6,12 +6,8 @@ a Lambda, so saved files load in Keras' safe mode).
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
-import shutil
-import subprocess
-import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterator
@@ -20,8 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.lib import artifacts
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import keras_cache
+from pipeline.lib.errors import StageError
 
 log = logging.getLogger("pipeline.lib.models")
 # The names of the two parts the pipeline builds and assembles: layers of models/model.keras that
@@ -33,48 +29,6 @@ def embedding(extractor, x):
     """What the audit, split and rank compare images by: the sum of the extractor's features of the
     images ``x`` and of their mirror images, so a mirrored copy has the very same embedding."""
     return extractor(x, training=False) + extractor(tf.reverse(x, [2]), training=False)
-
-
-def log_devices() -> list[str]:
-    """Log the devices TensorFlow runs on (``devices: GPU:0 NVIDIA H100``, or ``devices: CPU (no GPU
-    visible)``) and warn when the NVIDIA driver lists a GPU that TensorFlow does not see."""
-    gpus = tf.config.list_physical_devices("GPU")
-    names = [f"GPU:{i} {tf.config.experimental.get_device_details(gpu).get('device_name', gpu.name)}"
-             for i, gpu in enumerate(gpus)]
-    log.info("devices: %s", ", ".join(names) if names else "CPU (no GPU visible)")
-    driver = driver_gpus()
-    if driver and not gpus:
-        why = ("this TensorFlow is built without CUDA (tensorflow-cpu): `make setup TENSORFLOW=cuda` "
-               "installs the CUDA build" if not tf.test.is_built_with_cuda() else
-               "its CUDA libraries do not work with this driver: compare the CUDA version `nvidia-smi` "
-               "shows with `python -c 'import tensorflow as tf; print(tf.sysconfig.get_build_info())'`, "
-               "and check LD_LIBRARY_PATH and CUDA_VISIBLE_DEVICES")
-        log.warning("nvidia-smi lists %s but TensorFlow sees no GPU, so this runs on the CPU: %s",
-                    ", ".join(driver), why)
-    return names
-
-
-def driver_gpus() -> list[str]:
-    """The GPUs ``nvidia-smi -L`` lists (``GPU 0: NVIDIA H100 80GB HBM3 (UUID: ...)``), by name;
-    empty where there is no NVIDIA driver."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return []
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):  # a driver that does not answer lists no GPU
-        return []
-    return [m.group(1) for m in re.finditer(r"^GPU \d+: (.+?)(?: \(UUID: [^)]*\))?\s*$", out, re.M)]
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow, and make TensorFlow's ops deterministic.
-
-    Same data, params and seed then give byte-identical shards, features,
-    weights and metrics on the CPU (tests/test_e2e.py compares two runs).
-    """
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
 
 
 def backbones() -> dict[str, Callable]:
@@ -127,7 +81,7 @@ def build_extractor(base: SimpleNamespace) -> keras.Model:
         url = re.search(r"https?://\S+", str(err))
         if "URL fetch failure" not in str(err) or not url:
             raise
-        cache = artifacts.keras_cache_dir() / "models"
+        cache = keras_cache.keras_cache_dir() / "models"
         raise StageError(f"could not download {base.backbone} ImageNet weights from {url.group(0)}. "
                          f"Offline? Put that file at {cache / url.group(0).rsplit('/', 1)[-1]} "
                          "(set KERAS_HOME to use another cache)") from err
@@ -202,138 +156,6 @@ def unfreeze_top(backbone: keras.Model, n_layers: int) -> int:
     for i, layer in enumerate(backbone.layers):
         layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(layer.trainable and bool(layer.weights) for layer in backbone.layers)
-
-
-class RandomAffine(keras.layers.Layer):
-    """Random rotation, zoom and translation as ONE affine warp per image.
-
-    The same ranges as keras.layers.RandomRotation (a fraction of a full turn),
-    RandomZoom (1 +/- zoom, aspect kept) and RandomTranslation (a fraction of
-    the size), reflect-filled, but one bilinear resampling instead of three:
-    less blur and less work, which on a CPU shares the cores with fine-tuning
-    (bench/README.md has the figures).
-    """
-
-    def __init__(self, rotation: float, zoom: float, translation: float, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.rotation, self.zoom, self.translation = rotation, zoom, translation
-        self.generator = keras.random.SeedGenerator(seed)
-
-    def call(self, images, training=True):
-        if not training:
-            return images
-        ops = keras.ops
-        shape = ops.shape(images)  # dynamic: tf.data batches may have unknown sizes
-        n, height, width = shape[0], ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
-
-        def uniform(limit):
-            return keras.random.uniform((n,), -limit, limit, seed=self.generator)
-
-        angle = uniform(self.rotation * 2 * np.pi)
-        scale = 1 + uniform(self.zoom)  # > 1 samples a larger area: zooms out
-        dx, dy = uniform(self.translation) * width, uniform(self.translation) * height
-        cx, cy = (width - 1) / 2, (height - 1) / 2
-        # Output pixel p samples the input at A (p - d - c) + c, with A = scale * rotation.
-        cos, sin = ops.cos(angle) * scale, ops.sin(angle) * scale
-        transform = ops.stack([cos, -sin, cx - cos * (cx + dx) + sin * (cy + dy),
-                               sin, cos, cy - sin * (cx + dx) - cos * (cy + dy),
-                               ops.zeros_like(cos), ops.zeros_like(cos)], axis=1)
-        return ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="reflect")
-
-    def compute_output_shape(self, input_shape):
-        return input_shape  # lets Keras build it on symbolic inputs of unknown size (tf.data)
-
-
-def augmenter(augment: SimpleNamespace, seed: int) -> keras.Sequential:
-    """The ``augment.*`` transforms as seeded Keras layers (zero factors left out)."""
-    layers = []
-    if augment.flip != "none":
-        layers.append(keras.layers.RandomFlip(augment.flip, seed=seed))
-    if augment.rotation or augment.zoom or augment.translation:
-        layers.append(RandomAffine(augment.rotation, augment.zoom, augment.translation, seed=seed + 1))
-    if augment.contrast:
-        # Each layer its own seed. +4, not +2: rotation, zoom and translation were once three layers
-        # (+1 to +3); kept so that the same params still give the same data/augmented bytes.
-        layers.append(keras.layers.RandomContrast(augment.contrast, seed=seed + 4))
-    return keras.Sequential(layers, name="augmenter")
-
-
-def online_augmentation(augment: SimpleNamespace, seed: int) -> Callable:
-    """The augmenter as a function of a batch, always in training mode: for tf.data's map."""
-    layers = augmenter(augment, seed)
-    return lambda images: layers(images, training=True)
-
-
-def save(model: keras.Model, path: Path) -> None:
-    """Save the model for inference: architecture and weights in float32 (whatever policy it
-    trained under), without the optimizer state and training loss (a fresh functional model
-    over the same layers is never compiled)."""
-    model = with_precision(model, "float32")
-    with artifacts.atomic_file(path) as tmp:
-        keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
-        _make_reproducible(tmp)
-
-
-# What `_make_reproducible` writes for the save time: the reproducible-builds convention, as DVC
-# compares files by content and git already dates every version.
-FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
-# The .keras zip layout `_make_reproducible` rewrites: Keras' saving format, not a documented
-# interface. Written for Keras 3.15; checked on every save (tests/test_models.py fails otherwise).
-KERAS_ARCHIVE = {"metadata.json", "config.json", "model.weights.h5"}
-
-
-def _check_archive(path: Path, members: list[str], meta: dict) -> None:
-    if set(members) != KERAS_ARCHIVE or "date_saved" not in meta:
-        raise artifacts.StageError(
-            f"{path.name}: this Keras ({keras.__version__}) saves .keras files as {sorted(members)} with metadata "
-            f"keys {sorted(meta)}; the reproducible save (pipeline/lib/models.py, _make_reproducible) was written "
-            f"for Keras 3.15's {sorted(KERAS_ARCHIVE)} with metadata.json's date_saved: check where the save "
-            "time and Python object addresses are stored now, then update KERAS_ARCHIVE")
-
-
-def _make_reproducible(path: Path) -> None:
-    """Rewrite a ``.keras`` zip so the same model gives the same bytes, and DVC sees no change:
-    without its save time (``metadata.json``'s ``date_saved``, the members' zip dates), and with
-    ``config.json``'s ``shared_object_id`` values (Python object addresses) numbered in order."""
-    with zipfile.ZipFile(path) as zf:
-        members = [(info, zf.read(info)) for info in zf.infolist()]
-    meta = next((json.loads(data) for info, data in members if info.filename == "metadata.json"), {})
-    _check_archive(path, [info.filename for info, _ in members], meta)
-    with zipfile.ZipFile(path, "w") as zf:
-        for info, data in members:
-            if info.filename == "metadata.json":
-                meta = json.loads(data)
-                meta["date_saved"] = "{:04d}-{:02d}-{:02d}@{:02d}:{:02d}:{:02d}".format(*FIXED_DATE_TIME)
-                data = json.dumps(meta).encode()
-            elif info.filename == "config.json":
-                data = json.dumps(_number_shared_objects(json.loads(data), {})).encode()
-            fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_DATE_TIME)
-            fixed.external_attr = info.external_attr
-            zf.writestr(fixed, data, compress_type=info.compress_type)
-
-
-def _number_shared_objects(node, numbers: dict):
-    """The config with each distinct ``shared_object_id`` replaced by 0, 1, 2... in order of first
-    appearance: the same sharing, without the memory addresses."""
-    if isinstance(node, dict):
-        return {k: numbers.setdefault(v, len(numbers)) if k == "shared_object_id"
-                else _number_shared_objects(v, numbers) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_number_shared_objects(v, numbers) for v in node]
-    return node
-
-
-def load(path: Path) -> keras.Model:
-    """Load a saved model in safe mode: no Lambda layers, nothing unpickled."""
-    if not Path(path).is_file():
-        raise artifacts.missing_input(path)
-    if not zipfile.is_zipfile(path):  # Keras would answer "File not found" for such a file
-        raise artifacts.damaged(path, "not a .keras zip archive")
-    try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as err:  # zipfile, h5py and Keras each raise their own types for a bad file
-        raise artifacts.damaged(path, f"not a readable Keras model: {type(err).__name__}: "
-                                      f"{(str(err).strip().splitlines() or [''])[0][:300]}") from err
 
 
 def with_precision(model: keras.Model, precision: str) -> keras.Model:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from pipeline.lib import artifacts
+from pipeline.lib import errors
 
 SHARD_SIZE = 1024
 JPEG_QUALITY = 95
@@ -86,20 +86,20 @@ def meta(directory: Path | str) -> dict:
     A count that lies by less than a shard is caught while reading (``reading``)."""
     path = _join(directory, "meta.json")
     if not tf.io.gfile.exists(path):
-        raise artifacts.missing_input(path)
+        raise errors.missing_input(path)
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             info = json.loads(f.read().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise artifacts.damaged(path, f"not valid JSON: {err}") from err
+        raise errors.damaged(path, f"not valid JSON: {err}") from err
     counts = info.get("counts") if isinstance(info, dict) else None
     if not (isinstance(counts, dict) and all(type(v) is int and v >= 0 for v in counts.values())
             and type(info.get("image_size")) is int):
-        raise artifacts.damaged(path, "not augment's meta.json: it needs image_size and counts of records")
+        raise errors.damaged(path, "not augment's meta.json: it needs image_size and counts of records")
     for name, n in counts.items():  # every shard holds at least one record
         found = len(tf.io.gfile.glob(_join(directory, f"{name}-*.tfrecord")))
         if not (found == 0 if n == 0 else 1 <= found <= n):
-            raise artifacts.damaged(path, f"it counts {n:,} {name} records, but {directory} holds {found} "
+            raise errors.damaged(path, f"it counts {n:,} {name} records, but {directory} holds {found} "
                                           f"{name} shard(s)")
     return info
 
@@ -119,10 +119,10 @@ def reading(directory: Path | str) -> Iterator[None]:
     try:
         yield
     except DAMAGE as err:
-        raise culprit(directory) or artifacts.damaged(directory, _message(err)) from err
+        raise culprit(directory) or errors.damaged(directory, _message(err)) from err
 
 
-def culprit(directory: Path | str) -> artifacts.StageError | None:
+def culprit(directory: Path | str) -> errors.StageError | None:
     """Read every shard of ``directory`` on its own, record by record as ``dataset`` does: the first
     that fails is named with its own error; else, a split whose shards hold another number of
     records than meta.json counts names meta.json; else None. A pass over the data, made only
@@ -135,9 +135,9 @@ def culprit(directory: Path | str) -> artifacts.StageError | None:
             try:
                 held += sum(1 for _ in tf.data.TFRecordDataset(path).map(parse))
             except DAMAGE as err:
-                return artifacts.damaged(path, _message(err))
+                return errors.damaged(path, _message(err))
         if held != counted:
-            return artifacts.damaged(_join(directory, "meta.json"), f"it counts {counted:,} {name} records, but "
+            return errors.damaged(_join(directory, "meta.json"), f"it counts {counted:,} {name} records, but "
                                      f"the {name} shards hold {held:,}")
     return None
 

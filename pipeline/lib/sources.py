@@ -26,8 +26,9 @@ from types import SimpleNamespace
 
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, images, params
-from pipeline.lib.artifacts import StageError, keras_cache_dir
+from pipeline.lib import artifacts, cli, images, params
+from pipeline.lib.keras_cache import keras_cache_dir
+from pipeline.lib.errors import StageError
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test", "": ""}
 KERAS_CLASS_NAMES = {  # keras:<name> sources
@@ -489,4 +490,4 @@ if __name__ == "__main__":  # scripts/get-data.sh: python -m pipeline.lib.source
     import sys
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    artifacts.run(lambda: fetch(sys.argv[1], Path(sys.argv[2]), sys.argv[3:]))
+    cli.run(lambda: fetch(sys.argv[1], Path(sys.argv[2]), sys.argv[3:]))

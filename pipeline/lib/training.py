@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from dvclive import Live
 
-from pipeline.lib import artifacts, plots_training
+from pipeline.lib import artifacts, errors, plots_training
 
 log = logging.getLogger("pipeline.lib.training")
 # DVCLive's names for the loop's metrics: what its Keras callback wrote, so plots and
@@ -290,7 +290,7 @@ def fit(trainer: Trainer, batches: Callable[[int], tf.data.Dataset], val: tf.dat
         for key, value in (("loss", train_loss), ("val_loss", val_loss)):
             if not math.isfinite(value):
                 backup.clear()
-                raise artifacts.StageError(
+                raise errors.StageError(
                     f"training diverged: the loss became {value} in epoch {epoch + 1} ({key}). Lower {rate_key} "
                     f"(now {rate:g}); nothing was written")
         log_to.record({"loss": train_loss, "accuracy": train_accuracy, "val_loss": val_loss,

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from pipeline.lib import artifacts, audit, confidence, images, params, plots_gallery, sources
+from pipeline.lib import artifacts, audit, cli, confidence, images, params, plots_gallery, schemas, sources
 
 PARAMS = ["audit", "seed", "base.image_size", "ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]
 # The one list of issue types: each is reports/audit/<name>.csv and <name>.png, and a count in audit.json.
@@ -46,10 +46,10 @@ log = logging.getLogger("pipeline.stages.audit")
 
 def read(embeddings, split) -> tuple[list[dict], np.ndarray, list[str]]:
     """The images of every split (with the split's labels), their embeddings and the labels."""
-    rows = [{**row, "split": name} for name in images.SPLITS for row in images.read_csv(split / f"{name}.csv", images.SPLIT_FIELDS)]
+    rows = [{**row, "split": name} for name in schemas.SPLITS for row in schemas.read_csv(split / f"{name}.csv", schemas.SPLIT_FIELDS)]
     recorded, x = audit.read_embeddings(embeddings, rows)
     rows = [{**seen, **row} for seen, row in zip(recorded, rows)]
-    return rows, audit.normalized(x), artifacts.read_labels(split / "labels.json")
+    return rows, audit.normalized(x), schemas.read_labels(split / "labels.json")
 
 
 def label_issues(rows, x, idx, sim, labels, p) -> tuple[list[dict], dict]:
@@ -178,7 +178,7 @@ def budget(found: dict, label_figures: dict) -> dict:
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "embeddings", "split", "metrics", "out", writes=("metrics", "out"))
+    args = cli.start(__doc__, "source", "embeddings", "split", "metrics", "out", writes=("metrics", "out"))
     p = params.load(PARAMS)
     source = sources.locate(str(args.source), p.ingest)
     started = time.perf_counter()
@@ -193,7 +193,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for kind, title in ISSUES.items():
         with artifacts.atomic_file(args.out / f"{kind}.csv") as tmp:
-            images.write_csv(tmp, as_rows(found[kind], rows), FIELDS)
+            schemas.write_csv(tmp, as_rows(found[kind], rows), FIELDS)
         shown = found[kind][:p.audit.gallery]
         twins = [rows[f["twin"]] if kind == "near_duplicates" else None for f in shown]
         with artifacts.atomic_file(args.out / f"{kind}.png") as tmp:
@@ -213,4 +213,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, images, models, params, shards, sources
+from pipeline.lib import artifacts, augmentation, cli, images, params, pools, runtime, schemas, shards, sources
 
 PARAMS = ["augment", "base.image_size", "seed", "ingest.max_unpacked_mb",
           "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
@@ -26,19 +26,19 @@ log = logging.getLogger("pipeline.stages.augment")
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "split", "out", writes=("out",))
+    args = cli.start(__doc__, "source", "split", "out", writes=("out",))
     p = params.load(PARAMS)
     source = sources.locate(str(args.source), p.ingest)
     import keras  # TensorFlow's import, once the inputs and params are known good (pipeline/lib/__init__.py)
 
-    models.log_devices()
-    models.set_seed(p.seed)
+    runtime.log_devices()
+    runtime.set_seed(p.seed)
     size, copies = p.base.image_size, p.augment.copies
-    labels = artifacts.read_labels(args.split / "labels.json")
+    labels = schemas.read_labels(args.split / "labels.json")
     index = {label: i for i, label in enumerate(labels)}
-    augmenter = models.augmenter(p.augment, p.seed)
+    augmenter = augmentation.augmenter(p.augment, p.seed)
 
-    parts = {split: images.read_csv(args.split / f"{split}.csv", images.SPLIT_FIELDS) for split in ("train", "val")}
+    parts = {split: schemas.read_csv(args.split / f"{split}.csv", schemas.SPLIT_FIELDS) for split in ("train", "val")}
     # A quality-95 JPEG of a photo takes about 3 bits a pixel; half a byte a pixel leaves a margin.
     images_total = len(parts["train"]) * (1 + copies) + len(parts["val"])
     artifacts.check_free_space(args.out, images_total * size * size // 2, "writing the shards")
@@ -47,7 +47,7 @@ def main() -> None:
         for split, rows in parts.items():  # evaluate and export read the test images as predict does
             plain = shards.ShardWriter(tmp, split)
             varied = shards.ShardWriter(tmp, "train_aug") if split == "train" and copies else None
-            decoded = images.process_batches(functools.partial(images.decode_recorded, source, size), rows, BATCH)
+            decoded = pools.process_batches(functools.partial(images.decode_recorded, source, size), rows, BATCH)
             with tqdm(total=len(rows), desc=f"augment {split}", unit="img") as bar:
                 for start, batch in zip(range(0, len(rows), BATCH), decoded):
                     pixels = np.stack(batch)
@@ -74,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)

@@ -29,7 +29,7 @@ import logging
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from pipeline.lib import artifacts, confidence, images, inference, models, params, plots_calibration, sources
+from pipeline.lib import artifacts, cli, confidence, errors, inference, keras_files, models, params, plots_calibration, runtime, schemas, sources
 
 PARAMS = ["calibrate.unknown_keep", "evaluate.batch_size", "ingest.max_unpacked_mb",
           "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
@@ -37,17 +37,17 @@ log = logging.getLogger("pipeline.stages.calibrate")
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "split", "ood", "model", "out", "metrics", "plots",
+    args = cli.start(__doc__, "source", "split", "ood", "model", "out", "metrics", "plots",
                            writes=("out", "metrics", "plots"))
     p = params.load(PARAMS)
     source = sources.locate(str(args.source), p.ingest)
-    models.log_devices()
-    model = inference.KerasClassifier(models.logits(models.load(args.model)))  # its outputs are now logits
+    runtime.log_devices()
+    model = inference.KerasClassifier(models.logits(keras_files.load(args.model)))  # its outputs are now logits
     logits, y = {}, {}
     for part in ("val", "test"):
         _, pixels, y[part], labels = inference.load_split(source, args.split, model.image_size, part)
         if not len(y[part]):
-            raise artifacts.StageError(f"{args.split / (part + '.csv')} holds no image: calibration needs "
+            raise errors.StageError(f"{args.split / (part + '.csv')} holds no image: calibration needs "
                                        "validation and test images (split.val_fraction, split.test_fraction)")
         logits[part] = model.predict(pixels, p.evaluate.batch_size).astype(np.float64)
     logits["ood"] = model.predict(inference.load_ood(args.ood, model.image_size)[1],
@@ -92,7 +92,7 @@ def main() -> None:
     args.plots.mkdir(parents=True, exist_ok=True)
     coverage = confidence.coverage_curve(probabilities, y["test"])
     with artifacts.atomic_file(args.plots / "coverage.csv") as tmp:
-        images.write_csv(tmp, coverage, ["threshold", "coverage", "accuracy"])
+        schemas.write_csv(tmp, coverage, ["threshold", "coverage", "accuracy"])
     with artifacts.atomic_file(args.plots / "calibration.png") as tmp:
         plots_calibration.calibration({"uncalibrated": confidence.reliability(confidence.calibrated(logits["test"], 1.0), y["test"]),
                            f"temperature {t:.2f}": confidence.reliability(probabilities, y["test"])},
@@ -115,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)

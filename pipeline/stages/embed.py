@@ -20,21 +20,21 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, images, models, params, sources
+from pipeline.lib import artifacts, cli, images, models, params, pools, quality, runtime, schemas, sources
 
 PARAMS = ["base", "extract.batch_size", "seed", "ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]
 log = logging.getLogger("pipeline.stages.embed")
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "manifest", "out", writes=("out",))
+    args = cli.start(__doc__, "source", "manifest", "out", writes=("out",))
     p = params.load(PARAMS)
     source = sources.locate(str(args.source), p.ingest)
     import tensorflow as tf  # once the inputs and params are known good (pipeline/lib/__init__.py)
 
-    models.log_devices()
-    models.set_seed(p.seed)  # a weights: none backbone is seeded too
-    rows = images.read_csv(args.manifest, images.MANIFEST_FIELDS)
+    runtime.log_devices()
+    runtime.set_seed(p.seed)  # a weights: none backbone is seeded too
+    rows = schemas.read_csv(args.manifest, schemas.MANIFEST_FIELDS)
     size, batch = p.base.image_size, p.extract.batch_size
     extractor = models.build_extractor(p.base)
     forward = tf.function(lambda x: models.embedding(extractor, x),
@@ -45,7 +45,7 @@ def main() -> None:
     with artifacts.atomic_dir(args.out) as tmp:
         x = np.lib.format.open_memmap(tmp / "features.npy", "w+", np.float32, (len(rows), dim))
         measured = []
-        decoded = images.process_batches(functools.partial(images.decode_and_measure, source, size), rows, batch)
+        decoded = pools.process_batches(functools.partial(images.decode_and_measure, source, size), rows, batch)
         with tqdm(total=len(rows), desc="embed", unit="img") as bar:
             for start, part in zip(range(0, len(rows), batch), decoded):
                 x[start:start + len(part)] = forward(np.stack([pixels for pixels, _ in part]).astype(np.float32))
@@ -54,11 +54,11 @@ def main() -> None:
                 bar.update(len(part))
         x.flush()
         del x  # close the memory map before the directory is renamed
-        images.write_csv(tmp / "images.csv", measured, images.MANIFEST_FIELDS + images.QUALITY_FIELDS)
+        schemas.write_csv(tmp / "images.csv", measured, schemas.MANIFEST_FIELDS + quality.QUALITY_FIELDS)
     seconds = time.perf_counter() - started
     log.info("embedded %d images (%d features each, %s) in %.1f s (%.1f images/s)", len(rows), dim,
              p.base.backbone, seconds, len(rows) / max(seconds, 1e-9))
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)

@@ -19,7 +19,7 @@ import logging
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipeline.lib import artifacts, explain, images, inference, models, params, plots_evaluation, plots_gallery, sources
+from pipeline.lib import artifacts, cli, explain, images, inference, keras_files, models, params, plots_evaluation, plots_gallery, runtime, schemas, sources
 
 PARAMS = ["evaluate.batch_size", "evaluate.tta", "ingest.max_unpacked_mb",
           "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
@@ -40,13 +40,13 @@ def scores(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> tuple[dict, di
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "split", "extractor", "head", "model", "metrics", "out",
+    args = cli.start(__doc__, "source", "split", "extractor", "head", "model", "metrics", "out",
                            writes=("metrics", "out"))
     p = params.load(PARAMS)
     source = sources.locate(str(args.source), p.ingest)
-    models.log_devices()
-    classifiers = {"head": inference.KerasClassifier(models.assemble(models.load(args.extractor),
-                                                                     models.load(args.head))),
+    runtime.log_devices()
+    classifiers = {"head": inference.KerasClassifier(models.assemble(keras_files.load(args.extractor),
+                                                                     keras_files.load(args.head))),
                    "finetune": inference.load(args.model)}
     rows, pixels, y, labels = inference.load_split(source, args.split, classifiers["finetune"].image_size)
     log.info("scoring both models on %d test images", len(y))
@@ -58,7 +58,7 @@ def main() -> None:
         pred = probs[name].argmax(axis=1)
         metrics[name], per_class[name] = scores(y, pred, labels)
         with artifacts.atomic_file(args.out / f"confusion_{name}.csv") as tmp:
-            images.write_csv(tmp, ({"actual": labels[t], "predicted": labels[q]} for t, q in zip(y, pred)),
+            schemas.write_csv(tmp, ({"actual": labels[t], "predicted": labels[q]} for t, q in zip(y, pred)),
                              ["actual", "predicted"])
         with artifacts.atomic_file(args.out / f"confusion_{name}.png") as tmp:
             plots_evaluation.confusion_png(confusion_matrix(y, pred, labels=range(len(labels))), labels, tmp,
@@ -73,7 +73,7 @@ def main() -> None:
 
     pred, confidence = probs["finetune"].argmax(axis=1), probs["finetune"].max(axis=1)
     with artifacts.atomic_file(args.out / "predictions.csv") as tmp:
-        images.write_csv(tmp, ({"path": r["path"], "actual": labels[t], "predicted": labels[q],
+        schemas.write_csv(tmp, ({"path": r["path"], "actual": labels[t], "predicted": labels[q],
                                 "confidence": f"{c:.6f}"} for r, t, q, c in zip(rows, y, pred, confidence)),
                          ["path", "actual", "predicted", "confidence"])
     mistakes = sorted(np.flatnonzero(pred != y), key=lambda i: -confidence[i])[:GALLERY]
@@ -93,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.lib import artifacts, confidence, formats, images, inference, models, params, shards, sources
+from pipeline.lib import artifacts, cli, confidence, errors, formats, images, inference, keras_files, models, params, runtime, shards, sources
 from pipeline.lib.exports import FORMATS, TFLITE_KINDS, file_name
 
 PARAMS = ["export.representative_images", "export.timing_runs", "evaluate.batch_size", "seed", "base.backbone",
@@ -56,7 +56,7 @@ def write_formats(model, labels: list[str], calibration: dict, folder: Path, des
     inference.write_labels(folder / inference.LABELS_FILE, labels)
     artifacts.write_json(folder / inference.CALIBRATION_FILE, {**calibration, "temperature_in_model": True})
     files = {name: folder / file_name(name) for name in ("keras", "saved_model", "onnx")}
-    models.save(model, files["keras"])
+    keras_files.save(model, files["keras"])
     formats.saved_model(model, labels, files["saved_model"], calibration["unknown_threshold"])
     for kind in TFLITE_KINDS:
         path = files[f"tflite_{kind}"] = folder / file_name(f"tflite_{kind}")
@@ -94,7 +94,7 @@ class Outputs(NamedTuple):
 def outputs(name: str, classifier: inference.Classifier, test, ood, batch_size: int) -> Outputs:
     (probabilities, known), (_, ood_known) = (classifier.classify(pixels, batch_size) for pixels in (test, ood))
     if known is None:
-        raise artifacts.StageError(f"{name}: the exported file has no known output")
+        raise errors.StageError(f"{name}: the exported file has no known output")
     return Outputs(probabilities, np.concatenate([known, ood_known]))
 
 
@@ -114,9 +114,9 @@ def score(files: dict[str, Path], test: Images, ood: Images, labels: list[str], 
         saved_model.classify_bytes(part.encoded, batch_size) for part in (test, ood))
     found["saved_model_bytes"] = Outputs(probabilities, np.concatenate([known, ood_known]))
     if names != [labels[i] for i in probabilities.argmax(axis=1)]:
-        raise artifacts.StageError("the SavedModel's classes output does not match its probabilities")
+        raise errors.StageError("the SavedModel's classes output does not match its probabilities")
     if not np.array_equal(np.concatenate([unknown, ood_unknown]), found["saved_model_bytes"].known < threshold):
-        raise artifacts.StageError("the SavedModel's unknown output does not match its known output and threshold")
+        raise errors.StageError("the SavedModel's unknown output does not match its known output and threshold")
     speed["saved_model_bytes"] = inference.timing(EncodedImages(saved_model, test.encoded), test.pixels, batch_size, runs)
     for kind in TFLITE_KINDS:
         row, path = f"mediapipe_{kind}", files[f"tflite_{kind}"]
@@ -133,17 +133,17 @@ def score(files: dict[str, Path], test: Images, ood: Images, labels: list[str], 
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "model", "calibration", "augmented", "source", "split", "ood", "out", "metrics",
+    args = cli.start(__doc__, "model", "calibration", "augmented", "source", "split", "ood", "out", "metrics",
                            writes=("out", "metrics"))
     p = params.load(PARAMS)
     source = sources.locate(str(args.source), p.ingest)
-    models.log_devices()
-    models.set_seed(p.seed)
+    runtime.log_devices()
+    runtime.set_seed(p.seed)
     calibration = confidence.read_calibration(args.calibration)
     if calibration["unknown_score"] != "known":
-        raise artifacts.StageError(f"{args.calibration} is from before the known score: run the calibrate stage "
+        raise errors.StageError(f"{args.calibration} is from before the known score: run the calibrate stage "
                                    "again (dvc repro calibrate)")
-    model = models.deployable(models.load(args.model), calibration)
+    model = models.deployable(keras_files.load(args.model), calibration)
     size = int(model.input_shape[1])
     rows, pixels, y, labels = inference.load_split(source, args.split, size)
     # Every read of a source image checks its hash, the SavedModel's bytes too: read once, here
@@ -204,4 +204,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, distribution, models, params, shards
+from pipeline.lib import artifacts, cli, distribution, errors, keras_files, models, params, runtime, shards
 
 PARAMS = ["base", "extract.batch_size", "distribution.strategy", "seed"]
 PARTS = {"train": ["train", "train_aug"], "val": ["val"]}  # the head trains and validates on these
@@ -51,18 +51,18 @@ def in_order(forward, batches, n: int, batch_size: int, strategy, dim: int):
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "augmented", "out", "extractor", writes=("out", "extractor"))
+    args = cli.start(__doc__, "augmented", "out", "extractor", writes=("out", "extractor"))
     p = params.load(PARAMS)
     import tensorflow as tf  # once the inputs and params are known good (pipeline/lib/__init__.py)
 
-    models.log_devices()
+    runtime.log_devices()
     # Extraction is split across machines only: one machine's devices run it as one device.
     strategy = distribution.strategy("multi_worker") if p.distribution.strategy == "multi_worker" \
         else tf.distribute.get_strategy()
-    models.set_seed(p.seed)  # a weights: none backbone is seeded too
+    runtime.set_seed(p.seed)  # a weights: none backbone is seeded too
     meta = shards.meta(args.augmented)
     if meta["image_size"] != p.base.image_size:
-        raise artifacts.StageError(f"shards in {args.augmented} are {meta['image_size']} px but "
+        raise errors.StageError(f"shards in {args.augmented} are {meta['image_size']} px but "
                                    f"base.image_size is {p.base.image_size}: rerun augment (dvc repro)")
     extractor = models.build_extractor(p.base)
     # One trace for every batch size (the last batch of each part is smaller): each
@@ -102,10 +102,10 @@ def main() -> None:
             total += n
     seconds = time.perf_counter() - started
     log.info("extracted %d images in %.1f s (%.1f images/s)", total, seconds, total / seconds)
-    models.save(extractor, distribution.output_path(args.extractor, strategy))
+    keras_files.save(extractor, distribution.output_path(args.extractor, strategy))
     distribution.barrier(strategy)
     log.info("features written to %s", args.out)
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)

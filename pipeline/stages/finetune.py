@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 
-from pipeline.lib import artifacts, distribution, finetuning, models, params, shards, training
+from pipeline.lib import artifacts, cli, distribution, finetuning, keras_files, params, runtime, shards, training
 
 PARAMS = ["finetune", "class_weights", "distribution", "augment.flip", "augment.rotation", "augment.zoom",
           "augment.translation", "augment.contrast", "seed"]
@@ -24,13 +24,13 @@ log = logging.getLogger("pipeline.stages.finetune")
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "augmented", "extractor", "head", "model", "live", "backup",
+    args = cli.start(__doc__, "augmented", "extractor", "head", "model", "live", "backup",
                            writes={"model": None, "live": None, "backup": artifacts.BACKUP})
     p = params.load(PARAMS)
-    models.log_devices()
+    runtime.log_devices()
     hp = p.finetune
     strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
-    models.set_seed(p.seed)
+    runtime.set_seed(p.seed)
     meta = shards.meta(args.augmented)
     n_train = meta["counts"]["train"]
     batch = distribution.global_batch(hp.batch_size, strategy)
@@ -62,10 +62,10 @@ def main() -> None:
             val_loss, val_accuracy = trainer.evaluate(val)
             epoch_log.live.summary.update(start_val_loss=start_loss, start_val_accuracy=start_accuracy,
                                        best_val_loss=val_loss, best_val_accuracy=val_accuracy)
-    models.save(model, distribution.output_path(args.model, strategy))
+    keras_files.save(model, distribution.output_path(args.model, strategy))
     backup.clear()
     log.info("kept: val accuracy %.4f, val loss %.4f", val_accuracy, val_loss)
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)

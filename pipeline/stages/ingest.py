@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, images, params, sources
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import artifacts, cli, images, params, pools, schemas, sources
+from pipeline.lib.errors import StageError
 
 PARAMS = ["ingest"]
 log = logging.getLogger("pipeline.stages.ingest")
@@ -36,7 +36,7 @@ def deduplicate(rows: list[dict]) -> tuple[list[dict], list[dict]]:
         groups[row["sha256"]].append(row)
     kept, dropped = [], []
     for group in groups.values():
-        group.sort(key=lambda r: (images.SPLIT_PRIORITY[r["split"]], r["path"]))
+        group.sort(key=lambda r: (schemas.SPLIT_PRIORITY[r["split"]], r["path"]))
         labels = sorted({r["label"] for r in group})
         if len(labels) > 1:
             dropped += [{**r, "reason": "same image under several labels",
@@ -84,7 +84,7 @@ def summarize(source: str, kept: list[dict], skipped: list[dict], version: str) 
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "source", "manifest", "report", writes=("manifest", "report"))
+    args = cli.start(__doc__, "source", "manifest", "report", writes=("manifest", "report"))
     source = str(args.source)  # a path, or a URL / keras:<dataset> for one-off runs
     p = params.load(PARAMS)
     folder, root, candidates, skipped = sources.open_source(source, p.ingest)
@@ -93,7 +93,7 @@ def main() -> None:
     log.info("%s: %d candidate files, decoding each one", root, len(candidates))
 
     readable, started = [], time.perf_counter()
-    examined = images.process_map(images.examine, [root / entry["path"] for entry in candidates])
+    examined = pools.process_map(images.examine, [root / entry["path"] for entry in candidates])
     for entry, found in tqdm(zip(candidates, examined), total=len(candidates), desc="ingest", unit="file"):
         if "reason" in found:
             skipped.append({**entry, **found})
@@ -115,7 +115,7 @@ def main() -> None:
         raise StageError(f"source {source!r}: found {len(labels)} class(es) with "
                          f"readable images under {root}; need at least 2{hint}")
     with artifacts.atomic_file(args.manifest) as tmp:
-        images.write_csv(tmp, kept, images.MANIFEST_FIELDS)
+        schemas.write_csv(tmp, kept, schemas.MANIFEST_FIELDS)
         # The data version: every kept image's path, label and content, in one digest.
         version = images.sha256_file(tmp)[:16]
 
@@ -128,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)

@@ -35,8 +35,8 @@ import logging
 from types import SimpleNamespace
 
 
-from pipeline.lib import artifacts, audit, images, params
-from pipeline.lib.artifacts import StageError
+from pipeline.lib import artifacts, audit, cli, params, schemas
+from pipeline.lib.errors import StageError
 
 PARAMS = ["split", "seed", "audit.duplicate_similarity", "audit.neighbours"]
 # The params that decide where an image goes: when one changes, the split is made afresh.
@@ -161,18 +161,18 @@ def key(row: dict) -> str:
 
 
 def placed(unit: list[dict], before: dict[str, str]) -> str | None:
-    """Where the members of ``unit`` already placed ``before`` are (the first by images.SPLIT_PRIORITY when a new
+    """Where the members of ``unit`` already placed ``before`` are (the first by schemas.SPLIT_PRIORITY when a new
     image joined groups from two splits), or None when none is."""
     seen = [before[key(r)] for r in unit if key(r) in before]
-    return min(seen, key=images.SPLIT_PRIORITY.__getitem__) if seen else None
+    return min(seen, key=schemas.SPLIT_PRIORITY.__getitem__) if seen else None
 
 
 def keep_together(groups: list[list[dict]], before: dict[str, str]) -> tuple[list[list[dict]], int]:
     """In the source's own split: every member of a group into the split its members already have
-    (``before``), else into its members' first split by images.SPLIT_PRIORITY."""
+    (``before``), else into its members' first split by schemas.SPLIT_PRIORITY."""
     moved, out = 0, []
     for group in groups:
-        target = placed(group, before) or min((r["split"] for r in group), key=images.SPLIT_PRIORITY.__getitem__)
+        target = placed(group, before) or min((r["split"] for r in group), key=schemas.SPLIT_PRIORITY.__getitem__)
         moved += sum(r["split"] != target for r in group)
         out.append([{**r, "split": target} for r in group])
     return out, moved
@@ -194,11 +194,11 @@ def previous(folder, current: dict) -> dict[str, str]:
     params; else nothing (a first run, a changed param: the split is made afresh, logged)."""
     if not (folder / "placed.json").is_file():
         return {}
-    if artifacts.read_json(folder / "placed.json", dict) != current:
+    if schemas.read_json(folder / "placed.json", dict) != current:
         log.info("the params that place images changed since the last split: split made afresh")
         return {}
-    return {key(r): name for name in images.SPLITS
-            for r in images.read_csv(folder / f"{name}.csv", images.SPLIT_FIELDS)}
+    return {key(r): name for name in schemas.SPLITS
+            for r in schemas.read_csv(folder / f"{name}.csv", schemas.SPLIT_FIELDS)}
 
 
 def changed(parts: dict[str, list[dict]], before: dict[str, str], group_of: dict) -> list[dict]:
@@ -217,9 +217,9 @@ def changed(parts: dict[str, list[dict]], before: dict[str, str], group_of: dict
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "manifest", "embeddings", "out", "report", writes=("out", "report"))
+    args = cli.start(__doc__, "manifest", "embeddings", "out", "report", writes=("out", "report"))
     p = params.load(PARAMS)
-    rows, changes = relabel(images.read_csv(args.manifest, images.MANIFEST_FIELDS), p.split)
+    rows, changes = relabel(schemas.read_csv(args.manifest, schemas.MANIFEST_FIELDS), p.split)
     before = previous(args.out, stamp(p))
     labels = sorted({r["label"] for r in rows})
     if len(labels) < 2:
@@ -246,7 +246,7 @@ def main() -> None:
         if moved:
             log.info("moved %d images into their near twin's split", moved)
         parts = {s: sorted((r for g in groups for r in g if r["split"] == s), key=lambda r: r["path"])
-                 for s in images.SPLITS}
+                 for s in schemas.SPLITS}
         if not parts["train"]:
             raise StageError("the source's own split has no training images")
         missing = {name: share for name, share in fractions.items() if not parts[name]}
@@ -256,7 +256,7 @@ def main() -> None:
             parts.update(carved)
     else:
         parts = assign(groups, fractions, p.seed, "val or test", before)
-    parts = {name: parts[name] for name in images.SPLITS}
+    parts = {name: parts[name] for name in schemas.SPLITS}
 
     for name, part in parts.items():
         missing = sorted(set(labels) - {r["label"] for r in part})
@@ -269,7 +269,7 @@ def main() -> None:
         log.warning("... and %d more moved (reports/split.json lists them)", len(moves) - 5)
     with artifacts.atomic_dir(args.out) as tmp:
         for name, part in parts.items():
-            images.write_csv(tmp / f"{name}.csv", part, images.SPLIT_FIELDS)
+            schemas.write_csv(tmp / f"{name}.csv", part, schemas.SPLIT_FIELDS)
         artifacts.write_json(tmp / "labels.json", labels)
         artifacts.write_json(tmp / "placed.json", stamp(p))
     counts = {name: dict(sorted(collections.Counter(r["label"] for r in part).items()))
@@ -284,8 +284,8 @@ def main() -> None:
                                        "moved": moves,
                                        "per_class": counts})
     log.info("%d classes; train %d, val %d, test %d images", len(labels),
-             *(len(parts[s]) for s in images.SPLITS))
+             *(len(parts[s]) for s in schemas.SPLITS))
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline.lib import artifacts, params
+from pipeline.lib import artifacts, cli, params, schemas
 from pipeline.lib.exports import FORMATS
 
 PARAMS = ["seed", "base", "augment.copies", "class_weights", "train_head.hidden_units",
@@ -149,10 +149,10 @@ def export_section(export: dict) -> list[str]:
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "ingest", "split", "audit", "head_log", "finetune_log", "evaluate", "metrics",
+    args = cli.start(__doc__, "ingest", "split", "audit", "head_log", "finetune_log", "evaluate", "metrics",
                            "calibration", "calibrate", "export", "out", writes=("out",))
     p = params.load(PARAMS)
-    read = artifacts.read_json
+    read = schemas.read_json
     metrics, split = read(args.metrics), read(args.split)
     here = args.out.parent
     figures = [f"- `{os.path.relpath(folder / name, here)}`: {what}"
@@ -177,4 +177,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)

@@ -14,25 +14,25 @@ import logging
 
 import numpy as np
 
-from pipeline.lib import artifacts, distribution, models, params, training
+from pipeline.lib import artifacts, cli, distribution, keras_files, models, params, runtime, schemas, training
 
 PARAMS = ["train_head", "class_weights", "distribution", "seed"]
 log = logging.getLogger("pipeline.stages.train_head")
 
 
 def main() -> None:
-    args = artifacts.start(__doc__, "features", "labels", "model", "live", "backup",
+    args = cli.start(__doc__, "features", "labels", "model", "live", "backup",
                            writes={"model": None, "live": None, "backup": artifacts.BACKUP})
     p = params.load(PARAMS)
     hp = p.train_head
-    labels = artifacts.read_labels(args.labels)
-    x, y = artifacts.read_features(args.features, "train", len(labels))
-    val = artifacts.read_features(args.features, "val", len(labels))
+    labels = schemas.read_labels(args.labels)
+    x, y = schemas.read_features(args.features, "train", len(labels))
+    val = schemas.read_features(args.features, "val", len(labels))
     import tensorflow as tf  # once the inputs and params are known good (pipeline/lib/__init__.py)
 
-    models.log_devices()
+    runtime.log_devices()
     strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
-    models.set_seed(p.seed)
+    runtime.set_seed(p.seed)
     log.info("%d training and %d validation feature vectors of size %d", len(x), len(val[0]), x.shape[1])
     weights = training.class_weights(np.bincount(y, minlength=len(labels)), labels, p.class_weights.mode,
                                       p.class_weights.auto_ratio)
@@ -52,10 +52,10 @@ def main() -> None:
         val_loss, val_accuracy = trainer.evaluate(val)
         epoch_log.live.summary.update(best_val_loss=val_loss, best_val_accuracy=val_accuracy,
                                    class_weights="balanced" if weights else "none")
-    models.save(head, distribution.output_path(args.model, strategy))
+    keras_files.save(head, distribution.output_path(args.model, strategy))
     backup.clear()
     log.info("best epoch: val accuracy %.4f, val loss %.4f", val_accuracy, val_loss)
 
 
 if __name__ == "__main__":
-    artifacts.run(main)
+    cli.run(main)
