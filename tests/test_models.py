@@ -169,6 +169,12 @@ def test_the_same_model_saved_by_two_processes_is_the_same_file(tmp_path):
         assert '"shared_object_id": 0' in zf.read("config.json").decode()
     x = np.random.default_rng(4).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     assert keras_files.load(tmp_path / "b.keras").predict(x, verbose=0).shape == (2, 1280)
+    # A command that loads a file and never touches models (predict, rank): the pipeline's own
+    # layers are registered by keras_files itself
+    load = "import sys; from pipeline.lib import keras_files; print(keras_files.load(sys.argv[1]).output_shape)"
+    out = subprocess.run([sys.executable, "-c", load, str(tmp_path / "a.keras")], cwd=ROOT, timeout=300,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "(None, 1280)", out.stderr[-2000:]
 
 
 def test_augmenter_is_seeded_and_skips_zero_factors():

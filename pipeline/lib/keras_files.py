@@ -8,6 +8,8 @@ from pathlib import Path
 
 import keras
 
+import pipeline.lib.models  # noqa: F401  the module itself, not its lazy stand-in: it registers the
+# pipeline's layers (Preprocess, Standardize, Known), which loading a .keras file that holds them needs
 from pipeline.lib import artifacts, errors, models
 
 
