@@ -71,3 +71,24 @@ def damaged_exif(data: bytes, at: int) -> bytes:
     damaged = bytearray(data)
     damaged[at + 11] = 64
     return bytes(damaged)
+
+
+def make_multilabel(root: Path, count: int = 120, size: int = 48, seed: int = 0) -> Path:
+    """Write ``root/images/<i>.png``, each holding none to all of the CLASSES' shapes (one a
+    quadrant, drawn as ``draw`` draws one), and ``root/labels.csv`` (``image,label``, the label
+    set joined by ``|``, empty for none): a learnable task: multi_label dataset."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    half = size // 2
+    lines = ["image,label"]
+    for i in range(count):
+        present = sorted(kind for kind in CLASSES if rng.random() < 0.45)
+        canvas = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(150, 256, 3)))
+        corners = rng.permutation(4)
+        for kind, corner in zip(present, corners):
+            tile = draw(kind, CLASSES[kind], half, rng)
+            canvas.paste(tile, (half * (corner % 2), half * (corner // 2)))
+        canvas.save(root / "images" / f"{i:03d}.png")
+        lines.append(f"images/{i:03d}.png,{'|'.join(present)}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root

@@ -248,7 +248,8 @@ def test_a_labels_csv_names_every_unlisted_file_and_must_lie_inside_the_source(t
         Image.new("RGB", (8, 8)).save(root / name)
     (root / "labels.csv").write_text("image,label\na.png,x\nb.png,y\n")
     p = SimpleNamespace(labels_csv="labels.csv", image_dir=None, csv_image_column="image", csv_label_column="label",
-                        csv_split_column=None, max_unpacked_mb=10, max_expansion_ratio=10)
+                        csv_split_column=None, label_separator="|", csv_label_columns=[], max_unpacked_mb=10,
+                        max_expansion_ratio=10)
     _, _, files, skipped = sources.open_source(str(root), p)
     assert len(files) == 2 and skipped == [{"path": "unlisted.png", "label": "", "reason": "no row in the labels CSV"}]
     (tmp_path / "outside").mkdir()

@@ -286,7 +286,8 @@ def labels_csv(tmp_path: Path, text: str, **columns) -> tuple[list[dict], list[d
         Image.new("RGB", (8, 8)).save(root / name)
     (root / "labels.csv").write_text(text, newline="")
     p = SimpleNamespace(labels_csv="labels.csv", image_dir=None, csv_image_column="image", csv_label_column="label",
-                        csv_split_column=None, max_unpacked_mb=10, max_expansion_ratio=10)
+                        csv_split_column=None, label_separator="|", csv_label_columns=[], max_unpacked_mb=10,
+                        max_expansion_ratio=10)
     p.__dict__.update(columns)
     return sources.open_source(str(root), p)[2:]
 

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
 
-from pipeline.lib import artifacts, errors, formats, images, keras_files, pools, schemas
+from pipeline.lib import artifacts, errors, formats, images, keras_files, multilabel, pools, schemas
 
 LABELS_FILE = "labels.txt"  # one class name per line, in output order; written beside exported models
 # {"temperature", "temperature_in_model", "unknown_score", "unknown_threshold"}: written by calibrate
@@ -285,16 +285,19 @@ def load_ood(folder: Path, size: int) -> tuple[list[Path], np.ndarray]:
     return [files[i] for i in ok], pixels
 
 
-def load_split(source: Path, split: Path, size: int, part: str = "test") -> tuple[list[dict], np.ndarray, np.ndarray, list[str]]:
+def load_split(source: Path, split: Path, size: int, part: str = "test",
+               multi: bool = False) -> tuple[list[dict], np.ndarray, np.ndarray, list[str]]:
     """(rows of split ``part``: train, val or test; their pixels decoded as predict does, integer
-    labels, class names). The images are read from the source folder ``source``, each checked
-    against the hash ingest recorded."""
+    labels (``multi``: one 0/1 per label, ``multilabel.targets``), class names). The images are read
+    from the source folder ``source``, each checked against the hash ingest recorded."""
     labels = schemas.read_labels(split / "labels.json")
     rows = schemas.read_csv(split / f"{part}.csv", schemas.SPLIT_FIELDS)
 
     decode = functools.partial(images.decode_recorded, source, size)
     batches = [image for batch in pools.process_batches(decode, rows, 256) for image in batch]
     pixels = np.stack(batches) if batches else np.zeros((0, size, size, 3), np.uint8)
+    if multi:
+        return rows, pixels, multilabel.targets(rows, labels), labels
     index = {label: i for i, label in enumerate(labels)}
     return rows, pixels, np.array([index[r["label"]] for r in rows], dtype=int), labels
 

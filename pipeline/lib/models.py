@@ -115,8 +115,10 @@ class Standardize(keras.layers.Layer):
         return (x - self.mean) * self.inv_std
 
 
-def build_head(train_features: np.ndarray, n_classes: int, hidden_units: int, dropout: float) -> keras.Model:
-    """Standardize, dropout, optional hidden layer, softmax: the classifier on cached features."""
+def build_head(train_features: np.ndarray, n_classes: int, hidden_units: int, dropout: float,
+               multi_label: bool = False) -> keras.Model:
+    """Standardize, dropout, optional hidden layer, softmax (``multi_label``: a sigmoid per label):
+    the classifier on cached features."""
     inputs = keras.Input(train_features.shape[1:], name="features")
     standardize = Standardize(name="standardize")
     x = standardize(inputs)
@@ -125,7 +127,8 @@ def build_head(train_features: np.ndarray, n_classes: int, hidden_units: int, dr
     if hidden_units:
         x = keras.layers.Dense(hidden_units, activation="relu")(x)
         x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    outputs = keras.layers.Dense(n_classes, activation="sigmoid" if multi_label else "softmax",
+                                 name="probabilities")(x)
     return keras.Model(inputs, outputs, name=HEAD)
 
 
@@ -191,10 +194,19 @@ def last_layer(model: keras.Model) -> keras.layers.Layer:
     return layer
 
 
+def is_multi_label(model: keras.Model) -> bool:
+    """Whether ``model`` ends in a sigmoid per label (task: multi_label) rather than a softmax."""
+    return last_layer(model).get_config().get("activation") == "sigmoid"
+
+
 def output_layer(model: keras.Model) -> keras.layers.Dense:
     """The softmax Dense layer that ends a classifier (``build_head``'s ``probabilities``),
     looked for in the nested head as well."""
     layer = last_layer(model)
+    if is_multi_label(model):  # sigmoid outputs: what calibrate, export, predict and rank will need (issue 35)
+        raise StageError(f"{model.name} is a task: multi_label model (a sigmoid per label): calibrate, export, "
+                         "predict and rank do not take those yet. `dvc repro evaluate` scores it "
+                         "(reports/metrics.json, reports/evaluate/); docs/multilabel.md says what works")
     if not isinstance(layer, keras.layers.Dense) or layer.get_config()["activation"] != "softmax":
         raise StageError(f"{model.name} does not end in a softmax Dense layer (it ends in {layer.name}, "
                          f"{type(layer).__name__}): not a classifier built by this pipeline")

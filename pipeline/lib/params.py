@@ -83,13 +83,30 @@ class Ingest:
     image_dir: Optional[str] = param("folder the CSV's image paths are relative to, relative to the CSV; "
                                      "`null` for the CSV's own folder")
     csv_image_column: str = param("CSV column holding the image path, or the file name without extension")
-    csv_label_column: str = param("CSV column holding the label")
+    csv_label_column: str = param("CSV column holding the label (`task: multi_label`: the image's labels, "
+                                  "joined by `ingest.label_separator`; empty for none of them)")
+    label_separator: str = param("`task: multi_label`: what separates an image's labels in "
+                                 "`ingest.csv_label_column` (a vertical bar by default)")
+    csv_label_columns: list[str] = param("`task: multi_label`: one 0/1 CSV column per label instead of "
+                                         "`ingest.csv_label_column` (the column names are the labels); "
+                                         "`[]` for none")
     csv_split_column: Optional[str] = param("optional CSV column holding `train` / `validation` / `test`; "
                                             "`null` for none")
     max_unpacked_mb: float = param("an archive source may unpack to at most this many megabytes (checked on "
                                    "its headers, then on the bytes written)", low=1)
     max_expansion_ratio: float = param("...and to at most this many times its own size: photos barely "
                                        "compress, so more is an archive bomb", low=1)
+
+    def check(self) -> list[str]:
+        errors = []
+        if not self.label_separator.strip() or len(self.label_separator) > 8:
+            errors.append(f"ingest.label_separator must be 1 to 8 characters, not all spaces; "
+                          f"got {_shown.repr(self.label_separator)}")
+        errors += [f"ingest.csv_label_columns: label {_shown.repr(label)} {problem}"
+                   for label in self.csv_label_columns if (problem := label_problem(label))]
+        if len(set(self.csv_label_columns)) != len(self.csv_label_columns):
+            errors.append("ingest.csv_label_columns names a column twice")
+        return errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +216,9 @@ class Evaluate:
     tta: str = param("test-time augmentation also measured on the fine-tuned model: horizontal_flip averages "
                      "each image's probabilities with its mirror's (finetune_tta in the metrics; predict --tta)",
                      choices=("none", "horizontal_flip"))
+    label_precision: Optional[float] = param("`task: multi_label`: each label's threshold is the lowest whose "
+                                             "validation precision reaches this; `null` for the threshold of "
+                                             "highest validation F1", low=0, high=1, low_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +282,10 @@ SECTIONS: dict[str, type] = {
     "calibrate": Calibrate, "evaluate": Evaluate, "export": Export, "audit": Audit,
 }
 TOP_LEVEL = {"seed": (int, param("the one seed for every random step: split, augmentation, weight init, "
-                                  "shuffling, dropout", low=0, high=2**32 - 1))}  # what numpy and TF take
+                                  "shuffling, dropout", low=0, high=2**32 - 1)),  # what numpy and TF take
+             "task": (str, param("`single_label`: one class per image (class folders or a labels CSV); "
+                                 "`multi_label`: any number of labels per image, none included (a labels CSV: "
+                                 "[Multi-label](multilabel.md))", choices=("single_label", "multi_label")))}
 
 
 def all_keys() -> list[str]:

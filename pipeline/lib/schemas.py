@@ -119,17 +119,35 @@ def read_labels(path: Any) -> list[str]:
     return labels
 
 
-def read_features(folder: Any, part: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
+def read_features(folder: Any, part: str, classes: int, multi: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` of extract_features' ``<part>_x.npy`` (float32 vectors) and ``<part>_y.npy``
-    (class indices), checked to agree with each other and with the ``classes`` labels."""
+    (class indices, or with ``multi`` one 0/1 per label: ``features_are_multi_label``), checked to
+    agree with each other and with the ``classes`` labels."""
     folder = Path(folder)
     x = read_npy(folder / f"{part}_x.npy", "float32", 2)
-    y = read_npy(folder / f"{part}_y.npy", "integer", 1)
+    y = read_npy(folder / f"{part}_y.npy", "integer", 2 if multi else 1)
     if len(x) != len(y):
         raise damaged(folder / f"{part}_y.npy", f"{len(y):,} labels for {len(x):,} feature vectors")
-    if len(y) and not (0 <= y.min() and y.max() < classes):
+    if multi and (y.shape[1] != classes or (len(y) and not np.isin(y, (0, 1)).all())):
+        raise damaged(folder / f"{part}_y.npy", f"not one 0/1 per label for {classes} labels")
+    if not multi and len(y) and not (0 <= y.min() and y.max() < classes):
         raise damaged(folder / f"{part}_y.npy", f"class indices outside 0..{classes - 1}")
     return x, y
+
+
+def features_are_multi_label(folder: Any) -> bool:
+    """Whether extract_features wrote multi_label targets (a 2-D ``train_y.npy``), read from its header."""
+    path = Path(folder) / "train_y.npy"
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                     else np.lib.format.read_array_header_2_0)(f, max_header_size=10_000)[0]
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, SyntaxError, TypeError) as err:
+        raise damaged(path, f"not a NumPy .npy file: {err}") from err
+    return len(shape) == 2
 
 
 def read_json(path: Path, kind: type | None = None) -> Any:

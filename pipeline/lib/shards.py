@@ -49,7 +49,8 @@ class ShardWriter:
         self.directory, self.name, self.shard_size = Path(directory), name, shard_size
         self.count, self._writer = 0, None
 
-    def write(self, image: np.ndarray, label: int) -> None:
+    def write(self, image: np.ndarray, label) -> None:
+        """``label``: a class index, or (task: multi_label) one 0/1 per label."""
         if self.count % self.shard_size == 0:
             self.close()
             path = self.directory / f"{self.name}-{self.count // self.shard_size:05d}.tfrecord"
@@ -57,7 +58,7 @@ class ShardWriter:
         jpeg = tf.io.encode_jpeg(image, quality=JPEG_QUALITY).numpy()
         example = tf.train.Example(features=tf.train.Features(feature={
             "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
-            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=np.atleast_1d(label).astype(int).tolist())),
         }))
         # Protobuf map order varies between processes unless asked: byte-identical shards need this.
         self._writer.write(example.SerializeToString(deterministic=True))
@@ -128,7 +129,7 @@ def culprit(directory: Path | str) -> errors.StageError | None:
     records than meta.json counts names meta.json; else None. A pass over the data, made only
     after a read failed."""
     info = meta(directory)
-    parse = _parser(info["image_size"])
+    parse = _parser(info["image_size"], label_shape(info))
     for name, counted in info["counts"].items():
         held = 0
         for path in files(directory, name) if counted else []:
@@ -154,9 +155,16 @@ def count(directory: Path | str, name: str) -> int:
     return meta(directory)["counts"].get(name, 0)
 
 
-def _parser(size: int) -> Callable:
-    """A record -> ``(float32 image, int32 label)``, for images of ``size`` pixels a side."""
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+def label_shape(info: dict) -> list[int]:
+    """A record's label shape, from meta.json: ``[]`` (a class index), or ``[labels]`` (one 0/1 per
+    label) when augment wrote ``"task": "multi_label"``."""
+    return [len(info["labels"])] if info.get("task") == "multi_label" else []
+
+
+def _parser(size: int, shape: list[int]) -> Callable:
+    """A record -> ``(float32 image, int32 label)``, for images of ``size`` pixels a side; the
+    label of ``shape`` (``label_shape``)."""
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature(shape, tf.int64)}
 
     def parse(record):
         example = tf.io.parse_single_example(record, spec)
@@ -182,7 +190,7 @@ def dataset(directory: Path | str, names: list[str] | str, batch_size: int,
     info = meta(directory)
     size = info["image_size"]
     paths = [f for name in names for f in files(directory, name)]
-    parse = _parser(size)
+    parse = _parser(size, label_shape(info))
     ds = tf.data.Dataset.from_tensor_slices(paths)
     if shuffle_seed is not None:
         ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, cli, images, params
+from pipeline.lib import artifacts, cli, images, multilabel, params
 from pipeline.lib.keras_cache import keras_cache_dir
 from pipeline.lib.errors import StageError
 
@@ -50,10 +50,14 @@ MAX_ARCHIVE_MEMBERS = 2_000_000  # members an archive may hold (empty ones pass 
 log = logging.getLogger("pipeline.lib.sources")
 
 
-def open_source(source: str, p: SimpleNamespace) -> tuple[Path, Path, list[dict], list[dict]]:
+def open_source(source: str, p: SimpleNamespace, task: str = "single_label") -> tuple[Path, Path, list[dict], list[dict]]:
     """``(folder, root, candidates, skipped)`` for ``source`` read with the ``ingest.*`` params ``p``:
     ``folder`` is ``locate(source)``, ``root`` the folder the candidates' paths are relative to
-    (the dataset inside ``folder``, or a labels CSV's image folder)."""
+    (the dataset inside ``folder``, or a labels CSV's image folder). A candidate's label is a
+    class name, or with ``task`` multi_label a label set (``multilabel.encode``)."""
+    if p.csv_label_columns and task != "multi_label":
+        raise StageError("ingest.csv_label_columns (one 0/1 column per label) needs task: multi_label; "
+                         "set task: multi_label, or ingest.csv_label_columns: []")
     folder = locate(source, p)
     csv_path, csv_is_source = p.labels_csv, False
     if Path(source).suffix.lower() == ".csv" and not source.startswith("keras:"):  # a CSV beside its images
@@ -70,7 +74,11 @@ def open_source(source: str, p: SimpleNamespace) -> tuple[Path, Path, list[dict]
             if not path.is_relative_to(folder.resolve()):  # DVC tracks the source, nothing outside it
                 raise StageError(f"ingest.{key} {getattr(p, key)!r} points outside the source {folder} "
                                  f"(to {path}): DVC would not see its files change. Move them into the source")
-        return (folder, root, *from_csv(csv_file, root, p))
+        return (folder, root, *from_csv(csv_file, root, p, task))
+    if task == "multi_label":
+        raise StageError(f"task is multi_label, but source {source!r} has no labels CSV: class folders give each "
+                         "image one label. Set ingest.labels_csv to a CSV of the images' labels (docs/multilabel.md), "
+                         "or task: single_label")
     root = dataset_root(folder)
     return (folder, root, *scan(root))
 
@@ -356,20 +364,27 @@ def file_problem(path: Path, root: Path) -> str | None:
     return None
 
 
-def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict], list[dict]]:
+def from_csv(csv_file: Path, root: Path, p: SimpleNamespace,
+             task: str = "single_label") -> tuple[list[dict], list[dict]]:
     """Rows of a labels CSV -> candidates (paths relative to ``root``), skipped rows."""
+    multi = task == "multi_label"
     try:
         with open(csv_file, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
-            for key in ("csv_image_column", "csv_label_column", "csv_split_column"):
-                column = getattr(p, key)
+            named = [("csv_image_column", p.csv_image_column), ("csv_split_column", p.csv_split_column)]
+            named += [("csv_label_columns", c) for c in p.csv_label_columns] or [("csv_label_column",
+                                                                                  p.csv_label_column)]
+            for key, column in named:
                 if column is not None and column not in columns:
                     raise StageError(f"ingest.{key} {column!r} is not a column of {csv_file} "
                                      f"(columns: {', '.join(c if c.isprintable() else repr(c) for c in columns)})")
                 if column is not None and columns.count(column) > 1:  # csv would keep the last one silently
                     raise StageError(f"{csv_file}: its header names the column {column!r} "
                                      f"{columns.count(column)} times (ingest.{key}); rename all but one")
+            if multi and (bad := [c for c in p.csv_label_columns if multilabel.SEP in c]):
+                raise StageError(f"ingest.csv_label_columns: label {bad[0]!r} holds {multilabel.SEP!r}, which "
+                                 "separates labels in the pipeline's CSVs; rename the column")
             rows = list(reader)
     except UnicodeDecodeError:  # its offsets are within a buffered chunk: find the byte in the file
         data = csv_file.read_bytes()
@@ -389,10 +404,26 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
                             "reason": f"short row in the CSV ({sum(v is not None for v in row.values())} "
                                       f"of {len(columns)} columns)"})
             continue
-        value, raw_label = row[p.csv_image_column].strip(), row[p.csv_label_column]
-        label = raw_label.strip()
-        if label != raw_label:
-            spaced.append(number)
+        value = row[p.csv_image_column].strip()
+        label, problem = "", None
+        if p.csv_label_columns:  # multi_label, one 0/1 column per label
+            cells = {c: row[c].strip() for c in p.csv_label_columns}
+            if bad := [c for c, v in cells.items() if v not in ("0", "1")]:
+                problem = f"label column {bad[0]!r} holds {cells[bad[0]][:20]!r}, not 0 or 1"
+            label = multilabel.encode(c for c, v in cells.items() if v == "1")
+        else:
+            raw_label = row[p.csv_label_column]
+            label = raw_label.strip()
+            if label != raw_label:
+                spaced.append(number)
+            if multi:  # a label set: "dress|floral", "" for none
+                parts = [part.strip() for part in label.split(p.label_separator)]
+                parts = [part for part in parts if part]
+                problem = next((f"label {bad}" for part in parts if (bad := params.label_problem(part))), None)
+                if not problem and (bad := [part for part in parts if multilabel.SEP in part]):
+                    problem = (f"label {bad[0]!r} holds {multilabel.SEP!r}, which separates labels in the "
+                               "pipeline's CSVs")
+                label = multilabel.encode(parts)
         split = (row[p.csv_split_column].strip().lower() if p.csv_split_column else "")
         entry = {"path": value or f"{csv_file.name}:{number}", "label": label}
         if any(unicodedata.category(c) == "Cc" for c in value):  # a NUL byte cannot even name a file
@@ -405,9 +436,12 @@ def from_csv(csv_file: Path, root: Path, p: SimpleNamespace) -> tuple[list[dict]
                 for f in walk_files(root):
                     by_stem.setdefault(f.stem, []).append(f)
             path = by_stem.get(value, [path])[0].resolve()
-        if not label:
+        if multi and problem:
+            skipped.append({**entry, "label": "", "reason": "bad label in the CSV",
+                            "detail": f"{csv_file.name} row {number}: {problem}"[:300]})
+        elif not label and not multi:  # multi_label: no label is an answer ("none of these")
             skipped.append({**entry, "reason": "no label in the CSV"})
-        elif problem := params.label_problem(label):
+        elif not multi and (problem := params.label_problem(label)):
             skipped.append({**entry, "label": "", "reason": f"label {problem}",
                             "detail": f"{csv_file.name} row {number}: {label!r}"})
         elif split not in SPLIT_NAMES:

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from dvclive import Live
 
-from pipeline.lib import artifacts, errors, plots_training
+from pipeline.lib import artifacts, errors, models, plots_training
 
 log = logging.getLogger("pipeline.lib.training")
 # DVCLive's names for the loop's metrics: what its Keras callback wrote, so plots and
@@ -70,6 +70,35 @@ def class_weights(counts: list[int], labels: list[str], mode: str, auto_ratio: f
     return {i: float(w) for i, w in enumerate(weights)}
 
 
+def label_weights(positives: list[int], images: int, labels: list[str], mode: str,
+                  auto_ratio: float) -> np.ndarray | None:
+    """task: multi_label's class weights: per label, a weight for its absent (row 0) and its present
+    (row 1) targets, ``images / (2 * count)`` of each (sklearn's "balanced" for one label's yes/no),
+    or None for equal weights. ``auto`` weighs once the commonest label is on ``auto_ratio`` times
+    the images of the rarest, as ``class_weights`` does for classes. The choice is logged."""
+    positives = np.asarray(positives, dtype=np.float64)
+    ratio = positives.max() / max(positives.min(), 1)
+    if mode == "none" or (mode == "auto" and ratio < auto_ratio):
+        log.info("label weights: none (class_weights.mode %s; commonest/rarest label %.1fx)", mode, ratio)
+        return None
+    weights = images / (2 * np.maximum(np.stack([images - positives, positives]), 1))
+    log.info("label weights (class_weights.mode %s; commonest/rarest label %.1fx), present / absent: %s", mode,
+             ratio, ", ".join(f"{label} {w1:.2f}/{w0:.2f}" for label, w0, w1 in zip(labels, *weights)))
+    return weights
+
+
+def multi_label_losses(weights: tf.Tensor, labels, probabilities, label_smoothing: float = 0.0) -> tf.Tensor:
+    """task: multi_label: each example's binary cross-entropy, averaged over its labels, each label's
+    present and absent targets weighted by ``weights`` (``label_weights``' 2 x labels, or ones).
+    Label smoothing pulls each 0/1 target towards 1/2 by ``label_smoothing / 2``."""
+    y = tf.cast(labels, tf.float32)
+    weight = tf.gather(weights, 0) * (1 - y) + tf.gather(weights, 1) * y
+    if label_smoothing:
+        y = y * (1 - label_smoothing) + 0.5 * label_smoothing
+    p = tf.clip_by_value(tf.cast(probabilities, tf.float32), 1e-7, 1 - 1e-7)
+    return tf.reduce_mean(-weight * (y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p)), axis=-1)
+
+
 def weight_vector(class_weights: dict[int, float] | None, n_classes: int) -> tf.Tensor:
     """``class_weights()``'s answer (None: equal weights) as one weight per class index."""
     return tf.constant([(class_weights or {}).get(i, 1.0) for i in range(n_classes)], tf.float32)
@@ -106,7 +135,7 @@ class Trainer:
     """
 
     def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, learning_rate,
-                 label_smoothing: float = 0.0, class_weights: dict[int, float] | None = None,
+                 label_smoothing: float = 0.0, class_weights: dict[int, float] | np.ndarray | None = None,
                  precision: str = "float32"):
         self.model, self.strategy = model, strategy
         optimizer = keras.optimizers.Adam(learning_rate)
@@ -114,9 +143,17 @@ class Trainer:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients underflow otherwise
         optimizer.build(model.trainable_variables)  # here, in the scope: not inside the compiled step
         self.optimizer = optimizer
-        self.loss = loss(label_smoothing, reduction=None)
         n_classes = model.output_shape[-1]
-        self.class_weights = weight_vector(class_weights, n_classes)
+        # task: multi_label ends in sigmoids (one yes/no per label): binary cross-entropy, the
+        # "accuracy" the share of labels right at 0.5; ``class_weights`` then ``label_weights``'.
+        self.multi_label = models.is_multi_label(model)
+        if self.multi_label:
+            self.class_weights = tf.constant(np.ones((2, n_classes)) if class_weights is None else class_weights,
+                                             tf.float32)
+            self.loss = lambda labels, p: multi_label_losses(self.class_weights, labels, p, label_smoothing)
+        else:
+            self.loss = loss(label_smoothing, reduction=None)
+            self.class_weights = weight_vector(class_weights, n_classes)
         self._train = tf.function(self._over_batches(self._train_step))
         self._test = tf.function(self._over_batches(self._test_step))
 
@@ -158,11 +195,12 @@ class Trainer:
         return run
 
     def _train_step(self, images, labels):
-        n = tf.cast(tf.size(labels), tf.float32)
+        n = tf.cast(tf.shape(labels)[0], tf.float32)
         global_n = tf.distribute.get_replica_context().all_reduce("SUM", n)
         with tf.GradientTape() as tape:
             probabilities = self.model(images, training=True)
-            losses = weighted_losses(self.loss, self.class_weights, labels, probabilities)
+            losses = self.loss(labels, probabilities) if self.multi_label else \
+                weighted_losses(self.loss, self.class_weights, labels, probabilities)
             scaled = self.optimizer.scale_loss(tf.reduce_sum(losses) / global_n)
         variables = self.model.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
@@ -172,11 +210,16 @@ class Trainer:
         probabilities = self.model(images, training=False)
         return self._sums(labels, probabilities, self.loss(labels, probabilities))
 
-    @staticmethod
-    def _sums(labels, probabilities, losses):
-        predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
-        return tf.stack([tf.reduce_sum(tf.cast(losses, tf.float32)), correct, tf.cast(tf.size(labels), tf.float32)])
+    def _sums(self, labels, probabilities, losses):
+        if self.multi_label:  # per image, the share of its labels right at 0.5
+            right = tf.equal(tf.cast(probabilities >= 0.5, tf.int32), tf.cast(labels, tf.int32))
+            correct = tf.reduce_sum(tf.reduce_mean(tf.cast(right, tf.float32), axis=-1))
+            n = tf.cast(tf.shape(labels)[0], tf.float32)
+        else:
+            predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+            correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
+            n = tf.cast(tf.size(labels), tf.float32)
+        return tf.stack([tf.reduce_sum(tf.cast(losses, tf.float32)), correct, n])
 
 
 class Backup:

@@ -33,7 +33,7 @@ import numpy as np
 
 from pipeline.lib import artifacts, audit, cli, confidence, images, params, plots_gallery, schemas, sources
 
-PARAMS = ["audit", "seed", "base.image_size", "ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]
+PARAMS = ["audit", "seed", "task", "base.image_size", "ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]
 # The one list of issue types: each is reports/audit/<name>.csv and <name>.png, and a count in audit.json.
 ISSUES = {"label_issues": "label issues", "near_duplicates": "near duplicates", "outliers": "outliers",
           "quality": "image quality"}
@@ -54,7 +54,12 @@ def read(embeddings, split) -> tuple[list[dict], np.ndarray, list[str]]:
 
 def label_issues(rows, x, idx, sim, labels, p) -> tuple[list[dict], dict]:
     """The images whose given label is wrong with probability >= audit.label_issue_probability,
-    likeliest first, and the figures behind them."""
+    likeliest first, and the figures behind them. task: multi_label: none yet (docs/multilabel.md):
+    a flag ships only once its precision is measured on injected errors."""
+    if p.task == "multi_label":
+        log.warning("label issues are not looked for with task: multi_label yet (docs/multilabel.md); "
+                    "near duplicates, leakage, outliers and image quality are")
+        return [], {"label_issues_checked": False, "expected_among_flagged": 0.0}
     y = np.array([labels.index(r["label"]) for r in rows])
     probs = audit.label_probabilities(x, y, idx, sim, len(labels), p.audit.folds, p.seed)
     wrong, posterior, _ = audit.wrong_label_probability(confidence.recalibrated(probs, y), y)
@@ -208,8 +213,10 @@ def main() -> None:
     artifacts.write_json(args.metrics, metrics)
     log.info("audited %d images in %.1f s: %s; leakage rate %.3f", len(rows), seconds,
              ", ".join(f"{len(found[k])} {t}" for k, t in ISSUES.items()), leakage["leakage_rate"])
-    log.info("label issues: review %d images, expect about %.0f wrong labels among them (about %.0f in all the data)",
-             len(labelled), label_figures["expected_among_flagged"], label_figures["estimated_wrong_labels"])
+    if "estimated_wrong_labels" in label_figures:
+        log.info("label issues: review %d images, expect about %.0f wrong labels among them (about %.0f in all "
+                 "the data)", len(labelled), label_figures["expected_among_flagged"],
+                 label_figures["estimated_wrong_labels"])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ source exactly as ``pipeline.predict`` decodes a user's images.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import time
@@ -17,9 +18,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, augmentation, cli, images, params, pools, runtime, schemas, shards, sources
+from pipeline.lib import artifacts, augmentation, cli, images, multilabel, params, pools, runtime, schemas, shards, sources
 
-PARAMS = ["augment", "base.image_size", "seed", "ingest.max_unpacked_mb",
+PARAMS = ["augment", "base.image_size", "seed", "task", "ingest.max_unpacked_mb",
           "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
 BATCH = 64  # images decoded and augmented together; bounds memory, not a hyperparameter
 log = logging.getLogger("pipeline.stages.augment")
@@ -36,6 +37,7 @@ def main() -> None:
     size, copies = p.base.image_size, p.augment.copies
     labels = schemas.read_labels(args.split / "labels.json")
     index = {label: i for i, label in enumerate(labels)}
+    multi = p.task == "multi_label"
     augmenter = augmentation.augmenter(p.augment, p.seed)
 
     parts = {split: schemas.read_csv(args.split / f"{split}.csv", schemas.SPLIT_FIELDS) for split in ("train", "val")}
@@ -51,7 +53,8 @@ def main() -> None:
             with tqdm(total=len(rows), desc=f"augment {split}", unit="img") as bar:
                 for start, batch in zip(range(0, len(rows), BATCH), decoded):
                     pixels = np.stack(batch)
-                    y = [index[r["label"]] for r in rows[start:start + BATCH]]
+                    chunk = rows[start:start + BATCH]
+                    y = multilabel.targets(chunk, labels) if multi else [index[r["label"]] for r in chunk]
                     for image, label in zip(pixels, y):
                         plain.write(image, label)
                     for _ in range(copies if varied else 0):
@@ -64,9 +67,12 @@ def main() -> None:
                     writer.close()
                     counts[writer.name] = writer.count
             # images per class (index order of labels): what class weights are computed from
-            class_counts[split] = [sum(r["label"] == label for r in rows) for label in labels]
+            # (multi_label: images that carry each label)
+            found = multilabel.counts(rows) if multi else collections.Counter(r["label"] for r in rows)
+            class_counts[split] = [found[label] for label in labels]
         artifacts.write_json(tmp / "meta.json", {"image_size": size, "counts": counts, "labels": labels,
-                                                 "class_counts": class_counts})
+                                                 "class_counts": class_counts,
+                                                 **({"task": p.task} if multi else {})})
         seconds = time.perf_counter() - started
     log.info("wrote %s", ", ".join(f"{k}: {v}" for k, v in counts.items()))
     log.info("wrote %d images in %.1f s (%.0f images/s)", sum(counts.values()), seconds,

@@ -11,6 +11,16 @@ predictions.csv; the most confident mistakes to a gallery, each tile named and
 overlaid with its Grad-CAM heat map (what the decision rests on). With
 ``evaluate.tta: horizontal_flip`` the fine-tuned model is also scored with
 test-time augmentation (``finetune_tta``), to show what it would add.
+
+A task: multi_label model (sigmoid outputs, docs/multilabel.md) is scored per
+label instead: each label's threshold is chosen on the validation split
+(highest F1, or evaluate.label_precision), then on test: mean average
+precision, micro and macro F1, exact-match accuracy and Hamming loss (the
+metrics), per-label AP, precision, recall and F1 (per_class.json, the bar
+chart). The same files hold the multi-label answers: the confusion matrix
+counts each true label found (diagonal), missed (column "(none)") and each
+label added (row "(none)"); the gallery shows the test images with the
+surest missed or extra label.
 """
 from __future__ import annotations
 
@@ -19,9 +29,9 @@ import logging
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipeline.lib import artifacts, cli, explain, images, inference, keras_files, models, params, plots_evaluation, plots_gallery, runtime, schemas, sources
+from pipeline.lib import artifacts, cli, explain, images, inference, keras_files, models, multilabel, params, plots_evaluation, plots_gallery, runtime, schemas, sources
 
-PARAMS = ["evaluate.batch_size", "evaluate.tta", "ingest.max_unpacked_mb",
+PARAMS = ["evaluate.batch_size", "evaluate.tta", "evaluate.label_precision", "ingest.max_unpacked_mb",
           "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
 TITLES = {"head": "Head only (frozen backbone)", "finetune": "Fine-tuned"}
 GALLERY = 12  # most confident mistakes shown
@@ -48,6 +58,8 @@ def main() -> None:
     classifiers = {"head": inference.KerasClassifier(models.assemble(keras_files.load(args.extractor),
                                                                      keras_files.load(args.head))),
                    "finetune": inference.load(args.model)}
+    if models.is_multi_label(classifiers["finetune"].model):
+        return multi_label(args, p, source, classifiers)
     rows, pixels, y, labels = inference.load_split(source, args.split, classifiers["finetune"].image_size)
     log.info("scoring both models on %d test images", len(y))
 
@@ -90,6 +102,88 @@ def main() -> None:
                            tmp, "Per-class F1 on the test split")
     artifacts.write_json(args.out / "per_class.json", per_class)
     artifacts.write_json(args.metrics, metrics)
+
+
+NONE = "(none)"  # multi_label confusion: a missed label is predicted as NONE, an extra one is actually NONE
+
+
+def multi_label(args, p, source, classifiers: dict) -> None:
+    """The task: multi_label evaluation (the module's docstring): thresholds on val, scores on test."""
+    size = classifiers["finetune"].image_size
+    _, val_pixels, val_y, labels = inference.load_split(source, args.split, size, "val", multi=True)
+    rows, pixels, y, _ = inference.load_split(source, args.split, size, "test", multi=True)
+    log.info("scoring both models on %d test images, %d labels (thresholds from %d validation images)",
+             len(y), len(labels), len(val_y))
+    metrics, per_class, probs, cuts = {"task": "multi_label"}, {}, {}, {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = [(name, name, False) for name in classifiers]
+    if p.evaluate.tta == "horizontal_flip":
+        runs.append(("finetune_tta", "finetune", True))
+    for name, model, tta in runs:
+        cut = multilabel.thresholds(val_y, classifiers[model].predict(val_pixels, p.evaluate.batch_size, tta),
+                                    p.evaluate.label_precision)
+        probs[name] = classifiers[model].predict(pixels, p.evaluate.batch_size, tta)
+        found = multilabel.scores(y, probs[name], cut, labels)
+        cuts[name], per_class[name] = cut, found.pop("per_label")
+        metrics[name] = found
+        log.info("%-12s mAP %.4f  micro-F1 %.4f  macro-F1 %.4f  exact match %.4f  Hamming loss %.4f", name,
+                 found["mean_average_precision"], found["micro_f1"], found["macro_f1"], found["exact_match"],
+                 found["hamming_loss"])
+    metrics["test_images"] = int(len(y))
+    for name in classifiers:
+        pairs = confusion_pairs(y, probs[name] >= cuts[name], labels)
+        with artifacts.atomic_file(args.out / f"confusion_{name}.csv") as tmp:
+            schemas.write_csv(tmp, ({"actual": a, "predicted": b} for a, b in pairs), ["actual", "predicted"])
+        names = labels + [NONE]
+        matrix = confusion_matrix([a for a, _ in pairs], [b for _, b in pairs], labels=names)
+        with artifacts.atomic_file(args.out / f"confusion_{name}.png") as tmp:
+            plots_evaluation.confusion_png(matrix, names, tmp, f"{TITLES[name]}: test micro-F1 "
+                                           f"{metrics[name]['micro_f1']:.3f}\nmissed: column {NONE}; added: row {NONE}")
+
+    prob, predicted = probs["finetune"], probs["finetune"] >= cuts["finetune"]
+    with artifacts.atomic_file(args.out / "predictions.csv") as tmp:
+        schemas.write_csv(tmp, ({"path": r["path"], "actual": r["label"],
+                                 "predicted": multilabel.encode(np.array(labels)[predicted[i]]),
+                                 **{f"p_{label}": f"{prob[i, j]:.6f}" for j, label in enumerate(labels)}}
+                                for i, r in enumerate(rows)),
+                          ["path", "actual", "predicted", *(f"p_{label}" for label in labels)])
+    # How sure each wrong answer was: a missed label's 1 - p, an extra one's p; the surest per image
+    wrong = np.where(predicted != y.astype(bool), np.where(y == 1, 1 - prob, prob), -1)
+    worst = wrong.argmax(axis=1)
+    mistakes = sorted(np.flatnonzero(wrong.max(axis=1) >= 0), key=lambda i: -wrong[i, worst[i]])[:GALLERY]
+    heat, _ = explain.GradCam(classifiers["finetune"].model)(pixels[mistakes], worst[mistakes])
+    with artifacts.atomic_file(args.out / "mistakes.png") as tmp:
+        plots_gallery.gallery([explain.overlay(images.thumbnail(images.read_recorded(source, rows[i]), 200), h)
+                               for i, h in zip(mistakes, heat)],
+                              [mistake_caption(rows[i]["path"], y[i], prob[i], predicted[i], labels) for i in mistakes],
+                              tmp, f"Fine-tuned model: the {len(mistakes)} test images with the surest missed or "
+                                   "extra label\n(Grad-CAM: red is what that label's score rests on)")
+    with artifacts.atomic_file(args.out / "per_class_f1.png") as tmp:
+        plots_evaluation.per_class_f1({TITLES[name]: {k: v["f1"] for k, v in per_class[name].items()}
+                                       for name in classifiers}, tmp,
+                                      "Per-label F1 on the test split, at thresholds chosen on validation")
+    artifacts.write_json(args.out / "per_class.json", per_class)
+    artifacts.write_json(args.metrics, metrics)
+
+
+def confusion_pairs(y: np.ndarray, predicted: np.ndarray, labels: list[str]) -> list[tuple[str, str]]:
+    """(actual, predicted) per label decision: a label found is (label, label), one missed
+    (label, NONE), one added (NONE, label); an image with neither labels nor predictions is (NONE, NONE)."""
+    pairs = []
+    for truth, guess in zip(y.astype(bool), predicted):
+        pairs += [(labels[j], labels[j] if guess[j] else NONE) for j in np.flatnonzero(truth)]
+        pairs += [(NONE, labels[j]) for j in np.flatnonzero(guess & ~truth)]
+        if not truth.any() and not guess.any():
+            pairs.append((NONE, NONE))
+    return pairs
+
+
+def mistake_caption(path: str, truth: np.ndarray, prob: np.ndarray, predicted: np.ndarray, labels: list[str]) -> str:
+    """The file name, then each missed and each extra label with its probability."""
+    missed = [f"{labels[j]} ({prob[j]:.0%})" for j in np.flatnonzero((truth == 1) & ~predicted)]
+    extra = [f"{labels[j]} ({prob[j]:.0%})" for j in np.flatnonzero((truth == 0) & predicted)]
+    return "\n".join([path.rsplit("/", 1)[-1]] + (["missed: " + ", ".join(missed)] if missed else [])
+                     + (["extra: " + ", ".join(extra)] if extra else []))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ PARTS = {"train": ["train", "train_aug"], "val": ["val"]}  # the head trains and
 log = logging.getLogger("pipeline.stages.extract_features")
 
 
-def in_order(forward, batches, n: int, batch_size: int, strategy, dim: int):
+def in_order(forward, batches, n: int, batch_size: int, strategy, dim: int, label_shape=()):
     """``(features, labels)`` of each of the ``n`` images' batches (a tf.data.Dataset), in order. Across workers, batch
     ``k`` is extracted by worker ``k % workers``, and each round of one batch per worker is gathered
     to every worker (a collective op: memory holds one round)."""
@@ -41,10 +41,10 @@ def in_order(forward, batches, n: int, batch_size: int, strategy, dim: int):
             images, labels = next(mine)
             features = forward(images)
         else:  # the last round may have no batch for this worker, which must take part all the same
-            features, labels = tf.zeros([0, dim]), tf.zeros([0], tf.int32)
+            features, labels = tf.zeros([0, dim]), tf.zeros([0, *label_shape], tf.int32)
         pad = batch_size - len(labels)  # the same shapes on every worker
         where, features, labels = (g.numpy() for g in distribution.all_gather(strategy, (
-            tf.constant([[first + index, len(labels)]]), tf.pad(features, [[0, pad], [0, 0]]), tf.pad(labels, [[0, pad]]))))
+            tf.constant([[first + index, len(labels)]]), tf.pad(features, [[0, pad], [0, 0]]), tf.pad(labels, [[0, pad]] + [[0, 0]] * len(label_shape)))))
         for slot in np.argsort(where[:, 0]):  # by batch number: the gathered order is the workers'
             k, start = where[slot, 1], slot * batch_size
             yield features[start:start + k], labels[start:start + k]
@@ -64,6 +64,7 @@ def main() -> None:
     if meta["image_size"] != p.base.image_size:
         raise errors.StageError(f"shards in {args.augmented} are {meta['image_size']} px but "
                                    f"base.image_size is {p.base.image_size}: rerun augment (dvc repro)")
+    label_shape = shards.label_shape(meta)
     extractor = models.build_extractor(p.base)
     # One trace for every batch size (the last batch of each part is smaller): each
     # retrace of the backbone costs about a second.
@@ -88,11 +89,13 @@ def main() -> None:
             names = [name for name in names if shards.count(args.augmented, name)]  # copies: 0 has no train_aug
             n = sum(shards.count(args.augmented, name) for name in names)
             x = np.lib.format.open_memmap(tmp / f"{part}_x.npy", "w+", np.float32, (n, dim))
-            y = np.lib.format.open_memmap(tmp / f"{part}_y.npy", "w+", np.int32, (n,))
+            # a class index per image, or (multi_label) one 0/1 per label
+            y = np.lib.format.open_memmap(tmp / f"{part}_y.npy", "w+", np.int32, (n, *label_shape))
             i = 0
             with tqdm(total=n, desc=f"features {part}", unit="img") as bar, shards.reading(args.augmented):
                 batches = shards.dataset(args.augmented, names, p.extract.batch_size)
-                for features, labels in in_order(forward, batches, n, p.extract.batch_size, strategy, dim):
+                for features, labels in in_order(forward, batches, n, p.extract.batch_size, strategy, dim,
+                                                     label_shape):
                     k = len(labels)
                     x[i:i + k], y[i:i + k] = features, labels
                     i += k

@@ -36,8 +36,12 @@ def main() -> None:
     batch = distribution.global_batch(hp.batch_size, strategy)
     steps = math.ceil(n_train / batch)
     rate = training.learning_rate(hp.learning_rate, hp.schedule, round(hp.warmup_epochs * steps), hp.epochs * steps)
-    weights = training.class_weights(meta["class_counts"]["train"], meta["labels"], p.class_weights.mode,
-                                      p.class_weights.auto_ratio)
+    if meta.get("task") == "multi_label":  # class_counts: the training images that carry each label
+        weights = training.label_weights(meta["class_counts"]["train"], n_train, meta["labels"],
+                                         p.class_weights.mode, p.class_weights.auto_ratio)
+    else:
+        weights = training.class_weights(meta["class_counts"]["train"], meta["labels"], p.class_weights.mode,
+                                          p.class_weights.auto_ratio)
     with strategy.scope():  # the variables live on every replica
         model = finetuning.unfrozen_model(args.extractor, args.head, hp.unfreeze_layers, p.distribution.precision)
         # A fresh optimizer once `trainable` has changed, as the recipe says, at the low fine-tuning rate.

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, cli, images, params, pools, schemas, sources
+from pipeline.lib import artifacts, cli, images, multilabel, params, pools, schemas, sources
 from pipeline.lib.errors import StageError
 
-PARAMS = ["ingest"]
+PARAMS = ["ingest", "task"]
 log = logging.getLogger("pipeline.stages.ingest")
 
 
@@ -51,15 +51,19 @@ def deduplicate(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 # The report is git-tracked: whatever the source holds, it lists every count but only the first
 # EXAMPLES skipped files of each reason, and per class only labels some image was kept under.
 EXAMPLES = 50
+NO_LABEL = "(no label)"  # multi_label: images that carry none of the labels
 
 
-def summarize(source: str, kept: list[dict], skipped: list[dict], version: str) -> dict:
+def summarize(source: str, kept: list[dict], skipped: list[dict], version: str, multi: bool = False) -> dict:
     per_class: dict = collections.defaultdict(lambda: {"kept": 0, "skipped": collections.Counter()})
-    for row in kept:
-        per_class[row["label"]]["kept"] += 1
+    for row in kept:  # multi_label: under each of its labels, or "(no label)"
+        for label in (multilabel.decode(row["label"]) or [NO_LABEL]) if multi else [row["label"]]:
+            per_class[label]["kept"] += 1
     other = collections.Counter()  # skips under labels no kept image has: a typo'd CSV can hold millions
     for row in skipped:
         label = row["label"] or "(no class)"
+        if multi and row["label"]:  # counted under its first label
+            label = multilabel.decode(row["label"])[0]
         (per_class[label]["skipped"] if label in per_class or label == "(no class)" else other)[row["reason"]] += 1
     by_reason = collections.Counter(r["reason"] for r in skipped)
     shown = collections.Counter()
@@ -87,7 +91,8 @@ def main() -> None:
     args = cli.start(__doc__, "source", "manifest", "report", writes=("manifest", "report"))
     source = str(args.source)  # a path, or a URL / keras:<dataset> for one-off runs
     p = params.load(PARAMS)
-    folder, root, candidates, skipped = sources.open_source(source, p.ingest)
+    multi = p.task == "multi_label"
+    folder, root, candidates, skipped = sources.open_source(source, p.ingest, p.task)
     # Paths inside the source (the folder later stages locate), not inside the dataset root in it
     prefix = Path(os.path.relpath(root, folder))
     log.info("%s: %d candidate files, decoding each one", root, len(candidates))
@@ -104,8 +109,8 @@ def main() -> None:
              len(candidates) / max(seconds, 1e-9))
     kept, duplicates = deduplicate(readable)
     skipped += duplicates
-    labels = sorted({row["label"] for row in kept})
-    if len(labels) < 2:
+    labels = sorted(multilabel.counts(kept) if multi else {row["label"] for row in kept})
+    if len(labels) < (1 if multi else 2):
         hint = ""
         if not p.ingest.labels_csv and (tables := sorted(f.name for f in root.glob("*.csv"))):
             hint = f"; {root} holds {', '.join(tables)}: set ingest.labels_csv to read the labels from it"
@@ -113,13 +118,13 @@ def main() -> None:
             reasons = collections.Counter(s["reason"] for s in skipped).most_common(3)
             hint = "; skipped: " + "; ".join(f"{n:,} {reason}" for reason, n in reasons)
         raise StageError(f"source {source!r}: found {len(labels)} class(es) with "
-                         f"readable images under {root}; need at least 2{hint}")
+                         f"readable images under {root}; need at least {1 if multi else 2}{hint}")
     with artifacts.atomic_file(args.manifest) as tmp:
         schemas.write_csv(tmp, kept, schemas.MANIFEST_FIELDS)
         # The data version: every kept image's path, label and content, in one digest.
         version = images.sha256_file(tmp)[:16]
 
-    report = summarize(source, kept, skipped, version)
+    report = summarize(source, kept, skipped, version, multi)
     artifacts.write_json(args.report, report)
     log.info("kept %d images in %d classes: %s", len(kept), len(labels),
              ", ".join(f"{k} {v['kept']}" for k, v in report["per_class"].items() if v["kept"]))

@@ -35,10 +35,10 @@ import logging
 from types import SimpleNamespace
 
 
-from pipeline.lib import artifacts, audit, cli, params, schemas
+from pipeline.lib import artifacts, audit, cli, multilabel, params, schemas
 from pipeline.lib.errors import StageError
 
-PARAMS = ["split", "seed", "audit.duplicate_similarity", "audit.neighbours"]
+PARAMS = ["split", "seed", "task", "audit.duplicate_similarity", "audit.neighbours"]
 # The params that decide where an image goes: when one changes, the split is made afresh.
 PLACING = ("seed", "split.strategy", "split.val_fraction", "split.test_fraction", "split.group_near_duplicates",
            "audit.duplicate_similarity", "audit.neighbours")
@@ -50,19 +50,30 @@ MAX_GROUP_SHARE, MIN_BIG = 0.05, 20
 log = logging.getLogger("pipeline.stages.split")
 
 
-def relabel(rows: list[dict], p: SimpleNamespace) -> tuple[list[dict], dict[str, str]]:
-    """Apply drop_labels, merge_labels and the small-class rule; return rows and what happened per label."""
+def relabel(rows: list[dict], p: SimpleNamespace, multi: bool = False) -> tuple[list[dict], dict[str, str]]:
+    """Apply drop_labels, merge_labels and the small-class rule; return rows and what happened per label.
+    ``multi`` (task: multi_label): the rules apply to each label of an image's set, and an image
+    whose labels are all dropped stays, with no label."""
+    def mapped(rows, change):  # each row's label (multi: each label of its set) through ``change``
+        if not multi:
+            return [{**r, "label": new} for r in rows if (new := change(r["label"])) is not None]
+        return [{**r, "label": multilabel.encode(x for x in map(change, multilabel.decode(r["label"]))
+                                                 if x is not None)} for r in rows]
+
+    def present(rows):
+        return set(multilabel.counts(rows)) if multi else {r["label"] for r in rows}
+
     changes = {}
-    require_labels("split.merge_labels", p.merge_labels, {r["label"] for r in rows})
+    require_labels("split.merge_labels", p.merge_labels, present(rows))
     for old, new in p.merge_labels.items():
         changes[old] = f"merged into {new}"
-    rows = [{**r, "label": p.merge_labels.get(r["label"], r["label"])} for r in rows]
-    require_labels("split.drop_labels", p.drop_labels, {r["label"] for r in rows})
+    rows = mapped(rows, lambda label: p.merge_labels.get(label, label))
+    require_labels("split.drop_labels", p.drop_labels, present(rows))
     dropped = set(p.drop_labels)
     changes.update({label: "dropped (split.drop_labels)" for label in dropped})
-    rows = [r for r in rows if r["label"] not in dropped]
+    rows = mapped(rows, lambda label: None if label in dropped else label)
     for rule in (p.small_classes, "drop"):  # after a merge, "other" itself may still be small
-        counts = collections.Counter(r["label"] for r in rows)
+        counts = multilabel.counts(rows) if multi else collections.Counter(r["label"] for r in rows)
         small = sorted(label for label, n in counts.items() if n < p.min_images_per_class)
         if not small:
             break
@@ -75,8 +86,7 @@ def relabel(rows: list[dict], p: SimpleNamespace) -> tuple[list[dict], dict[str,
                     "dropped" if rule == "drop" else f"merged into {OTHER!r}", described)
         for label in small:
             changes[label] = f"{'dropped' if rule == 'drop' else 'merged into ' + OTHER} ({counts[label]} images)"
-        rows = [r for r in rows if r["label"] not in small] if rule == "drop" else \
-            [{**r, "label": OTHER if r["label"] in small else r["label"]} for r in rows]
+        rows = mapped(rows, lambda label: (None if rule == "drop" else OTHER) if label in small else label)
     return rows, changes
 
 
@@ -117,23 +127,28 @@ def near_duplicate_groups(rows: list[dict], embeddings, p: SimpleNamespace) -> t
 
 
 def assign(units: list[list[dict]], fractions: dict[str, float], seed: int, what: str,
-           before: dict[str, str] | None = None) -> dict[str, list[dict]]:
+           before: dict[str, str] | None = None, multi: bool = False) -> dict[str, list[dict]]:
     """Each unit (a group of rows) to a split: where its members were ``before`` (path -> split) if
     any was placed, else by ``position`` of its smallest content hash: the first ``fractions[test]``
     of [0, 1) is test, the next ``fractions[val]`` val, the rest train. Then a class left without an
     image in one of the splits gets the unit of that class nearest to the split's interval moved in,
-    from a split that has two or more; a class too small for that is an error naming it."""
+    from a split that has two or more; a class too small for that is an error naming it.
+    ``multi`` (task: multi_label): the new units are placed by ``multilabel.stratify`` instead, in the
+    order of their hash positions, and "class" above means each label of a unit's set."""
     bounds, low = {}, 0.0
     for name, share in fractions.items():
         bounds[name] = (low, low + share)
         low += share
     bounds["train"] = (low, 1.0)
     pos = [position(seed, min(r["sha256"] for r in unit)) for unit in units]
-    where = [placed(unit, before or {}) or next(n for n, (a, b) in bounds.items() if a <= u < b or n == "train")
-             for unit, u in zip(units, pos)]
+    if multi:
+        where = multilabel.stratify(units, fractions, pos, [placed(unit, before or {}) for unit in units])
+    else:
+        where = [placed(unit, before or {}) or next(n for n, (a, b) in bounds.items() if a <= u < b or n == "train")
+                 for unit, u in zip(units, pos)]
     by_label = collections.defaultdict(list)
     for i, unit in enumerate(units):
-        for label in sorted({r["label"] for r in unit}):
+        for label in sorted({x for r in unit for x in (multilabel.decode(r["label"]) if multi else [r["label"]])}):
             by_label[label].append(i)
     for label, members in sorted(by_label.items()):
         for name, (a, b) in bounds.items():
@@ -186,6 +201,8 @@ def stamp(p: SimpleNamespace) -> dict:
         for part in name.split("."):
             value = getattr(value, part)
         out[name] = value
+    if p.task != "single_label":  # stamped only when not the default, so a single-label split stays as it was
+        out["task"] = p.task
     return out
 
 
@@ -219,13 +236,18 @@ def changed(parts: dict[str, list[dict]], before: dict[str, str], group_of: dict
 def main() -> None:
     args = cli.start(__doc__, "manifest", "embeddings", "out", "report", writes=("out", "report"))
     p = params.load(PARAMS)
-    rows, changes = relabel(schemas.read_csv(args.manifest, schemas.MANIFEST_FIELDS), p.split)
+    multi = p.task == "multi_label"
+    rows = schemas.read_csv(args.manifest, schemas.MANIFEST_FIELDS)
+    if not multi and (unlabelled := [r["path"] for r in rows if not r["label"]]):
+        raise StageError(f"{args.manifest} holds images with no label (e.g. {unlabelled[0]}), which ingest keeps "
+                         "only for task: multi_label, but task is single_label: rerun ingest, or set task: multi_label")
+    rows, changes = relabel(rows, p.split, multi)
     before = previous(args.out, stamp(p))
-    labels = sorted({r["label"] for r in rows})
-    if len(labels) < 2:
+    labels = sorted(multilabel.counts(rows) if multi else {r["label"] for r in rows})
+    if len(labels) < (1 if multi else 2):
         raise StageError(f"{len(labels)} class(es) left after split.drop_labels / merge_labels / "
-                         f"min_images_per_class={p.split.min_images_per_class}; need at least 2: add images, "
-                         "or lower split.min_images_per_class")
+                         f"min_images_per_class={p.split.min_images_per_class}; need at least "
+                         f"{1 if multi else 2}: add images, or lower split.min_images_per_class")
     has_predefined = any(r["split"] for r in rows)
     strategy = p.split.strategy
     if strategy == "auto":
@@ -252,14 +274,14 @@ def main() -> None:
         missing = {name: share for name, share in fractions.items() if not parts[name]}
         if missing:  # e.g. a source with only train/ and validation/: carve the rest out of train
             carved = assign([g for g in groups if g[0]["split"] == "train"], missing, p.seed,
-                            " and ".join(missing), before)
+                            " and ".join(missing), before, multi)
             parts.update(carved)
     else:
-        parts = assign(groups, fractions, p.seed, "val or test", before)
+        parts = assign(groups, fractions, p.seed, "val or test", before, multi)
     parts = {name: parts[name] for name in schemas.SPLITS}
 
     for name, part in parts.items():
-        missing = sorted(set(labels) - {r["label"] for r in part})
+        missing = sorted(set(labels) - (set(multilabel.counts(part)) if multi else {r["label"] for r in part}))
         if missing:
             raise StageError(f"the {name} split has no images of class(es) {', '.join(missing)}")
     moves = changed(parts, before, {id(r): g for g in groups for r in g})
@@ -272,9 +294,12 @@ def main() -> None:
             schemas.write_csv(tmp / f"{name}.csv", part, schemas.SPLIT_FIELDS)
         artifacts.write_json(tmp / "labels.json", labels)
         artifacts.write_json(tmp / "placed.json", stamp(p))
-    counts = {name: dict(sorted(collections.Counter(r["label"] for r in part).items()))
-              for name, part in parts.items()}
-    artifacts.write_json(args.report, {"strategy": strategy, "labels": labels, "label_changes": changes,
+    counts = {name: dict(sorted((multilabel.counts(part) if multi else collections.Counter(
+        r["label"] for r in part)).items())) for name, part in parts.items()}
+    if multi:  # images with none of the labels, per split
+        for name, part in parts.items():
+            counts[name]["(no label)"] = sum(not r["label"] for r in part)
+    artifacts.write_json(args.report, {"strategy": strategy, **({"task": p.task} if multi else {}), "labels": labels, "label_changes": changes,
                                        "images": {n: len(part) for n, part in parts.items()},
                                        "near_duplicate_grouping": grouping,
                                        "near_duplicate_groups": len(grouped),

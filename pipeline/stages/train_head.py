@@ -26,19 +26,24 @@ def main() -> None:
     p = params.load(PARAMS)
     hp = p.train_head
     labels = schemas.read_labels(args.labels)
-    x, y = schemas.read_features(args.features, "train", len(labels))
-    val = schemas.read_features(args.features, "val", len(labels))
+    multi = schemas.features_are_multi_label(args.features)  # task: multi_label, one 0/1 per label
+    x, y = schemas.read_features(args.features, "train", len(labels), multi)
+    val = schemas.read_features(args.features, "val", len(labels), multi)
     import tensorflow as tf  # once the inputs and params are known good (pipeline/lib/__init__.py)
 
     runtime.log_devices()
     strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
     runtime.set_seed(p.seed)
     log.info("%d training and %d validation feature vectors of size %d", len(x), len(val[0]), x.shape[1])
-    weights = training.class_weights(np.bincount(y, minlength=len(labels)), labels, p.class_weights.mode,
-                                      p.class_weights.auto_ratio)
+    if multi:
+        weights = training.label_weights(y.sum(axis=0), len(y), labels, p.class_weights.mode,
+                                         p.class_weights.auto_ratio)
+    else:
+        weights = training.class_weights(np.bincount(y, minlength=len(labels)), labels, p.class_weights.mode,
+                                          p.class_weights.auto_ratio)
 
     with strategy.scope():
-        head = models.with_precision(models.build_head(x, len(labels), hp.hidden_units, hp.dropout),
+        head = models.with_precision(models.build_head(x, len(labels), hp.hidden_units, hp.dropout, multi),
                                      p.distribution.precision)
         trainer = training.Trainer(head, strategy, hp.learning_rate, hp.label_smoothing, weights,
                                    p.distribution.precision)
@@ -51,7 +56,7 @@ def main() -> None:
                      rate_key="train_head.learning_rate", rate=hp.learning_rate)
         val_loss, val_accuracy = trainer.evaluate(val)
         epoch_log.live.summary.update(best_val_loss=val_loss, best_val_accuracy=val_accuracy,
-                                   class_weights="balanced" if weights else "none")
+                                   class_weights="none" if weights is None else "balanced")
     keras_files.save(head, distribution.output_path(args.model, strategy))
     backup.clear()
     log.info("best epoch: val accuracy %.4f, val loss %.4f", val_accuracy, val_loss)
