@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 import common  # noqa: E402
 
 LABELS = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
@@ -118,6 +118,7 @@ def main() -> None:
         pipeline_seconds = time.perf_counter() - started
         metrics = json.loads((project / "reports/metrics.json").read_text())
         split = json.loads((project / "reports/split.json").read_text())
+        print(f"pipeline: {pipeline_seconds:.0f} s", json.dumps(metrics), flush=True)
         import os
         os.environ.update(KERAS_HOME=env["KERAS_HOME"])
         baseline = recipe(project, args, params["finetune"]["learning_rate"], params["finetune"]["unfreeze_layers"],

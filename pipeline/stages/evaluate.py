@@ -160,8 +160,8 @@ def multi_label(args, p, source, classifiers: dict) -> None:
                                    "extra label\n(Grad-CAM: red is what that label's score rests on)")
     with artifacts.atomic_file(args.out / "per_class_f1.png") as tmp:
         plots_evaluation.per_class_f1({TITLES[name]: {f"{k} ({v['images']})": v["f1"] for k, v in per_class[name].items()}
-                                       for name in classifiers}, tmp, "Per-label F1 on the test split (test images "
-                                      "with the label), at thresholds chosen on validation")
+                                       for name in classifiers}, tmp, "Per-label F1 on the test split (its images with "
+                                      "the label)\nat thresholds chosen on validation")
     artifacts.write_json(args.out / "per_class.json", per_class)
     artifacts.write_json(args.metrics, metrics)
 
