@@ -7,6 +7,9 @@ training and evaluation (``images.load_image``); the model does its backbone's
 preprocessing itself. Prints the top-k labels with probabilities as a table,
 or as JSON with ``--json``; ``--csv FILE`` streams one row per image into FILE
 instead (bounded memory, a progress bar), for a spreadsheet or a labelling tool.
+A task: multi_label model's calibration.json carries a threshold per label: every
+label at or above its threshold is listed first (``labels`` in JSON and CSV, joined
+by ``|`` in the table and CSV; ``(none)`` where no label reaches its threshold).
 
 Where ``calibration.json`` is beside the model (the export folder has one; the
 calibrate stage writes models/calibration.json beside models/model.keras), the
@@ -31,7 +34,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.lib import artifacts, inputs, schemas
+from pipeline.lib import artifacts, inputs, multilabel, schemas
 from pipeline.lib.errors import StageError, describe
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = schemas.read_labels(inputs.find_labels(args.model, args.labels, inference.LABELS_FILE))
     top_k = min(args.top_k, len(labels))
     calibration = inputs.read_calibration(args.model, args.calibration, args.unknown_threshold, parser.error)
+    cut = calibration.pop("label_thresholds")  # a task: multi_label model's, one per label
     try:
         classifier = inference.load(args.model)
         if calibration.pop("build", None):  # models/model.keras: made what the export stage ships
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(describe(err))
         args.explain.mkdir(parents=True, exist_ok=True)
     results = [] if args.csv is None else None  # --csv streams: nothing is kept
-    with Rows(args.csv, top_k, len(files)) as rows:
+    with Rows(args.csv, top_k, len(files), cut is not None) as rows:
         for start in range(0, len(files), inputs.CHUNK):
             chunk = files[start:start + inputs.CHUNK]
             pixels, ok, errors = inference.load_images(chunk, classifier.image_size)
@@ -112,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             if probs.size and probs.shape[1] != len(labels):
                 raise SystemExit(f"predict: the model has {probs.shape[1]} outputs but {len(labels)} labels were given")
             found = dict(zip(ok, probs))
+            if cut is not None and probs.size and len(cut) != probs.shape[1]:
+                raise SystemExit(f"predict: the calibration has {len(cut)} label thresholds for {probs.shape[1]} outputs")
             sure = dict(zip(ok, probs.max(axis=1, initial=0) if known is None else known))
             for i, path in enumerate(chunk):
                 if i in errors:
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                     top = found[i].argsort()[::-1][:top_k]
                     result = {"path": str(path), "predictions": [
                         {"label": labels[j], "probability": round(float(found[i][j]), 6)} for j in top]}
+                    if cut is not None:  # every label at or above its own threshold, surest first
+                        result["labels"] = [labels[j] for j in found[i].argsort()[::-1] if found[i][j] >= cut[j]]
                     if calibration["score"] == "known":
                         result["known"] = round(float(sure[i]), 6)
                     if calibration["unknown_threshold"] is not None:
@@ -142,8 +150,9 @@ class Rows:
     (written to a temporary file, renamed over FILE at the end) behind a progress bar. The
     unreadable inputs go to ``bad`` (``inputs.Unreadable``: the first few named, the rest counted)."""
 
-    def __init__(self, path: Path | None, top_k: int, total: int):
+    def __init__(self, path: Path | None, top_k: int, total: int, label_sets: bool = False):
         self.path, self.total, self.top_k, self.classified, self.unknown = path, total, top_k, 0, 0
+        self.label_sets = label_sets  # a multi-label model: a column of the labels present
         self.bad = inputs.Unreadable("predict")
 
     def __enter__(self):
@@ -152,7 +161,7 @@ class Rows:
             from tqdm import tqdm
 
             fields = ["file", *[f"{kind}_{i}" for i in range(1, self.top_k + 1) for kind in ("label", "probability")],
-                      "known", "unknown", "error"]
+                      *["labels"] * self.label_sets, "known", "unknown", "error"]
             tmp = self._open.enter_context(artifacts.atomic_file(self.path, CSV))
             self._writer = csv.DictWriter(self._open.enter_context(open(tmp, "w", newline="", encoding="utf-8")),
                                           fields)
@@ -169,6 +178,8 @@ class Rows:
         if self.path:
             row = {"file": result["path"], "error": result.get("error", ""), "known": result.get("known", ""),
                    "unknown": "" if "unknown" not in result else str(result["unknown"]).lower()}
+            if self.label_sets:
+                row["labels"] = multilabel.encode(result.get("labels", []))
             for i, p in enumerate(result.get("predictions", []), 1):
                 row[f"label_{i}"], row[f"probability_{i}"] = p["label"], f"{p['probability']:.6f}"
             self._writer.writerow(row)
@@ -200,9 +211,12 @@ def table(results: list[dict]) -> str:
     results = [r for r in results if "predictions" in r]
     width = max((len(r["path"]) for r in results), default=0)
     label_width = max((len(p["label"]) for r in results for p in r["predictions"]), default=0)
+    sets_width = max([len("(none)"), *(len(multilabel.encode(r.get("labels", []))) for r in results)])
     lines = []
     for r in results:
         cells = [f"{p['label']:<{label_width}} {p['probability']:7.2%}" for p in r["predictions"]]
+        if any("labels" in r for r in results):  # a multi-label model: the label set, then the top k
+            cells.insert(0, f"{multilabel.encode(r['labels']) or '(none)':<{sets_width}}")
         if any("unknown" in r for r in results):  # a calibrated model: the verdict first
             cells.insert(0, f"{UNKNOWN if r.get('unknown') else '':<{len(UNKNOWN)}}")
         lines.append(f"{r['path']:<{width}}  " + "   ".join(cells))

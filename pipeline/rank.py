@@ -11,7 +11,11 @@ similarity with one ranked above it reaches ``--similarity`` (default: the proje
 ``audit.duplicate_similarity`` in params.yaml, the audit's notion of a near duplicate) is left out, so the top
 of the list is diverse (confidence.rank). ``--by margin`` (default) ranks by 1 minus
 the gap between the two most probable classes, ``--by entropy`` by the entropy of
-the probabilities. IMAGES are files, folders or glob patterns, as for predict.
+the probabilities. A task: multi_label model (its calibration.json has a threshold
+per label) ranks each label as a yes/no question: ``margin`` by how near the least
+sure label is to its threshold, ``entropy`` by the sum of the labels' binary
+entropies; ``label`` is then the predicted set (joined by ``|``) and ``probability``
+that least sure label's. IMAGES are files, folders or glob patterns, as for predict.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.lib import artifacts, inputs, params, schemas
+from pipeline.lib import artifacts, inputs, multilabel, params, schemas
 from pipeline.lib.errors import StageError, describe
 
 FIELDS = ["rank", "file", "label", "probability", "uncertainty"]
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     labels = schemas.read_labels(inputs.find_labels(args.model, args.labels, inference.LABELS_FILE, "rank"))
     calibration = inputs.read_calibration(args.model, args.calibration, None, parser.error)
+    cut = calibration.pop("label_thresholds")  # a task: multi_label model's, one per label
     try:
         model = keras_files.load(args.model)
         if calibration.pop("build", None):  # models/model.keras: calibrated as the export stage ships it
@@ -95,9 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     if not kept:
         parser.error("no readable image to rank")
     probs = inputs.calibrate(np.concatenate(probs), calibration)
-    order, uncertainty = confidence.rank(probs, np.concatenate(features), args.similarity, args.by, args.top)
-    rows = ({"rank": r, "file": str(kept[i]), "label": labels[int(probs[i].argmax())],
-             "probability": f"{probs[i].max():.6f}", "uncertainty": f"{u:.6f}"}
+    cut = None if cut is None else np.asarray(cut)
+    order, uncertainty = confidence.rank(probs, np.concatenate(features), args.similarity, args.by, args.top, cut)
+
+    def answer(p):  # (label, probability): the top class, or the label set and its least sure label's probability
+        if cut is None:
+            return labels[int(p.argmax())], p.max()
+        nearest = int(np.argmin(np.abs(p - cut) / np.where(p >= cut, 1 - cut, cut).clip(1e-12)))
+        return multilabel.encode(np.asarray(labels)[p >= cut]), p[nearest]
+
+    rows = ({"rank": r, "file": str(kept[i]), "label": answer(probs[i])[0],
+             "probability": f"{answer(probs[i])[1]:.6f}", "uncertainty": f"{u:.6f}"}
             for r, (i, u) in enumerate(zip(order, uncertainty), 1))
     with artifacts.atomic_file(args.out, CSV) as tmp:
         schemas.write_csv(tmp, rows, FIELDS)

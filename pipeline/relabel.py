@@ -17,15 +17,25 @@ images folder is the ingest stage's ``--source`` in dvc.yaml (``--images`` to gi
 it must be a folder of class folders (labels from a CSV are edited in that CSV). Afterwards,
 ``dvc add <images>`` records the new version, ``dvc diff`` shows exactly these moves, and the
 next ``dvc repro`` reruns from ingest (docs/team.md#fixing-what-the-audit-found).
+
+With ``task: multi_label`` in ./params.yaml the labels live in the labels CSV
+(``ingest.labels_csv``), and relabel edits it: ``--add FILE LABEL`` and
+``--remove FILE LABEL`` (FILE as the manifest names it, e.g. from
+reports/evaluate/predictions.csv) change one label of an image, ``--reject
+FILE`` moves the image into the quarantine and drops its row. No other byte of
+the CSV changes; every change is checked first.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import os
 import shutil
 import sys
 from pathlib import Path
 
-from pipeline.lib import cli, dvcyaml, params, sources
+from pipeline.lib import cli, dvcyaml, multilabel, params, sources
 from pipeline.lib.schemas import read_csv
 from pipeline.lib.errors import StageError
 
@@ -82,6 +92,87 @@ def plan(rows: dict[str, dict], images: Path, quarantine: Path, accept: list[str
     return moves
 
 
+def edit_labels_csv(csv_file: Path, root: Path, p, changes: dict[str, list[tuple[str, str]]],
+                    dropped: set[str]) -> int:
+    """task: multi_label: in the labels CSV, add or remove one label of each image of ``changes``
+    ({path under ``root``: [("+" or "-", label), ...]}) and drop the rows of ``dropped`` (images moved
+    to the quarantine); every other byte of the file stays as it was, so its diff in review is
+    exactly these rows. Checked first, written atomically; returns the rows changed."""
+    data = csv_file.read_bytes()  # not read_text: its universal newlines would turn \r\n into \n
+    text, bom = data.decode("utf-8-sig"), data.startswith(b"\xef\xbb\xbf")
+    lines = text.splitlines(keepends=True)
+    newline = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader)
+    start, spans = reader.line_num, {}  # row -> (its first line, the line after it, its cells)
+    for cells in reader:
+        spans[len(spans)] = (start, reader.line_num, cells)
+        start = reader.line_num
+    column = {name: i for i, name in enumerate(header)}
+    wanted, out, done = set(changes) | dropped, {}, set()
+    for first, end, cells in spans.values():
+        if len(cells) != len(header):
+            continue
+        path = (root / cells[column[p.csv_image_column]].strip()).resolve()
+        name = path.relative_to(root.resolve()).as_posix() if path.is_relative_to(root.resolve()) else None
+        if name not in wanted:
+            continue
+        done.add(name)
+        if name in dropped:
+            out[first] = (end, "")
+            continue
+        for op, label in changes[name]:
+            if p.csv_label_columns:
+                if label not in column:
+                    raise StageError(f"{name}: {label!r} is not a label column of {csv_file}; add the column first")
+                cells[column[label]] = "1" if op == "+" else "0"
+            else:
+                cell = cells[column[p.csv_label_column]]
+                given = [x.strip() for x in cell.split(p.label_separator) if x.strip()]
+                kept = [x for x in given if x != label]
+                cells[column[p.csv_label_column]] = p.label_separator.join(kept + [label] * (op == "+"))
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator=newline).writerow(cells)
+        out[first] = (end, buffer.getvalue())
+    if missing := sorted(wanted - done):
+        raise StageError(f"{missing[0]}: no row of {csv_file} names it (ingest.csv_image_column "
+                         f"{p.csv_image_column!r}); is the CSV the one the audit read?")
+    result, i = [], 0
+    while i < len(lines):
+        if i in out:
+            result.append(out[i][1])
+            i = out[i][0]
+        else:
+            result.append(lines[i])
+            i += 1
+    tmp = csv_file.with_name(f".{csv_file.name}.relabel-tmp")
+    try:
+        tmp.write_bytes((b"\xef\xbb\xbf" if bom else b"") + "".join(result).encode("utf-8"))
+        os.replace(tmp, csv_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(done)
+
+
+def label_changes(add: list[list[str]], remove: list[list[str]], labels: set[str],
+                  new_classes: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """task: multi_label: ``--add FILE LABEL`` and ``--remove FILE LABEL`` as {FILE: [("+" or "-",
+    LABEL), ...]}, each checked: a plain file name, a label name, an added label one of the data's
+    (or a ``new_classes`` one)."""
+    changes: dict[str, list[tuple[str, str]]] = {}
+    for op, pairs in (("+", add), ("-", remove)):
+        for name, label in pairs:
+            if problem := unsafe(name):
+                raise StageError(f"{name!r}: the file {problem}; relabel edits only files named plainly")
+            if problem := params.label_problem(label):
+                raise StageError(f"{name}: label {label!r} {problem}; not a label")
+            if op == "+" and label not in labels | set(new_classes):
+                raise StageError(f"{name}: label {label!r} is not one of the data's labels "
+                                 f"({', '.join(sorted(labels)[:20])}); --new-class {label} makes it one")
+            changes.setdefault(name, []).append((op, label))
+    return changes
+
+
 def unsafe(text: str) -> str | None:
     """Why ``text`` (the CSV's ``file`` column) cannot name an image to move, or None: control
     characters (a NUL byte, a line break) or an absolute path. Labels go through
@@ -96,12 +187,16 @@ def unsafe(text: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline relabel", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("csv", type=Path, help="an audit report: reports/audit/<issue>.csv")
+    parser.add_argument("csv", type=Path, nargs="?", help="an audit report: reports/audit/<issue>.csv")
     parser.add_argument("--accept", nargs="+", action="extend", default=[], metavar="FILE",
                         help="move to the suggested label")
     parser.add_argument("--accept-all", action="store_true", help="accept every row that suggests a label")
     parser.add_argument("--reject", nargs="+", action="extend", default=[], metavar="FILE",
                         help="move out into --quarantine")
+    parser.add_argument("--add", nargs=2, action="append", default=[], metavar=("FILE", "LABEL"),
+                        help="task: multi_label: add LABEL to FILE's labels in the labels CSV")
+    parser.add_argument("--remove", nargs=2, action="append", default=[], metavar=("FILE", "LABEL"),
+                        help="task: multi_label: remove LABEL from FILE's labels in the labels CSV")
     parser.add_argument("--new-class", nargs="+", action="extend", default=[], metavar="LABEL",
                         help="a label that is not yet a class folder, which --accept may create")
     parser.add_argument("--images", type=Path, help="the images folder (default: ingest's --source in dvc.yaml)")
@@ -110,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     images = args.images or Path(dvcyaml.source())
     quarantine = args.quarantine or images.parent / "quarantine"
+    if Path(params.PARAMS_FILE).is_file():  # the project's task; without params.yaml, class folders
+        p = params.load(["task", "ingest"])
+        if p.task == "multi_label":
+            return multi_label(args, images, quarantine, p.ingest)
+    if args.csv is None or args.add or args.remove:
+        raise StageError("give the audit report's CSV; --add and --remove are for task: multi_label")
     if not images.is_dir():
         raise StageError(f"{images} is not a folder: relabel edits a folder of class folders "
                          "(unpack an archive source and `dvc add` the folder first)")
@@ -133,6 +234,45 @@ def main(argv: list[str] | None = None) -> int:
             shutil.move(source, target)
     if not args.dry_run:
         print(f"{len(moves)} image(s) moved. Next: `dvc add {images}`, `dvc diff` to review, `dvc repro`.")
+    return 0
+
+
+def multi_label(args, images: Path, quarantine: Path, p) -> int:
+    """task: multi_label: ``--add``/``--remove FILE LABEL`` edit the labels CSV; ``--reject FILE``
+    moves the image into the quarantine and drops its row."""
+    if args.accept or args.accept_all:
+        raise StageError("with task: multi_label the audit flags no label issues to accept "
+                         "(docs/multilabel.md#the-audit-and-relabel): give --add FILE LABEL or --remove FILE LABEL")
+    if not (args.add or args.remove or args.reject):
+        raise StageError("nothing to do: give --add FILE LABEL, --remove FILE LABEL or --reject FILE...")
+    if not p.labels_csv:
+        raise StageError("task: multi_label reads its labels from ingest.labels_csv, which is not set")
+    csv_file = sources.dataset_root(images) / p.labels_csv
+    root = (csv_file.parent / p.image_dir) if p.image_dir else csv_file.parent
+    if not csv_file.is_file():
+        raise StageError(f"ingest.labels_csv {p.labels_csv!r}: no file {csv_file}")
+    candidates, _ = sources.from_csv(csv_file, root.resolve(), p, "multi_label")
+    labels = {label for r in candidates for label in multilabel.decode(r["label"])}
+    changes = label_changes(args.add, args.remove, labels, args.new_class)
+    moves = []
+    if args.reject:
+        if args.csv is None:
+            raise StageError("--reject takes the files of an audit report: give its CSV (reports/audit/<issue>.csv)")
+        moves = plan({r["file"]: r for r in read_csv(args.csv)}, root, quarantine, [], args.reject)
+    for name, ops in changes.items():
+        print(f"{'would change' if args.dry_run else 'changed'} {name}: "
+              + ", ".join(f"{'add' if op == '+' else 'remove'} {label}" for op, label in ops))
+    for source, target in moves:
+        print(f"{'would move' if args.dry_run else 'moved'} {source} -> {target} (its row dropped from {csv_file.name})")
+    if args.dry_run:
+        return 0
+    dropped = {source.relative_to(root.resolve()).as_posix() for source, _ in moves}
+    edited = edit_labels_csv(csv_file, root, p, changes, dropped)
+    for source, target in moves:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)
+    print(f"{edited} row(s) of {csv_file} changed, {len(moves)} image(s) moved. Next: `dvc add {images}`, "
+          "`dvc diff` to review, `dvc repro`.")
     return 0
 
 

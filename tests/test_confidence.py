@@ -90,5 +90,5 @@ def test_the_temperature_built_into_a_model_gives_the_calibrated_probabilities()
     logits = logits_model.predict_on_batch(x)  # the calibrated logits, z / T
     np.testing.assert_allclose(confidence.calibrated(logits, 1.0), expected, atol=1e-5)
     np.testing.assert_allclose(model.predict_on_batch(x), calibrated)  # the copy's change leaves the model alone
-    with pytest.raises(Exception, match="softmax Dense"):
+    with pytest.raises(Exception, match="softmax or sigmoid Dense"):
         models.output_layer(logits_model)  # no softmax left: not a classifier of this pipeline

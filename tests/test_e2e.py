@@ -92,7 +92,7 @@ def test_predict_agrees_with_evaluate_on_the_test_images(finished, tmp_path):
     rows = list(csv.DictReader(open(project.path / "reports/evaluate/predictions.csv")))
     # evaluate scores the model as trained: a copy away from models/calibration.json is not calibrated
     shutil.copy(project.path / "models/model.keras", tmp_path / "model.keras")
-    out = project.run("python", "-m", "pipeline", "predict", str(tmp_path / "model.keras"),
+    out = project.command("predict", str(tmp_path / "model.keras"),
                       *(f"data/images/{r['path']}" for r in rows), "--labels", "data/split/labels.json", "--json")
     predicted = json.loads(out.stdout)
     assert len(predicted) == len(rows) == project.metrics()["test_images"]
@@ -101,7 +101,7 @@ def test_predict_agrees_with_evaluate_on_the_test_images(finished, tmp_path):
         assert result["predictions"][0]["label"] == row["predicted"]
         assert result["predictions"][0]["probability"] == pytest.approx(float(row["confidence"]), abs=1e-5)
     # the exported TFLite file, with the labels.txt beside it, gives the same answers
-    out = project.run("python", "-m", "pipeline", "predict", "models/export/model_float32.tflite",
+    out = project.command("predict", "models/export/model_float32.tflite",
                       *(f"data/images/{r['path']}" for r in rows), "--json", "-k", "1")
     assert [r["predictions"][0]["label"] for r in json.loads(out.stdout)] == [r["predicted"] for r in rows]
 
@@ -109,7 +109,7 @@ def test_predict_agrees_with_evaluate_on_the_test_images(finished, tmp_path):
 def test_predict_tta_and_explain(finished, tmp_path):
     project = finished
     paths = sorted((project.path / "data/images").rglob("*.png"))[:3]
-    out = project.run("python", "-m", "pipeline", "predict", "models/model.keras", *map(str, paths), "--labels",
+    out = project.command("predict", "models/model.keras", *map(str, paths), "--labels",
                       "data/split/labels.json", "--json", "--tta", "--explain", str(tmp_path / "why"))
     results = json.loads(out.stdout)
     assert len(results) == 3
@@ -118,7 +118,7 @@ def test_predict_tta_and_explain(finished, tmp_path):
         overlaid = np.asarray(Image.open(tmp_path / "why" / f"{path.name}.gradcam.png"))
         plain = images.thumbnail(path, 400)
         assert overlaid.shape == plain.shape and not np.array_equal(overlaid, plain)  # the map is drawn on it
-    refused = project.run("python", "-m", "pipeline", "predict", "models/export/model_float32.tflite",
+    refused = project.command("predict", "models/export/model_float32.tflite",
                           str(paths[0]), "--explain", str(tmp_path / "no"), check=False)
     assert refused.returncode == 2 and "--explain needs the .keras model" in refused.stderr
 
@@ -137,18 +137,18 @@ def test_predict_says_unknown_below_the_threshold_and_its_csv_matches_the_table(
     other = make_ood(tmp_path / "other", count=16, seed=7)
     inside = project.path / "data/images" / schemas.read_csv(project.path / "data/split/train.csv")[0]["path"]
     files = [str(inside), *map(str, sorted(other.iterdir()))]
-    default = json.loads(project.run("python", "-m", "pipeline", "predict", export, *files, "-k", "2", "--json").stdout)
+    default = json.loads(project.command("predict", export, *files, "-k", "2", "--json").stdout)
     threshold = json.loads((project.path / "models/export/calibration.json").read_text())["unknown_threshold"]
     assert [r["unknown"] for r in default] == [r["known"] < threshold for r in default]
     cut = float(np.median([r["known"] for r in default[1:]]))
     results = [{**r, "unknown": r["known"] < cut} for r in default]  # what the override must give
     assert sum(r["unknown"] for r in results) >= 2, results
     override = ["--unknown-threshold", str(cut)]
-    table = project.run("python", "-m", "pipeline", "predict", export, *files, "-k", "2", *override).stdout.splitlines()
+    table = project.command("predict", export, *files, "-k", "2", *override).stdout.splitlines()
     assert [line.split()[1] == "unknown" for line in table] == [r["unknown"] for r in results], table
     for line, r in zip(table, results):  # the best label and its probability beside the verdict
         assert f"{r['predictions'][0]['label']}" in line and f"{r['predictions'][0]['probability']:.2%}" in line
-    out = project.run("python", "-m", "pipeline", "predict", export, *files, "-k", "2", "--csv",
+    out = project.command("predict", export, *files, "-k", "2", "--csv",
                       str(tmp_path / "p.csv"), *override)
     unknown = sum(r["unknown"] for r in results)
     assert out.stdout == "" and f"17 images classified ({unknown} unknown, 0 unreadable)" in out.stderr
@@ -157,7 +157,7 @@ def test_predict_says_unknown_below_the_threshold_and_its_csv_matches_the_table(
             for r in rows] == [(r["path"], r["predictions"][0]["label"], r["predictions"][0]["probability"],
                                 r["predictions"][1]["label"], r["known"], str(r["unknown"]).lower()) for r in results]
     # models/model.keras has models/calibration.json beside it: predict calibrates it the same way
-    plain = json.loads(project.run("python", "-m", "pipeline", "predict", "models/model.keras", *files, "-k", "2",
+    plain = json.loads(project.command("predict", "models/model.keras", *files, "-k", "2",
                                    "--labels", "data/split/labels.json", "--json").stdout)
     assert [r["unknown"] for r in plain] == [r["unknown"] for r in default]
     for a, b in zip(plain, default):
@@ -178,7 +178,7 @@ def test_the_mediapipe_example_says_unknown_as_predict_does(finished, tmp_path):
     for path in [*sorted(make_ood(tmp_path / "other", count=8, seed=3).iterdir()), inside]:
         files.append(tmp_path / f"{path.stem}.png")
         images.save_png(images.load_image(path, size), files[-1])
-    results = json.loads(project.run("python", "-m", "pipeline", "predict", model, *map(str, files), "--json").stdout)
+    results = json.loads(project.command("predict", model, *map(str, files), "--json").stdout)
     lines = project.run("python", str(Path(__file__).parents[1] / "docs/examples/mediapipe_unknown.py"), model,
                         *map(str, files)).stdout.splitlines()
     assert len(lines) == len(files)
@@ -198,7 +198,7 @@ def test_rank_lists_the_least_sure_first_without_duplicates(finished, tmp_path):
         shutil.copy(path, pool / path.name)
     shutil.copy(sources[0], pool / "copy.png")  # an exact duplicate: only one of the two is listed
     # a random backbone puts distinct shapes at cosine 0.90-0.97: only a copy reaches 0.99
-    out = project.run("python", "-m", "pipeline", "rank", "models/export/model.keras", str(pool),
+    out = project.command("rank", "models/export/model.keras", str(pool),
                       "--out", str(tmp_path / "next.csv"), "--similarity", "0.99")
     rows = schemas.read_csv(tmp_path / "next.csv")
     assert len(rows) == 6 and "1 near duplicate of images ranked above left out" in out.stderr

@@ -43,9 +43,12 @@ ROBUST_SD = 1.4826  # the median absolute deviation times this estimates a norma
 def read_calibration(path: Path) -> dict:
     """A ``calibration.json`` as the calibrate or export stage writes it, checked as input: a
     temperature that is a finite number > 0 (a negative one would reverse every ranking), an
-    unknown threshold in [0, 1], ``temperature_in_model`` true or false. Anything else is
+    unknown threshold in [0, 1], ``temperature_in_model`` true or false; with ``task: multi_label``,
+    a temperature, a ``shift`` and a ``label_thresholds`` entry per label. Anything else is
     ``damaged``, naming the file and the key, never applied."""
     data = schemas.read_json(path, dict)
+    if data.get("task", "single_label") not in ("single_label", "multi_label"):
+        raise errors.damaged(path, f"task is {str(data['task'])[:40]!r}; it must be 'single_label' or 'multi_label'")
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     checks = {"temperature": (lambda v: number(v) and v > 0, "a finite number above 0"),
               "temperature_in_model": (lambda v: isinstance(v, bool), "true or false"),
@@ -54,6 +57,13 @@ def read_calibration(path: Path) -> dict:
     if data.get("unknown_score") == "known":
         checks.update(known_center=(number, "a finite number"),
                       known_scale=(lambda v: number(v) and v > 0, "a finite number above 0"))
+    if data.get("task") == "multi_label":  # a temperature and a threshold per label, in labels.txt's order
+        numbers = lambda v, ok: isinstance(v, list) and bool(v) and all(number(x) and ok(x) for x in v)  # noqa: E731
+        checks.update(temperature=(lambda v: numbers(v, lambda x: x > 0), "a list of finite numbers above 0"),
+                      shift=(lambda v: numbers(v, lambda x: True) and len(v) == len(data.get("temperature") or []),
+                             "a list of finite numbers, one per temperature"),
+                      label_thresholds=(lambda v: numbers(v, lambda x: 0 <= x <= 1) and len(v) == len(
+                          data.get("temperature") or []), "a list of numbers from 0 to 1, one per temperature"))
     for key, (ok, allowed) in checks.items():
         if key not in data:
             raise errors.damaged(path, f"no {key}")
@@ -185,9 +195,19 @@ def coverage_curve(probabilities: np.ndarray, y: np.ndarray, points: int = 101) 
     return rows
 
 
-def uncertainty(probabilities: np.ndarray, by: str = "margin") -> np.ndarray:
-    """Per image, higher = less sure: ``margin`` (1 - (p1 - p2)) or ``entropy`` (in nats)."""
+def uncertainty(probabilities: np.ndarray, by: str = "margin", cut: np.ndarray | None = None) -> np.ndarray:
+    """Per image, higher = less sure: ``margin`` (1 - (p1 - p2)) or ``entropy`` (in nats). With
+    ``cut``, a threshold per label (a sigmoid per label), each label is a yes/no question:
+    ``margin`` is 1 minus the distance of the label nearest its threshold, as a share of the way
+    to 0 or 1 (1: a label right at its threshold), ``entropy`` the sum of each label's binary entropy."""
     p = np.asarray(probabilities, np.float64)
+    if cut is not None and by == "margin":
+        cut = np.asarray(cut, np.float64)
+        room = np.where(p >= cut, 1 - cut, cut)
+        return 1 - (np.abs(p - cut) / np.maximum(room, TINY)).min(axis=1)
+    if cut is not None and by == "entropy":
+        q = np.clip(p, TINY, 1 - 1e-12)
+        return -(q * np.log(q) + (1 - q) * np.log(1 - q)).sum(axis=1)
     if by == "margin":
         top = np.sort(p, axis=1)[:, ::-1]
         return 1 - (top[:, 0] - (top[:, 1] if p.shape[1] > 1 else 0))
@@ -197,11 +217,12 @@ def uncertainty(probabilities: np.ndarray, by: str = "margin") -> np.ndarray:
 
 
 def rank(probabilities: np.ndarray, features: np.ndarray, similarity: float, by: str = "margin",
-         limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, most uncertain first, of the images to label; their uncertainty). An image whose
+         limit: int | None = None, cut: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, most uncertain first, of the images to label; their uncertainty, ``uncertainty``
+    with ``cut`` for a multi-label model). An image whose
     feature vector has cosine similarity >= ``similarity`` with one ranked above it is skipped,
     so the top of the list is diverse. Stops after ``limit`` images (default: all that are kept)."""
-    u = uncertainty(probabilities, by)
+    u = uncertainty(probabilities, by, cut)
     f = np.asarray(features, np.float32)
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     order = np.argsort(-u, kind="stable")
@@ -216,3 +237,87 @@ def rank(probabilities: np.ndarray, features: np.ndarray, similarity: float, by:
         chosen[len(kept)] = f[i]
         kept.append(int(i))
     return np.array(kept, dtype=int), u[kept]
+
+
+# Multi-label (task: multi_label): a sigmoid per label, each label a yes/no question of its own.
+
+def label_probabilities(logits: np.ndarray, temperatures, shift=0.0) -> np.ndarray:
+    """``sigmoid(logits / T + shift)``, a temperature and a shift per label (float64)."""
+    return expit(np.asarray(logits, np.float64) / np.asarray(temperatures, np.float64) + np.asarray(shift, np.float64))
+
+
+def platt_nll(params: np.ndarray, z: np.ndarray, target: np.ndarray) -> float:
+    """Mean cross-entropy of ``sigmoid(z / exp(log_t) + shift)`` against soft ``target``s."""
+    log_t, shift = params
+    x = z / np.exp(log_t) + shift
+    return float(np.mean(np.logaddexp(0, x) - target * x))
+
+
+def fit_label_platt(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per label, Platt scaling (Platt 1999) fitted on ``(logits, y)`` (validation): the temperature
+    T > 0 and shift b of ``sigmoid(logit / T + b)`` that minimise the cross-entropy against Platt's
+    smoothed targets ((N+ + 1) / (N+ + 2) for a present label, 1 / (N- + 2) for an absent one), which
+    keep a label with few images from being fitted to certainty. The shift undoes what a
+    temperature cannot: probabilities moved up or down as a whole (per-label class weights move a
+    rare label's up). A label present in all or none of the validation images keeps T = 1, b = 0."""
+    from scipy.optimize import minimize
+
+    temperature, shift = np.ones(y.shape[1]), np.zeros(y.shape[1])
+    for j in range(y.shape[1]):
+        positive = int(y[:, j].sum())
+        if 0 < positive < len(y):
+            target = np.where(y[:, j] > 0, (positive + 1) / (positive + 2), 1 / (len(y) - positive + 2))
+            bounds = [tuple(np.log(TEMPERATURES)), (-20.0, 20.0)]
+            result = minimize(platt_nll, np.zeros(2), args=(np.asarray(logits[:, j], np.float64), target),
+                              method="L-BFGS-B", bounds=bounds)
+            temperature[j], shift[j] = float(np.exp(result.x[0])), float(result.x[1])
+    return temperature, shift
+
+
+def binary_ece(p: np.ndarray, y: np.ndarray, bins: int = BINS) -> float:
+    """One label's expected calibration error: over equal-width bins of its probability, the
+    image-weighted gap between the mean probability and the share of images that carry it."""
+    which = np.clip(np.searchsorted(np.linspace(0, 1, bins + 1), p, side="left") - 1, 0, bins - 1)
+    return float(sum(abs(p[which == b].mean() - y[which == b].mean()) * np.mean(which == b)
+                     for b in range(bins) if (which == b).any()))
+
+
+def label_quality(logits: np.ndarray, y: np.ndarray, temperatures, labels: list[str], shift=0.0) -> dict:
+    """Per label and averaged over labels: ECE, binary NLL and Brier score of ``label_probabilities``."""
+    p = label_probabilities(logits, temperatures, shift)
+    log_p, log_q = np.log(np.maximum(p, TINY)), np.log(np.maximum(1 - p, TINY))
+    per = {label: {"ece": binary_ece(p[:, j], y[:, j]),
+                   "nll": float(-np.mean(np.where(y[:, j] > 0, log_p[:, j], log_q[:, j]))),
+                   "brier": float(np.mean((p[:, j] - y[:, j]) ** 2))} for j, label in enumerate(labels)}
+    return {**{k: float(np.mean([m[k] for m in per.values()])) for k in ("ece", "nll", "brier")}, "per_label": per}
+
+
+def label_reliability(p: np.ndarray, y: np.ndarray, bins: int = BINS) -> list[dict]:
+    """``reliability`` of every label's probability pooled: in each bin, the mean probability
+    (confidence) against the share of those (image, label) pairs that are present (accuracy)."""
+    p, y = np.ravel(p), np.ravel(y)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.searchsorted(edges, p, side="left") - 1, 0, bins - 1)
+    return [{"low": float(edges[b]), "high": float(edges[b + 1]), "images": int((which == b).sum()),
+             "confidence": float(p[which == b].mean()) if (which == b).any() else None,
+             "accuracy": float(y[which == b].mean()) if (which == b).any() else None} for b in range(bins)]
+
+
+def joint_energy(logits: np.ndarray) -> np.ndarray:
+    """The multi-label energy score of the raw logits, higher = more like the training data:
+    ``sum_k log(1 + exp(z_k))`` (JointEnergy, Wang et al. 2021, "Can multi-label classification
+    networks know what they don't know?")."""
+    return np.logaddexp(0, np.asarray(logits, np.float64)).sum(axis=1)
+
+
+def label_scores(logits: np.ndarray, temperatures, shift=0.0) -> dict[str, np.ndarray]:
+    """``scores`` for a sigmoid per label: ``probability`` (the top calibrated label probability),
+    ``max_logit`` and ``energy`` (``joint_energy``, what ships as known)."""
+    logits = np.asarray(logits, np.float64)
+    return {"probability": label_probabilities(logits, temperatures, shift).max(axis=1), "max_logit": logits.max(axis=1),
+            "energy": joint_energy(logits)}
+
+
+def label_known(logits: np.ndarray, center: float, scale: float) -> np.ndarray:
+    """``models.Known(joint=True)`` in NumPy: sigmoid((joint_energy - center) / scale)."""
+    return expit((joint_energy(logits) - center) / scale)

@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from pipeline.lib import compat, models
+from pipeline.lib import compat, models, multilabel
 from pipeline.lib.errors import StageError
 
 BYTES_SIGNATURE = "serving_default"  # encoded images -> {"classes", "probabilities", "known", "unknown"}
@@ -56,7 +56,8 @@ def decode_image(data: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
-def saved_model(model: keras.Model, labels: list[str], path: Path, unknown_threshold: float = 0.0) -> None:
+def saved_model(model: keras.Model, labels: list[str], path: Path, unknown_threshold: float = 0.0,
+                label_thresholds: list[float] | None = None) -> None:
     """A SavedModel for TF Serving or any SavedModel host, with two signatures.
 
     ``serving_default`` takes ``image_bytes``, a batch of encoded JPEG/PNG/GIF/BMP files
@@ -67,7 +68,10 @@ def saved_model(model: keras.Model, labels: list[str], path: Path, unknown_thres
     probabilities and known (one column). A model without ``known`` (``models.deployable``
     of an older calibration) has the rule on its top probability. The model itself is not
     ``track``ed: Keras would then store every weight twice, once per wrapper
-    (keras-team/keras#23553), doubling the files.
+    (keras-team/keras#23553), doubling the files. With ``label_thresholds`` (task: multi_label,
+    one per label) ``classes`` is each image's label set, the labels whose probability reaches
+    their threshold joined by ``|`` (``""``: none of them), and ``present`` holds the same as one
+    true/false per label.
     """
     size = int(model.input_shape[1])
     names, threshold = tf.constant(labels), tf.constant(unknown_threshold, tf.float32)
@@ -81,7 +85,13 @@ def saved_model(model: keras.Model, labels: list[str], path: Path, unknown_thres
                           fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8))
         out = pixels(tf.cast(batch, tf.float32))
         probabilities = out["probabilities"]
-        result = {"classes": tf.gather(names, tf.argmax(probabilities, axis=-1)), "probabilities": probabilities}
+        if label_thresholds is None:
+            result = {"classes": tf.gather(names, tf.argmax(probabilities, axis=-1)), "probabilities": probabilities}
+        else:
+            present = probabilities >= tf.constant(label_thresholds, tf.float32)
+            chosen = tf.ragged.boolean_mask(tf.tile(names[None], [tf.shape(present)[0], 1]), present)
+            result = {"classes": tf.strings.reduce_join(chosen, axis=-1, separator=multilabel.SEP),
+                      "present": present, "probabilities": probabilities}
         if "known" in out:
             result["known"] = known = out["known"][:, 0]
         else:

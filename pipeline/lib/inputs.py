@@ -83,7 +83,8 @@ class Unreadable:
 def read_calibration(model: Path, given: Path | None, unknown_threshold: float | None,
                      fail: Callable[[str], NoReturn]) -> dict:
     """{"temperature": to apply to the model's probabilities (1 where it is built in), "score":
-    "known" or "probability" (what the threshold applies to), "unknown_threshold": float or None},
+    "known" or "probability" (what the threshold applies to), "unknown_threshold": float or None,
+    "label_thresholds": one per label for a task: multi_label model, else None},
     from ``given`` (--calibration) or calibration.json beside ``model``, the threshold overridden by
     ``unknown_threshold`` (--unknown-threshold) unless None; with "build" and "found" (the
     calibration) where the model is a .keras file the export stage has not yet made deployable.
@@ -100,20 +101,22 @@ def read_calibration(model: Path, given: Path | None, unknown_threshold: float |
             found = confidence.read_calibration(path)
         except StageError as err:
             fail(f"{errors.describe(err)} (calibration.json comes from the calibrate or export stage)")
-        temperature = 1.0 if found["temperature_in_model"] else float(found["temperature"])
+        temperature = 1.0 if found["temperature_in_model"] or found["unknown_score"] == "known" else float(
+            found["temperature"])  # a known score's temperature is built into the model (export, or ``build``)
         threshold, score = float(found["unknown_threshold"]), found["unknown_score"]
+        cut = found.get("label_thresholds")
     else:
-        temperature, threshold, score = 1.0, None, "probability"
+        temperature, threshold, score, cut = 1.0, None, "probability", None
     if unknown_threshold is not None:
         if not 0 <= unknown_threshold <= 1:
             fail("--unknown-threshold must be between 0 and 1")
         threshold = unknown_threshold or None
-    calibration = {"temperature": temperature, "unknown_threshold": threshold, "score": score}
+    calibration = {"temperature": temperature, "unknown_threshold": threshold, "score": score, "label_thresholds": cut}
     if score == "known" and not found["temperature_in_model"]:
         if model.suffix != ".keras":
             fail(f"{path} is the calibrate stage's, for a .keras model; {model} is another format: "
                          "use the calibration.json of its export folder")
-        calibration.update(temperature=1.0, build=True, found=found)
+        calibration.update(build=True, found=found)
     return calibration
 
 

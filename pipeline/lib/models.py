@@ -200,27 +200,23 @@ def is_multi_label(model: keras.Model) -> bool:
 
 
 def output_layer(model: keras.Model) -> keras.layers.Dense:
-    """The softmax Dense layer that ends a classifier (``build_head``'s ``probabilities``),
-    looked for in the nested head as well."""
+    """The Dense layer that ends a classifier (``build_head``'s ``probabilities``: a softmax, or a
+    sigmoid per label for task: multi_label), looked for in the nested head as well."""
     layer = last_layer(model)
-    if is_multi_label(model):  # sigmoid outputs: what calibrate, export, predict and rank will need (issue 35)
-        raise StageError(f"{model.name} is a task: multi_label model (a sigmoid per label): calibrate, export, "
-                         "predict and rank do not take those yet. `dvc repro evaluate` scores it "
-                         "(reports/metrics.json, reports/evaluate/); docs/multilabel.md says what works")
-    if not isinstance(layer, keras.layers.Dense) or layer.get_config()["activation"] != "softmax":
-        raise StageError(f"{model.name} does not end in a softmax Dense layer (it ends in {layer.name}, "
+    if not isinstance(layer, keras.layers.Dense) or layer.get_config()["activation"] not in ("softmax", "sigmoid"):
+        raise StageError(f"{model.name} does not end in a softmax or sigmoid Dense layer (it ends in {layer.name}, "
                          f"{type(layer).__name__}): not a classifier built by this pipeline")
     return layer
 
 
 def logits(model: keras.Model) -> keras.Model:
     """A copy of ``model`` that returns its logits: the same weights, the output layer's softmax
-    left out (cloned from its config with a linear activation, as ``with_precision`` clones)."""
+    (or sigmoid) left out (cloned from its config with a linear activation, as ``with_precision`` clones)."""
     output = output_layer(model)
 
     def clone(layer):
         config = layer.get_config()
-        if layer is output:  # renamed: the softmax that ``deployable`` puts after it is the probabilities
+        if layer is output:  # renamed: the activation that ``deployable`` puts after it is the probabilities
             config = {**config, "activation": "linear", "name": "logits"}
         return layer.__class__.from_config(config)
 
@@ -232,38 +228,58 @@ def logits(model: keras.Model) -> keras.Model:
 @keras.saving.register_keras_serializable(package="pipeline")
 class Known(keras.layers.Layer):
     """How much an image looks like the training classes, from the calibrated logits ``z``:
-    ``sigmoid((E - center) / scale)``, where ``E = logsumexp(temperature * z)`` is the energy
-    score of the raw logits (Liu et al. 2020). The calibrate stage picks ``center`` (the energy
-    that keeps ``calibrate.unknown_keep`` of the validation images, so 0.5 is the unknown
-    threshold) and ``scale`` (the energy's robust spread over them). ``confidence.known`` is the
-    same arithmetic in NumPy."""
+    ``sigmoid((E - center) / scale)``, where ``E`` is the energy score of the raw logits
+    ``temperature * (z - shift)``: ``logsumexp`` over the classes (Liu et al. 2020), or with ``joint``
+    (a sigmoid per label, a temperature and a shift per label) ``sum_k log(1 + exp)`` over the labels
+    (JointEnergy, Wang et al. 2021). The calibrate stage picks ``center`` (the energy that keeps
+    ``calibrate.unknown_keep`` of the validation images, so 0.5 is the unknown threshold) and
+    ``scale`` (the energy's robust spread over them). ``confidence.known`` and
+    ``confidence.label_known`` are the same arithmetic in NumPy."""
 
-    def __init__(self, temperature: float, center: float, scale: float, **kwargs):
+    def __init__(self, temperature, center: float, scale: float, joint: bool = False, shift=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.temperature, self.center, self.scale = float(temperature), float(center), float(scale)
+        as_floats = lambda v: [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v)  # noqa: E731
+        self.temperature, self.shift = as_floats(temperature), as_floats(shift)
+        self.center, self.scale, self.joint = float(center), float(scale), bool(joint)
 
     def call(self, z):
-        energy = keras.ops.logsumexp(keras.ops.cast(z, "float32") * self.temperature, axis=-1, keepdims=True)
+        raw = ((keras.ops.cast(z, "float32") - keras.ops.convert_to_tensor(self.shift, "float32"))
+               * keras.ops.convert_to_tensor(self.temperature, "float32"))
+        if self.joint:  # softplus written out of ops every runtime has (LiteRT has no softplus kernel)
+            softplus = keras.ops.relu(raw) + keras.ops.log(1 + keras.ops.exp(-keras.ops.abs(raw)))
+            energy = keras.ops.sum(softplus, axis=-1, keepdims=True)
+        else:
+            energy = keras.ops.logsumexp(raw, axis=-1, keepdims=True)
         return keras.ops.sigmoid((energy - self.center) / self.scale)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "temperature": self.temperature, "center": self.center, "scale": self.scale}
+        return {**super().get_config(), "temperature": self.temperature, "center": self.center, "scale": self.scale,
+                "joint": self.joint, "shift": self.shift}
 
 
 def deployable(model: keras.Model, calibration: dict) -> keras.Model:
     """``model`` as it ships (export) and as ``pipeline.predict`` runs an un-exported one: two
-    outputs, ``probabilities`` (calibrated: the output layer's weights divided by the temperature)
-    and ``known`` (``Known``, one value per image), from a copy of ``model`` whose last Dense
-    layer gives the logits. Where ``calibration`` has no energy score (``unknown_score``
-    ``probability``, calibrations from before it), the temperature alone is applied."""
+    outputs, ``probabilities`` (calibrated: the output layer's weights divided by the temperature;
+    for a multi-label model Platt scaling per label, ``logit / T + shift``) and ``known`` (``Known``, one value per image), from a copy
+    of ``model`` whose last Dense layer gives the logits. Where ``calibration`` has no energy score
+    (``unknown_score`` ``probability``, calibrations from before it), the temperature alone is applied."""
     if calibration["unknown_score"] != "known":
         return apply_temperature(model, calibration["temperature"])
-    temperature = float(calibration["temperature"])
+    multi = is_multi_label(model)
+    if multi != (calibration.get("task") == "multi_label"):
+        raise StageError(f"the calibration is for a task: {calibration.get('task', 'single_label')} model, and "
+                         f"{model.name} is not one: run `dvc repro calibrate` for this model")
+    temperature, shift = calibration["temperature"], calibration.get("shift", 0.0)
     copy = logits(model)
     _divide(last_layer(copy), temperature)
+    if multi:  # Platt scaling per label: logit / T + shift
+        kernel, bias = last_layer(copy).get_weights()
+        last_layer(copy).set_weights([kernel, bias + np.asarray(shift, np.float32)])
     z = copy.outputs[0]
-    probabilities = keras.layers.Softmax(name="probabilities")(z)
-    known = Known(temperature, calibration["known_center"], calibration["known_scale"], name="known")(z)
+    probabilities = (keras.layers.Activation("sigmoid", name="probabilities") if multi
+                     else keras.layers.Softmax(name="probabilities"))(z)
+    known = Known(temperature, calibration["known_center"], calibration["known_scale"], joint=multi,
+                  shift=shift if multi else 0.0, name="known")(z)
     return keras.Model(copy.inputs, [probabilities, known], name=model.name)
 
 
@@ -281,6 +297,7 @@ def apply_temperature(model: keras.Model, temperature: float) -> keras.Model:
     return model
 
 
-def _divide(layer: keras.layers.Dense, temperature: float) -> None:
-    """The layer's kernel and bias divided by ``temperature``: its logits z become z / T."""
-    layer.set_weights([w / np.float32(temperature) for w in layer.get_weights()])
+def _divide(layer: keras.layers.Dense, temperature) -> None:
+    """The layer's kernel and bias divided by ``temperature`` (a number, or one per output): its
+    logits z become z / T."""
+    layer.set_weights([w / np.asarray(temperature, np.float32) for w in layer.get_weights()])

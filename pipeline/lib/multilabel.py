@@ -116,6 +116,13 @@ def thresholds(y: np.ndarray, scores: np.ndarray, precision_target: float | None
     return out
 
 
+def micro_f1(y: np.ndarray, predicted: np.ndarray) -> float:
+    """F1 over every (image, label) pair: predicted sets against the truth, 0/1 matrices."""
+    y, predicted = np.asarray(y, bool), np.asarray(predicted, bool)
+    found = (y & predicted).sum()
+    return float(2 * found / max(y.sum() + predicted.sum(), 1))
+
+
 def scores(y: np.ndarray, probabilities: np.ndarray, cut: np.ndarray, labels: list[str]) -> dict:
     """Test metrics of predicted label sets (``probabilities >= cut``, per label) against ``y``:
     mean AP, micro and macro F1, exact-match accuracy, Hamming loss, and per label AP, precision,

@@ -27,6 +27,13 @@ the false-positive rate at 95% true-positive rate of its known, and file size
 go to the DVC metrics file, with each file's speed through its runtime on the machine
 that ran the stage: latency at batch 1 (median and 95th percentile of
 ``export.timing_runs`` calls) and throughput at ``evaluate.batch_size``.
+
+A task: multi_label model ships a calibrated probability per label (a temperature per
+label built in) and ``label_thresholds`` in calibration.json; the SavedModel applies them
+(``classes``: each image's label set, joined by ``|``; ``present``: one true/false per
+label). Each format is scored on label sets instead of top classes: exact match and
+micro-F1 against the truth, agreement as the share of test images given the very same
+set as the Keras model, label_agreement as the share of (image, label) decisions the same.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.lib import artifacts, cli, confidence, errors, formats, images, inference, keras_files, models, params, runtime, shards, sources
+from pipeline.lib import artifacts, cli, confidence, errors, formats, images, inference, keras_files, models, multilabel, params, runtime, shards, sources
 from pipeline.lib.exports import FORMATS, TFLITE_KINDS, file_name
 
 PARAMS = ["export.representative_images", "export.timing_runs", "evaluate.batch_size", "seed", "base.backbone",
@@ -57,7 +64,8 @@ def write_formats(model, labels: list[str], calibration: dict, folder: Path, des
     artifacts.write_json(folder / inference.CALIBRATION_FILE, {**calibration, "temperature_in_model": True})
     files = {name: folder / file_name(name) for name in ("keras", "saved_model", "onnx")}
     keras_files.save(model, files["keras"])
-    formats.saved_model(model, labels, files["saved_model"], calibration["unknown_threshold"])
+    formats.saved_model(model, labels, files["saved_model"], calibration["unknown_threshold"],
+                        calibration.get("label_thresholds"))
     for kind in TFLITE_KINDS:
         path = files[f"tflite_{kind}"] = folder / file_name(f"tflite_{kind}")
         log.info("converting to %s", path.name)
@@ -98,8 +106,13 @@ def outputs(name: str, classifier: inference.Classifier, test, ood, batch_size: 
     return Outputs(probabilities, np.concatenate([known, ood_known]))
 
 
+def answers(probabilities: np.ndarray, cut: np.ndarray | None) -> np.ndarray:
+    """Each image's answer: its top class, or (a threshold per label in ``cut``) its label set as 0/1 per label."""
+    return probabilities.argmax(axis=1) if cut is None else probabilities >= cut
+
+
 def score(files: dict[str, Path], test: Images, ood: Images, labels: list[str], threshold: float, batch_size: int,
-          runs: int) -> tuple[dict[str, Outputs], dict[str, dict], dict[str, str]]:
+          runs: int, cut: np.ndarray | None = None) -> tuple[dict[str, Outputs], dict[str, dict], dict[str, str]]:
     """Each file's outputs on the test and out-of-distribution images through the runtime an app
     would use (metrics row -> Outputs), its speed on the test images (metrics row ->
     inference.timing), and the rows left out with the reason."""
@@ -113,7 +126,9 @@ def score(files: dict[str, Path], test: Images, ood: Images, labels: list[str], 
     (names, probabilities, known, unknown), (_, _, ood_known, ood_unknown) = (
         saved_model.classify_bytes(part.encoded, batch_size) for part in (test, ood))
     found["saved_model_bytes"] = Outputs(probabilities, np.concatenate([known, ood_known]))
-    if names != [labels[i] for i in probabilities.argmax(axis=1)]:
+    expected = ([labels[i] for i in probabilities.argmax(axis=1)] if cut is None else
+                [multilabel.encode(np.asarray(labels)[row]) for row in answers(probabilities, cut)])
+    if names != expected:
         raise errors.StageError("the SavedModel's classes output does not match its probabilities")
     if not np.array_equal(np.concatenate([unknown, ood_unknown]), found["saved_model_bytes"].known < threshold):
         raise errors.StageError("the SavedModel's unknown output does not match its known output and threshold")
@@ -144,17 +159,29 @@ def main() -> None:
         raise errors.StageError(f"{args.calibration} is from before the known score: run the calibrate stage "
                                    "again (dvc repro calibrate)")
     model = models.deployable(keras_files.load(args.model), calibration)
+    multi = calibration.get("task") == "multi_label"
     size = int(model.input_shape[1])
-    rows, pixels, y, labels = inference.load_split(source, args.split, size)
+    rows, pixels, y, labels = inference.load_split(source, args.split, size, multi=multi)
+    cut = np.asarray(calibration["label_thresholds"]) if multi else None
+    if multi and len(cut) != len(labels):
+        raise errors.damaged(args.calibration, f"{len(cut)} label thresholds for {len(labels)} labels")
     # Every read of a source image checks its hash, the SavedModel's bytes too: read once, here
     test = Images([images.read_recorded(source, r).getvalue() for r in rows], pixels)
     ood_files, ood_pixels = inference.load_ood(args.ood, size)
     ood = Images([f.read_bytes() for f in ood_files], ood_pixels)
     threshold = calibration["unknown_threshold"]
-    description = (f"{p.base.backbone} fine-tuned to classify {len(labels)} classes; RGB pixels in [0, 255] "
-                   f"at {size} px; calibrated probabilities (temperature {calibration['temperature']:.4g}); "
-                   f"a second output, known: below {threshold:.4g} the image is none of the classes (MediaPipe: "
-                   "the second head's one score)")
+    if multi:
+        description = (f"{p.base.backbone} fine-tuned to tag {len(labels)} labels, any number per image; RGB pixels "
+                       f"in [0, 255] at {size} px; a calibrated probability per label (a temperature per label); a "
+                       "label is present where its probability reaches its threshold (calibration.json, "
+                       f"label_thresholds: {', '.join(f'{label} {t:.3g}' for label, t in zip(labels, cut))}"[:900]
+                       + f"); a second output, known: below {threshold:.4g} the image is unlike the training data "
+                       "(MediaPipe: the second head's one score)")
+    else:
+        description = (f"{p.base.backbone} fine-tuned to classify {len(labels)} classes; RGB pixels in [0, 255] "
+                       f"at {size} px; calibrated probabilities (temperature {calibration['temperature']:.4g}); "
+                       f"a second output, known: below {threshold:.4g} the image is none of the classes (MediaPipe: "
+                       "the second head's one score)")
 
     def representative():
         # The first images of a seeded shuffle of the training shards: the same sample every run, but
@@ -168,7 +195,7 @@ def main() -> None:
     with artifacts.atomic_dir(args.out) as tmp:
         files = write_formats(model, labels, calibration, tmp, description, representative)
         found, speed, not_checked = score(files, test, ood, labels, threshold, p.evaluate.batch_size,
-                                          p.export.timing_runs)
+                                          p.export.timing_runs, cut)
         files.update(saved_model_bytes=files["saved_model"],
                      **{f"mediapipe_{kind}": files[f"tflite_{kind}"] for kind in TFLITE_KINDS})
         sizes = {name: size_mb(path) for name, path in files.items()}
@@ -178,19 +205,23 @@ def main() -> None:
     reference = outputs("the model", inference.KerasClassifier(model), test.pixels, ood.pixels, p.evaluate.batch_size)
     metrics = {}
     for name in (name for name in FORMATS if name in found):
-        pred, known = found[name].probabilities.argmax(axis=1), found[name].known
-        metrics[name] = {"accuracy": float(np.mean(pred == y)),
-                         "agreement": float(np.mean(pred == reference.probabilities.argmax(axis=1))),
+        pred, known = answers(found[name].probabilities, cut), found[name].known
+        same = pred == answers(reference.probabilities, cut)
+        quality = ({"exact_match": float(np.mean((pred == y.astype(bool)).all(axis=1))),
+                    "micro_f1": multilabel.micro_f1(y, pred), "label_agreement": float(np.mean(same))}
+                   if multi else {"accuracy": float(np.mean(pred == y))})
+        metrics[name] = {**quality, "agreement": float(np.mean(same.all(axis=1) if multi else same)),
                          "unknown_agreement": float(np.mean((known < threshold) == (reference.known < threshold))),
                          "ood_called_unknown": float(np.mean(known[len(y):] < threshold)),
                          "ood_fpr_at_95_tpr": confidence.separation(known[:len(y)], known[len(y):])["fpr_at_95_tpr"],
                          "size_mb": sizes[name], **speed[name]}
         m = metrics[name]
-        log.info("%-17s %8.2f MB  test accuracy %.4f  agreement with Keras %.4f, on unknown %.4f  "
-                 "%7.2f ms at batch 1 (p95 %.2f)  %7.1f images/s at batch %d", name, m["size_mb"], m["accuracy"],
+        log.info("%-17s %8.2f MB  test %s %.4f  agreement with Keras %.4f, on unknown %.4f  "
+                 "%7.2f ms at batch 1 (p95 %.2f)  %7.1f images/s at batch %d", name, m["size_mb"],
+                 *next(iter(quality.items())),
                  m["agreement"], m["unknown_agreement"], speed[name]["latency_ms_median"],
                  speed[name]["latency_ms_p95"], speed[name]["images_per_s"], p.evaluate.batch_size)
-        for what, value in (("the test images' top class", m["agreement"]),
+        for what, value in (("the test images' label set" if multi else "the test images' top class", m["agreement"]),
                             ("which test and out-of-distribution images are unknown", m["unknown_agreement"])):
             if value < FORMATS[name].min_agreement:
                 hint = (" For int8: ship model_float16.tflite instead, or try another calibration sample "
@@ -199,7 +230,8 @@ def main() -> None:
                         "docs/export.md#when-int8-disagrees)" if "int8" in name else "")
                 log.warning("%s agrees with the Keras model on %s for only %.1f%% of them: check it before "
                             "shipping it.%s", name, what, 100 * value, hint)
-    artifacts.write_json(args.metrics, {**metrics, "test_images": len(y), "ood_images": len(ood.encoded),
+    artifacts.write_json(args.metrics, {**metrics, **({"task": "multi_label"} if multi else {}),
+                                        "test_images": len(y), "ood_images": len(ood.encoded),
                                         "timing_batch_size": p.evaluate.batch_size, "not_checked": not_checked})
 
 
