@@ -123,10 +123,11 @@ def pytest_addoption(parser):
 # The longest modules first, so that the two xdist workers finish together (pytest.ini turns
 # off xdist's own order, most tests first, which left the pipelines for the end). test_e2e
 # builds the finished project that test_e2e_changes, test_team and test_scaling copy: they come
-# after test_integration, which needs none, so that no worker waits for the build. xdist hands a
-# worker its next module when two tests of its current one are left, so the worker running
-# test_integration (one test) takes test_e2e_changes at once, and the other test_team after test_e2e.
-FIRST = ("test_e2e", "test_integration", "test_e2e_changes", "test_team", "test_scaling", "test_sources",
+# after test_integration and test_multilabel (its own multi-label project), which need none, so
+# that no worker waits for the build. xdist hands a worker its next module when two tests of its
+# current one are left, so the worker running test_integration (one test) takes test_multilabel at
+# once, and the modules that copy the finished project come after.
+FIRST = ("test_e2e", "test_integration", "test_multilabel", "test_e2e_changes", "test_team", "test_scaling", "test_sources",
          "test_models", "test_audit", "test_readme", "test_bad_input", "test_no_traceback", "test_distribution",
          "test_damaged", "test_logs", "test_training", "test_explain", "test_inference")
 

@@ -144,6 +144,17 @@ def test_the_multi_label_loss_weighs_each_labels_present_and_absent_targets():
     assert training.label_weights([50, 40], 100, ["a", "b"], "auto", 3.0) is None
 
 
+def test_a_gallery_caption_names_the_surest_missed_and_extra_label_and_counts_the_rest():
+    from pipeline.stages import evaluate
+    labels = [f"l{i}" for i in range(30)]
+    truth, prob = np.zeros(30, np.uint8), np.full(30, 0.01)
+    truth[:6] = 1
+    prob[:6] = [0.4, 0.1, 0.3, 0.2, 0.05, 0.35]  # all missed: the lowest are the surest misses
+    prob[20:] = np.linspace(0.6, 0.95, 10)  # all extra: the highest are the surest
+    caption = evaluate.mistake_caption("images/x.png", truth, prob, prob >= 0.5, labels)
+    assert caption.splitlines() == ["x.png", "missed: l4 (5%) +5 more", "extra: l29 (95%) +9 more"]
+
+
 def test_the_audit_says_it_looked_for_no_label_issue_in_this_mode():
     from pipeline.stages import audit
     found, figures = audit.label_issues([], None, None, None, [], SimpleNamespace(task="multi_label"))

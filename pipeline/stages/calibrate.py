@@ -91,14 +91,7 @@ def main() -> None:
                "ood_images": len(logits["ood"]),
                "ood_called_unknown": float(np.mean(known["ood"] < threshold)),
                "ood_separation": ood}
-    for name, m in ood.items():
-        log.info("out-of-distribution score %-11s AUROC %.4f  FPR at 95%% TPR %.4f%s", name, m["auroc"],
-                 m["fpr_at_95_tpr"], "  (shipped as known)" if name == "energy" else "")
-    if confidence.looks_like_training(ood["energy"]["auroc"]):
-        log.warning("%s looks like the training data: the model finds its images as familiar as the test images, "
-                    "or more (AUROC %.2f, 0.5 is chance), so its unknown figures mean nothing. Fill it with "
-                    "images of none of the classes (docs/evaluation.md#the-out-of-distribution-set)",
-                    args.ood, ood["energy"]["auroc"])
+    log_separation(ood, args.ood)
     log.info("unknown where known < %.2f (energy below %.4f): %.1f%% of test images kept, %.1f%% of "
              "out-of-distribution images called unknown", threshold, center, 100 * unknown["test_kept"],
              100 * unknown["ood_called_unknown"])
@@ -126,6 +119,19 @@ def main() -> None:
                                     "unknown_threshold": threshold, "known_center": center, "known_scale": scale})
     artifacts.write_json(args.metrics, {"temperature": t, "test_before": before, "test_after": after,
                                         "unknown": unknown, "average_precision": {k: v[2] for k, v in curves.items()}})
+
+
+def log_separation(ood: dict, folder) -> None:
+    """Each score's AUROC and FPR at 95% TPR, test against out-of-distribution images; a warning
+    where the out-of-distribution folder looks like the training data."""
+    for name, m in ood.items():
+        log.info("out-of-distribution score %-11s AUROC %.4f  FPR at 95%% TPR %.4f%s", name, m["auroc"],
+                 m["fpr_at_95_tpr"], "  (shipped as known)" if name == "energy" else "")
+    if confidence.looks_like_training(ood["energy"]["auroc"]):
+        log.warning("%s looks like the training data: the model finds its images as familiar as the test images, "
+                    "or more (AUROC %.2f, 0.5 is chance), so its unknown figures mean nothing. Fill it with "
+                    "images of none of the classes (docs/evaluation.md#the-out-of-distribution-set)",
+                    folder, ood["energy"]["auroc"])
 
 
 def multi_label(args, p, logits: dict, y: dict, labels: list[str]) -> None:
@@ -166,13 +172,7 @@ def multi_label(args, p, logits: dict, y: dict, labels: list[str]) -> None:
                if truly_none.any() else None,
                "ood_predicted_none": float(none["ood"].mean()),
                "ood_none_or_unknown": float((none["ood"] | unknown_of["ood"]).mean())}
-    for name, m in ood.items():
-        log.info("out-of-distribution score %-11s AUROC %.4f  FPR at 95%% TPR %.4f%s", name, m["auroc"],
-                 m["fpr_at_95_tpr"], "  (shipped as known)" if name == "energy" else "")
-    if confidence.looks_like_training(ood["energy"]["auroc"]):
-        log.warning("%s looks like the training data (AUROC %.2f, 0.5 is chance): its unknown figures mean "
-                    "nothing. Fill it with images of none of the labels' kind "
-                    "(docs/evaluation.md#the-out-of-distribution-set)", args.ood, ood["energy"]["auroc"])
+    log_separation(ood, args.ood)
     log.info("unknown where known < %.2f: %.1f%% of test images kept, %.1f%% of out-of-distribution images called "
              "unknown; no label predicted for %.1f%% of test images (%.1f%% carry none) and %.1f%% of "
              "out-of-distribution ones", threshold, 100 * unknown["test_kept"], 100 * unknown["ood_called_unknown"],

@@ -178,12 +178,25 @@ def confusion_pairs(y: np.ndarray, predicted: np.ndarray, labels: list[str]) -> 
     return pairs
 
 
+# Missed or extra labels named per gallery caption, surest first: a tile is 3 inches wide, and two long
+# label names already overflow it (predictions.csv has them all)
+CAPTION_LABELS = 1
+
+
 def mistake_caption(path: str, truth: np.ndarray, prob: np.ndarray, predicted: np.ndarray, labels: list[str]) -> str:
-    """The file name, then each missed and each extra label with its probability."""
-    missed = [f"{labels[j]} ({prob[j]:.0%})" for j in np.flatnonzero((truth == 1) & ~predicted)]
-    extra = [f"{labels[j]} ({prob[j]:.0%})" for j in np.flatnonzero((truth == 0) & predicted)]
-    return "\n".join([path.rsplit("/", 1)[-1]] + (["missed: " + ", ".join(missed)] if missed else [])
-                     + (["extra: " + ", ".join(extra)] if extra else []))
+    """The file name, then the surest missed and extra labels with their probabilities (at most
+    CAPTION_LABELS of each, then how many more), so a caption fits its tile at 30 or 50 labels."""
+    def named(kind: str, which: np.ndarray) -> list[str]:
+        if not len(which):
+            return []
+        shown = [f"{labels[j]} ({prob[j]:.0%})" for j in which[:CAPTION_LABELS]]
+        more = f" +{len(which) - CAPTION_LABELS} more" if len(which) > CAPTION_LABELS else ""
+        return [f"{kind}: " + ", ".join(shown) + more]
+
+    missed = np.flatnonzero((truth == 1) & ~predicted)
+    extra = np.flatnonzero((truth == 0) & predicted)
+    return "\n".join([path.rsplit("/", 1)[-1]] + named("missed", missed[np.argsort(prob[missed], kind="stable")])
+                     + named("extra", extra[np.argsort(-prob[extra], kind="stable")]))
 
 
 if __name__ == "__main__":
