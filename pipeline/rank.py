@@ -103,14 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     cut = None if cut is None else np.asarray(cut)
     order, uncertainty = confidence.rank(probs, np.concatenate(features), args.similarity, args.by, args.top, cut)
 
-    def answer(p):  # (label, probability): the top class, or the label set and its least sure label's probability
+    def answer(p):  # {label, probability}: the top class, or the label set and its least sure label's probability
         if cut is None:
-            return labels[int(p.argmax())], p.max()
-        nearest = int(np.argmin(np.abs(p - cut) / np.where(p >= cut, 1 - cut, cut).clip(1e-12)))
-        return multilabel.encode(np.asarray(labels)[p >= cut]), p[nearest]
+            return {"label": labels[int(p.argmax())], "probability": f"{p.max():.6f}"}
+        nearest = int(confidence.threshold_distance(p[None], cut)[0].argmin())
+        return {"label": multilabel.encode(np.asarray(labels)[p >= cut]), "probability": f"{p[nearest]:.6f}"}
 
-    rows = ({"rank": r, "file": str(kept[i]), "label": answer(probs[i])[0],
-             "probability": f"{answer(probs[i])[1]:.6f}", "uncertainty": f"{u:.6f}"}
+    rows = ({"rank": r, "file": str(kept[i]), **answer(probs[i]), "uncertainty": f"{u:.6f}"}
             for r, (i, u) in enumerate(zip(order, uncertainty), 1))
     with artifacts.atomic_file(args.out, CSV) as tmp:
         schemas.write_csv(tmp, rows, FIELDS)

@@ -136,7 +136,7 @@ def edit_labels_csv(csv_file: Path, root: Path, p, changes: dict[str, list[tuple
         out[first] = (end, buffer.getvalue())
     if missing := sorted(wanted - done):
         raise StageError(f"{missing[0]}: no row of {csv_file} names it (ingest.csv_image_column "
-                         f"{p.csv_image_column!r}); is the CSV the one the audit read?")
+                         f"{p.csv_image_column!r}); give FILE as reports/evaluate/predictions.csv names it")
     result, i = [], 0
     while i < len(lines):
         if i in out:

@@ -104,9 +104,10 @@ def recalibrated(probabilities: np.ndarray, y: np.ndarray) -> np.ndarray:
     return calibrated(logits, fit_temperature(logits, y))
 
 
-def reliability(probabilities: np.ndarray, y: np.ndarray, bins: int = BINS) -> list[dict]:
-    """Per equal-width confidence bin: its range, image count, mean confidence and accuracy."""
-    confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == y
+def binned(confidence: np.ndarray, outcome: np.ndarray, bins: int = BINS) -> list[dict]:
+    """Per equal-width bin of ``confidence`` (in [0, 1]): its range, count, mean confidence and the
+    mean of ``outcome`` (1 right, 0 wrong) there, the rows of a reliability diagram."""
+    confidence, outcome = np.asarray(confidence, np.float64), np.asarray(outcome, np.float64)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)  # (lo, hi] bins
     rows = []
@@ -114,15 +115,25 @@ def reliability(probabilities: np.ndarray, y: np.ndarray, bins: int = BINS) -> l
         mask = which == b
         rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "images": int(mask.sum()),
                      "confidence": float(confidence[mask].mean()) if mask.any() else None,
-                     "accuracy": float(correct[mask].mean()) if mask.any() else None})
+                     "accuracy": float(outcome[mask].mean()) if mask.any() else None})
     return rows
+
+
+def gap(rows: list[dict]) -> float:
+    """Expected calibration error of ``binned`` rows: the count-weighted mean gap between confidence
+    and outcome."""
+    total = max(sum(r["images"] for r in rows), 1)
+    return float(sum(r["images"] / total * abs(r["confidence"] - r["accuracy"]) for r in rows if r["images"]))
+
+
+def reliability(probabilities: np.ndarray, y: np.ndarray, bins: int = BINS) -> list[dict]:
+    """Per equal-width confidence bin: its range, image count, mean confidence and accuracy."""
+    return binned(probabilities.max(axis=1), probabilities.argmax(axis=1) == y, bins)
 
 
 def ece(probabilities: np.ndarray, y: np.ndarray, bins: int = BINS) -> float:
     """Expected calibration error: the image-weighted mean gap between confidence and accuracy."""
-    total = max(len(y), 1)
-    return float(sum(r["images"] / total * abs(r["confidence"] - r["accuracy"])
-                     for r in reliability(probabilities, y, bins) if r["images"]))
+    return gap(reliability(probabilities, y, bins))
 
 
 def brier(probabilities: np.ndarray, y: np.ndarray) -> float:
@@ -182,10 +193,9 @@ def threshold_for(values: np.ndarray, keep: float) -> float:
     return float(ordered[max(int(np.ceil(keep * len(ordered))) - 1, 0)])
 
 
-def coverage_curve(probabilities: np.ndarray, y: np.ndarray, points: int = 101) -> list[dict]:
-    """Accuracy on the images whose top probability reaches each threshold, and the share kept:
-    the operating points of an "unknown" threshold."""
-    confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == y
+def coverage_curve(confidence: np.ndarray, correct: np.ndarray, points: int = 101) -> list[dict]:
+    """Accuracy (the mean of ``correct``) on the images whose ``confidence`` reaches each threshold,
+    and the share kept: the operating points of an "unknown" threshold."""
     rows = []
     for t in np.linspace(0, 1, points):
         kept = confidence >= t
@@ -195,6 +205,13 @@ def coverage_curve(probabilities: np.ndarray, y: np.ndarray, points: int = 101) 
     return rows
 
 
+def threshold_distance(p: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """Per image and label, how far its probability is from the label's threshold ``cut``, as a
+    share of the way to 1 (above it) or to 0 (below it): 0 at the threshold, 1 at 0 or 1."""
+    p, cut = np.asarray(p, np.float64), np.asarray(cut, np.float64)
+    return np.abs(p - cut) / np.maximum(np.where(p >= cut, 1 - cut, cut), TINY)
+
+
 def uncertainty(probabilities: np.ndarray, by: str = "margin", cut: np.ndarray | None = None) -> np.ndarray:
     """Per image, higher = less sure: ``margin`` (1 - (p1 - p2)) or ``entropy`` (in nats). With
     ``cut``, a threshold per label (a sigmoid per label), each label is a yes/no question:
@@ -202,9 +219,7 @@ def uncertainty(probabilities: np.ndarray, by: str = "margin", cut: np.ndarray |
     to 0 or 1 (1: a label right at its threshold), ``entropy`` the sum of each label's binary entropy."""
     p = np.asarray(probabilities, np.float64)
     if cut is not None and by == "margin":
-        cut = np.asarray(cut, np.float64)
-        room = np.where(p >= cut, 1 - cut, cut)
-        return 1 - (np.abs(p - cut) / np.maximum(room, TINY)).min(axis=1)
+        return 1 - threshold_distance(p, cut).min(axis=1)
     if cut is not None and by == "entropy":
         q = np.clip(p, TINY, 1 - 1e-12)
         return -(q * np.log(q) + (1 - q) * np.log(1 - q)).sum(axis=1)
@@ -277,9 +292,7 @@ def fit_label_platt(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.n
 def binary_ece(p: np.ndarray, y: np.ndarray, bins: int = BINS) -> float:
     """One label's expected calibration error: over equal-width bins of its probability, the
     image-weighted gap between the mean probability and the share of images that carry it."""
-    which = np.clip(np.searchsorted(np.linspace(0, 1, bins + 1), p, side="left") - 1, 0, bins - 1)
-    return float(sum(abs(p[which == b].mean() - y[which == b].mean()) * np.mean(which == b)
-                     for b in range(bins) if (which == b).any()))
+    return gap(binned(p, y, bins))
 
 
 def label_quality(logits: np.ndarray, y: np.ndarray, temperatures, labels: list[str], shift=0.0) -> dict:
@@ -295,12 +308,7 @@ def label_quality(logits: np.ndarray, y: np.ndarray, temperatures, labels: list[
 def label_reliability(p: np.ndarray, y: np.ndarray, bins: int = BINS) -> list[dict]:
     """``reliability`` of every label's probability pooled: in each bin, the mean probability
     (confidence) against the share of those (image, label) pairs that are present (accuracy)."""
-    p, y = np.ravel(p), np.ravel(y)
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.searchsorted(edges, p, side="left") - 1, 0, bins - 1)
-    return [{"low": float(edges[b]), "high": float(edges[b + 1]), "images": int((which == b).sum()),
-             "confidence": float(p[which == b].mean()) if (which == b).any() else None,
-             "accuracy": float(y[which == b].mean()) if (which == b).any() else None} for b in range(bins)]
+    return binned(np.ravel(p), np.ravel(y), bins)
 
 
 def joint_energy(logits: np.ndarray) -> np.ndarray:

@@ -97,7 +97,7 @@ def main() -> None:
              100 * unknown["ood_called_unknown"])
 
     args.plots.mkdir(parents=True, exist_ok=True)
-    coverage = confidence.coverage_curve(probabilities, y["test"])
+    coverage = confidence.coverage_curve(probabilities.max(axis=1), probabilities.argmax(axis=1) == y["test"])
     with artifacts.atomic_file(args.plots / "coverage.csv") as tmp:
         schemas.write_csv(tmp, coverage, ["threshold", "coverage", "accuracy"])
     with artifacts.atomic_file(args.plots / "calibration.png") as tmp:
@@ -179,11 +179,7 @@ def multi_label(args, p, logits: dict, y: dict, labels: list[str]) -> None:
              100 * answers["test_none_predicted"], 100 * answers["test_none_true"], 100 * answers["ood_predicted_none"])
 
     args.plots.mkdir(parents=True, exist_ok=True)
-    coverage = []  # exact-match accuracy on the test images kept, against the known threshold
-    for level in np.linspace(0, 1, 101):
-        if (mask := known["test"] >= level).any():
-            coverage.append({"threshold": round(float(level), 4), "coverage": float(mask.mean()),
-                             "accuracy": float(exact[mask].all(axis=1).mean())})
+    coverage = confidence.coverage_curve(known["test"], exact.all(axis=1))  # exact match against the known threshold
     with artifacts.atomic_file(args.plots / "coverage.csv") as tmp:
         schemas.write_csv(tmp, coverage, ["threshold", "coverage", "accuracy"])
     with artifacts.atomic_file(args.plots / "calibration.png") as tmp:
