@@ -33,6 +33,7 @@ import io
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from pipeline.lib import cli, dvcyaml, multilabel, params, sources
@@ -145,9 +146,12 @@ def edit_labels_csv(csv_file: Path, root: Path, p, changes: dict[str, list[tuple
         else:
             result.append(lines[i])
             i += 1
-    tmp = csv_file.with_name(f".{csv_file.name}.relabel-tmp")
+    handle, name = tempfile.mkstemp(prefix=f".{csv_file.name}.", dir=csv_file.parent)  # a new name: clobbers nothing
+    tmp = Path(name)
     try:
-        tmp.write_bytes((b"\xef\xbb\xbf" if bom else b"") + "".join(result).encode("utf-8"))
+        with os.fdopen(handle, "wb") as f:
+            f.write((b"\xef\xbb\xbf" if bom else b"") + "".join(result).encode("utf-8"))
+        os.chmod(tmp, csv_file.stat().st_mode & 0o7777)  # mkstemp's file is private; keep the CSV's mode
         os.replace(tmp, csv_file)
     finally:
         tmp.unlink(missing_ok=True)

@@ -281,6 +281,7 @@ def test_relabel_adds_and_removes_one_label_in_the_csv_and_changes_nothing_else(
         ingest = {"labels_csv": "labels.csv", "csv_label_columns": ["cat", "dog"]}
         expected = "image,cat,dog\npics/a.png,1,0\npics/b.png,1,1\npics/c.png,0,0\n"
     (images / "labels.csv").write_bytes(text.encode())
+    mode = (images / "labels.csv").stat().st_mode & 0o777
     params = default_params(task="multi_label")
     params["ingest"].update(ingest)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -297,6 +298,8 @@ def test_relabel_adds_and_removes_one_label_in_the_csv_and_changes_nothing_else(
     assert relabel.main(["outliers.csv", *args, "--remove", "pics/a.png", "dog", "--add", "pics/b.png", "dog",
                          "--reject", "pics/d.png"]) == 0
     assert (images / "labels.csv").read_bytes() == expected.encode()  # the other rows byte for byte
+    assert (images / "labels.csv").stat().st_mode & 0o777 == mode  # the CSV keeps its mode
+    assert sorted(p.name for p in images.iterdir()) == ["labels.csv", "pics"]  # no temporary file left
     assert (tmp_path / "data/quarantine/pics/d.png").read_bytes() == b"d" and not (images / "pics/d.png").exists()
 
 
