@@ -5,7 +5,8 @@ One line per check, ``ok``, ``FAIL`` (with what to do) or ``skip``; exit 1 if an
   params     params.yaml validates (types, allowed values)
   contract   each stage's params in dvc.yaml are exactly the keys its code reads, every
              key is read by some stage, each stage's code deps are the modules it imports,
-             and the paths its cmd passes are exactly its declared deps and outputs
+             and the paths its cmd passes are exactly its declared deps and outputs (the
+             source is ingest's dep alone: later stages read it through the recorded hashes)
   dag        dvc.yaml's stages form the expected graph (EXPECTED_DAG below)
   lock       dvc.lock agrees with dvc.yaml, params.yaml and the code; outputs that are
              merely missing (not pulled) are allowed, as `dvc repro --allow-missing` would
@@ -134,15 +135,28 @@ def check_params(root: Path) -> str:
 # Paths a stage may be given that are neither deps nor outputs: scratch (training's per-epoch
 # backups, for resuming; git-ignored, never DVC-tracked)
 SCRATCH = ".backup/"
+RECORDED = "--source"  # the images: a dep of ingest only, which records each one's hash
 
 
 def cmd_path_problems(root: Path, name: str, stage: dict) -> list[str]:
     """Each ``--flag PATH`` of the stage's cmd is a declared dep or output (or a folder of them),
     and each declared one is passed: a path the stage reads but DVC does not track would not
     rerun it; one DVC tracks but the stage is not given is stale."""
-    given = set(dvcyaml.arguments(stage).values())
+    arguments = dvcyaml.arguments(stage)
     declared = [d for d in dvcyaml.entries(stage, "deps") if not d.startswith("pipeline/")] + dvcyaml.outputs(stage)
     problems = []
+    if name != "ingest" and RECORDED in arguments:
+        # Read only through the rows ingest recorded, each checked against its hash
+        # (images.read_recorded): the manifest stands for the source, and a stage that declared it
+        # as well would cost `dvc status` a scan of every image.
+        source = dvcyaml.arguments(dvcyaml.stages(root)["ingest"]).get(RECORDED)
+        path = arguments.pop(RECORDED)
+        if path != source:
+            problems.append(f"{name}: {RECORDED} {path} is not ingest's source ({source})")
+        if any(_within(d, path) for d in declared):
+            problems.append(f"{name}: declares the source {path} as a dep; only ingest does (the manifest's "
+                            "hashes stand for it downstream, and each declaration costs `dvc status` a scan)")
+    given = set(arguments.values())
     for path in sorted(given):
         if path.startswith(SCRATCH):
             ignore = root / ".gitignore"

@@ -83,6 +83,18 @@ def test_a_path_declared_but_not_passed_fails(proj):
     assert "split: dvc.yaml declares data/extra, which the cmd does not pass to the stage" in failure("contract", proj)
 
 
+def test_only_ingest_declares_the_source(proj):
+    """Later stages read the images through the hashes ingest recorded: declaring the folder again
+    would cost `dvc status` a scan of every image per stage, and another folder is not the source."""
+    assert "data/images" not in yaml.safe_load((proj / "dvc.yaml").read_text())["stages"]["augment"]["deps"]
+    edit_yaml(proj / "dvc.yaml", lambda d: d["stages"]["augment"]["deps"].insert(0, "data/images"))
+    assert "augment: declares the source data/images as a dep; only ingest does" in failure("contract", proj)
+    edit_yaml(proj / "dvc.yaml", lambda d: d["stages"]["augment"].update(
+        cmd=d["stages"]["augment"]["cmd"].replace("--source data/images", "--source data/other"),
+        deps=d["stages"]["augment"]["deps"][1:]))
+    assert "augment: --source data/other is not ingest's source (data/images)" in failure("contract", proj)
+
+
 def test_a_scratch_folder_must_be_git_ignored(proj):
     (proj / ".gitignore").write_text("/data\n")
     assert "train_head: scratch folder .backup/train_head is not git-ignored" in failure("contract", proj)

@@ -359,6 +359,17 @@ def load(keys: Iterable[str], path: str | Path = PARAMS_FILE) -> types.SimpleNam
     return types.SimpleNamespace(**view)
 
 
+# Caps that bound work and never change an output: ingest declares them (it checks the source
+# against them); a later stage reads them here only to unpack an archive source again, undeclared,
+# so that changing one reruns ingest alone (sources.locate).
+LIMITS = ["ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]
+
+
+def limits(path: str | Path = PARAMS_FILE) -> types.SimpleNamespace:
+    """The ``ingest`` archive caps (``LIMITS``), read without being a stage's declared params."""
+    return load(LIMITS, path).ingest
+
+
 def read_yaml(path: Path) -> Any:
     """``path`` as YAML, refused in one line (naming the file) when it is not UTF-8, larger than
     MAX_FILE_BYTES, expands to more than MAX_NODES values (an alias bomb), repeats a key, or is

@@ -83,7 +83,7 @@ def open_source(source: str, p: SimpleNamespace, task: str = "single_label") -> 
     return (folder, root, *scan(root))
 
 
-def locate(source: str, p: SimpleNamespace) -> Path:
+def locate(source: str, p: SimpleNamespace | None = None) -> Path:
     """The local folder that holds ``source``'s files; the manifest's paths are relative to it.
 
     A folder is itself and a labels CSV its folder: the images are read where they are. An
@@ -91,6 +91,11 @@ def locate(source: str, p: SimpleNamespace) -> Path:
     ``ingest.max_expansion_ratio`` caps, into ``$KERAS_HOME/datasets/unpacked/<name>-<content
     hash>/``, and a ``keras:<name>`` dataset is written once beside it: outside the project, so
     it costs no DVC-tracked files, and found again by every later stage that reads the images.
+
+    ``p`` holds the caps (ingest passes its params). Every later stage passes none: it reads only
+    what ingest recorded, checked against its hashes, so the caps bound its work but never change
+    its output, and they are read from params.yaml (``params.limits``) without being a dependency:
+    changing one reruns ingest, which checks the source against them, and nothing else.
     """
     if source.startswith("keras:"):
         name = source[len("keras:"):]
@@ -107,8 +112,11 @@ def locate(source: str, p: SimpleNamespace) -> Path:
     if path.is_dir():
         return path
     digest = images.sha256_file(path)[:16]  # a changed archive is unpacked anew
-    return _once(unpacked_dir() / f"{path.name}-{digest}",
-                 lambda tmp: extract(path, tmp, p.max_unpacked_mb, p.max_expansion_ratio))
+
+    def unpack(tmp: Path) -> None:
+        caps = p or params.limits()
+        extract(path, tmp, caps.max_unpacked_mb, caps.max_expansion_ratio)
+    return _once(unpacked_dir() / f"{path.name}-{digest}", unpack)
 
 
 def unpacked_dir() -> Path:
@@ -509,7 +517,7 @@ def _refuse_unsafe(archive: Path, names: list[str]) -> None:
 def fetch(url: str, dest: Path, folders: list[str]) -> None:
     """Download the archive at ``url`` and move ``folders`` of its dataset root into ``dest``
     (unpacked within the ``ingest`` caps of params.yaml)."""
-    p = params.load(["ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]).ingest
+    p = params.limits()
     with tempfile.TemporaryDirectory(prefix="fetch-") as tmp:
         extract(download(url), Path(tmp), p.max_unpacked_mb, p.max_expansion_ratio)
         root = dataset_root(Path(tmp))

@@ -33,7 +33,7 @@ import numpy as np
 
 from pipeline.lib import artifacts, audit, cli, confidence, images, params, plots_gallery, schemas, sources
 
-PARAMS = ["audit", "seed", "task", "base.image_size", "ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]
+PARAMS = ["audit", "seed", "task", "base.image_size"]
 # The one list of issue types: each is reports/audit/<name>.csv and <name>.png, and a count in audit.json.
 ISSUES = {"label_issues": "label issues", "near_duplicates": "near duplicates", "outliers": "outliers",
           "quality": "image quality"}
@@ -186,7 +186,7 @@ def budget(found: dict, label_figures: dict) -> dict:
 def main() -> None:
     args = cli.start(__doc__, "source", "embeddings", "split", "metrics", "out", writes=("metrics", "out"))
     p = params.load(PARAMS)
-    source = sources.locate(str(args.source), p.ingest)
+    source = sources.locate(str(args.source))
     started = time.perf_counter()
     rows, x, labels = read(args.embeddings, args.split)
     idx, sim = audit.nearest(x, x, p.audit.neighbours, same=True)

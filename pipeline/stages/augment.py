@@ -20,8 +20,7 @@ from tqdm import tqdm
 
 from pipeline.lib import artifacts, augmentation, cli, images, multilabel, params, pools, runtime, schemas, shards, sources
 
-PARAMS = ["augment", "base.image_size", "seed", "task", "ingest.max_unpacked_mb",
-          "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
+PARAMS = ["augment", "base.image_size", "seed", "task"]
 BATCH = 64  # images decoded and augmented together; bounds memory, not a hyperparameter
 log = logging.getLogger("pipeline.stages.augment")
 
@@ -29,7 +28,7 @@ log = logging.getLogger("pipeline.stages.augment")
 def main() -> None:
     args = cli.start(__doc__, "source", "split", "out", writes=("out",))
     p = params.load(PARAMS)
-    source = sources.locate(str(args.source), p.ingest)
+    source = sources.locate(str(args.source))
     import keras  # TensorFlow's import, once the inputs and params are known good (pipeline/lib/__init__.py)
 
     runtime.log_devices()

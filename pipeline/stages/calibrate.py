@@ -41,8 +41,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from pipeline.lib import artifacts, cli, confidence, errors, inference, keras_files, models, multilabel, params, plots_calibration, runtime, schemas, sources
 
-PARAMS = ["calibrate.unknown_keep", "evaluate.batch_size", "evaluate.label_precision", "ingest.max_unpacked_mb",
-          "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
+PARAMS = ["calibrate.unknown_keep", "evaluate.batch_size", "evaluate.label_precision"]
 log = logging.getLogger("pipeline.stages.calibrate")
 
 
@@ -50,7 +49,7 @@ def main() -> None:
     args = cli.start(__doc__, "source", "split", "ood", "model", "out", "metrics", "plots",
                            writes=("out", "metrics", "plots"))
     p = params.load(PARAMS)
-    source = sources.locate(str(args.source), p.ingest)
+    source = sources.locate(str(args.source))
     runtime.log_devices()
     loaded = keras_files.load(args.model)
     multi = models.is_multi_label(loaded)

@@ -22,14 +22,14 @@ from tqdm import tqdm
 
 from pipeline.lib import artifacts, cli, images, models, params, pools, quality, runtime, schemas, sources
 
-PARAMS = ["base", "extract.batch_size", "seed", "ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]
+PARAMS = ["base", "extract.batch_size", "seed"]
 log = logging.getLogger("pipeline.stages.embed")
 
 
 def main() -> None:
     args = cli.start(__doc__, "source", "manifest", "out", writes=("out",))
     p = params.load(PARAMS)
-    source = sources.locate(str(args.source), p.ingest)
+    source = sources.locate(str(args.source))
     import tensorflow as tf  # once the inputs and params are known good (pipeline/lib/__init__.py)
 
     runtime.log_devices()

@@ -31,8 +31,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from pipeline.lib import artifacts, cli, explain, images, inference, keras_files, models, multilabel, params, plots_evaluation, plots_gallery, runtime, schemas, sources
 
-PARAMS = ["evaluate.batch_size", "evaluate.tta", "evaluate.label_precision", "ingest.max_unpacked_mb",
-          "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
+PARAMS = ["evaluate.batch_size", "evaluate.tta", "evaluate.label_precision"]
 TITLES = {"head": "Head only (frozen backbone)", "finetune": "Fine-tuned"}
 GALLERY = 12  # most confident mistakes shown
 log = logging.getLogger("pipeline.stages.evaluate")
@@ -53,7 +52,7 @@ def main() -> None:
     args = cli.start(__doc__, "source", "split", "extractor", "head", "model", "metrics", "out",
                            writes=("metrics", "out"))
     p = params.load(PARAMS)
-    source = sources.locate(str(args.source), p.ingest)
+    source = sources.locate(str(args.source))
     runtime.log_devices()
     classifiers = {"head": inference.KerasClassifier(models.assemble(keras_files.load(args.extractor),
                                                                      keras_files.load(args.head))),

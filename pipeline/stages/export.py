@@ -46,8 +46,7 @@ import numpy as np
 from pipeline.lib import artifacts, cli, confidence, errors, formats, images, inference, keras_files, models, multilabel, params, runtime, shards, sources
 from pipeline.lib.exports import FORMATS, TFLITE_KINDS, file_name
 
-PARAMS = ["export.representative_images", "export.timing_runs", "evaluate.batch_size", "seed", "base.backbone",
-          "ingest.max_unpacked_mb", "ingest.max_expansion_ratio"]  # sources.locate unpacks an archive source within them
+PARAMS = ["export.representative_images", "export.timing_runs", "evaluate.batch_size", "seed", "base.backbone"]
 log = logging.getLogger("pipeline.stages.export")
 
 
@@ -151,7 +150,7 @@ def main() -> None:
     args = cli.start(__doc__, "model", "calibration", "augmented", "source", "split", "ood", "out", "metrics",
                            writes=("out", "metrics"))
     p = params.load(PARAMS)
-    source = sources.locate(str(args.source), p.ingest)
+    source = sources.locate(str(args.source))
     runtime.log_devices()
     runtime.set_seed(p.seed)
     calibration = confidence.read_calibration(args.calibration)
