@@ -177,35 +177,64 @@ def test_the_same_model_saved_by_two_processes_is_the_same_file(tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "(None, 1280)", out.stderr[-2000:]
 
 
-def test_augmenter_is_seeded_and_skips_zero_factors():
+def test_augmentation_is_a_function_of_the_draws_and_skips_zero_factors():
     aug = SimpleNamespace(flip="horizontal", rotation=0.1, zoom=0.0, translation=0.1, contrast=0.0)
-    assert [type(layer).__name__ for layer in augmentation.augmenter(aug, 7).layers] == \
-        ["RandomFlip", "RandomAffine"]
     x = np.random.default_rng(5).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
-    runs = [keras.ops.convert_to_numpy(augmentation.augmenter(aug, 7)(x, training=True)) for _ in range(2)]
+    u = np.stack([augmentation.draws(f"{i:064x}", 0, 7) for i in range(4)])
+    runs = [keras.ops.convert_to_numpy(augmentation.apply(aug, x, u)) for _ in range(2)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], x)
+    # An image's draws come from its content hash, the copy and the seed alone
+    assert np.array_equal(augmentation.draws("ab" * 32, 1, 7), augmentation.draws("ab" * 32, 1, 7))
+    assert not np.array_equal(augmentation.draws("ab" * 32, 1, 7), augmentation.draws("ab" * 32, 0, 7))
+    assert not np.array_equal(augmentation.draws("ab" * 32, 1, 7), augmentation.draws("ab" * 32, 1, 8))
+    # One image augmented alone is the same as in a batch (bar the last float bits of the warp)
+    alone = keras.ops.convert_to_numpy(augmentation.apply(aug, x[2:3], u[2:3]))
+    np.testing.assert_allclose(alone[0], runs[0][2], atol=1e-3)
+    # Zero factors: nothing moves; flips only
+    none = SimpleNamespace(flip="none", rotation=0.0, zoom=0.0, translation=0.0, contrast=0.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augmentation.apply(none, x, u)), x)
+    flips = keras.ops.convert_to_numpy(augmentation.apply(SimpleNamespace(**{**vars(none), "flip": "horizontal"}), x, u))
+    for image, out, draw in zip(x, flips, u):
+        np.testing.assert_array_equal(out, image[:, ::-1] if draw[0] < 0.5 else image)
 
 
-def test_random_affine_is_identity_at_zero_and_turns_about_the_centre():
+def test_the_warp_is_identity_at_zero_and_turns_about_the_centre():
     x = np.random.default_rng(6).uniform(0, 255, (8, 17, 17, 3)).astype("float32")
-    still = augmentation.RandomAffine(0.0, 0.0, 0.0, seed=1)(x, training=True)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(still), x)
+    u = np.random.default_rng(1).random((8, augmentation.DRAWS))
+
+    def warped(rotation, zoom, translation):
+        aug = SimpleNamespace(flip="none", rotation=rotation, zoom=zoom, translation=translation, contrast=0.0)
+        return keras.ops.convert_to_numpy(augmentation.apply(aug, x, u))
     # Rotation and zoom pivot on the centre pixel, so it keeps its value exactly;
     # an off-by-half-a-pixel centre would blend it with its neighbours.
-    turned = keras.ops.convert_to_numpy(augmentation.RandomAffine(0.2, 0.3, 0.0, seed=1)(x, training=True))
+    turned = warped(0.2, 0.3, 0.0)
     np.testing.assert_allclose(turned[:, 8, 8], x[:, 8, 8], atol=1e-3)
     assert not np.allclose(turned, x)
-    moved = keras.ops.convert_to_numpy(augmentation.RandomAffine(0.0, 0.0, 0.3, seed=1)(x, training=True))
-    assert not np.allclose(moved[:, 8, 8], x[:, 8, 8])
-    np.testing.assert_array_equal(augmentation.RandomAffine(0.2, 0.3, 0.3, seed=1)(x, training=False), x)
+    assert not np.allclose(warped(0.0, 0.0, 0.3)[:, 8, 8], x[:, 8, 8])
 
 
-def test_augmenter_runs_in_tf_data_on_images_of_unknown_size():
+def test_contrast_stretches_about_each_images_mean_within_the_pixel_range():
+    x = np.random.default_rng(8).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    aug = SimpleNamespace(flip="none", rotation=0.0, zoom=0.0, translation=0.0, contrast=0.5)
+    u = np.zeros((2, augmentation.DRAWS))
+    u[:, 6] = [0.0, 0.999999]  # factor 0.5 and (almost) 1.5
+    out = keras.ops.convert_to_numpy(augmentation.apply(aug, x, u))
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(out[0], (x[0] - mean[0]) * 0.5 + mean[0], rtol=1e-5)
+    assert out[1].min() >= 0 and out[1].max() <= 255 and out[1].std() > x[1].std()
+
+
+def test_online_augmentation_runs_in_tf_data_on_images_of_unknown_size():
     aug = SimpleNamespace(flip="horizontal", rotation=0.05, zoom=0.1, translation=0.1, contrast=0.1)
-    augmenter = augmentation.augmenter(aug, 7)
     x = np.random.default_rng(7).uniform(0, 255, (10, 16, 16, 3)).astype("float32")
-    # Decoded images have unknown height and width in tf.data, as in shards.dataset
-    ds = tf.data.Dataset.from_generator(lambda: iter(x), output_signature=tf.TensorSpec([None, None, 3]))
-    ds = ds.batch(4).map(lambda b: augmenter(b, training=True))
-    assert [len(b) for b in ds] == [4, 4, 2]
+
+    def batches():
+        transform = augmentation.online_augmentation(aug, 7)
+        # Decoded images have unknown height and width in tf.data, as in shards.dataset
+        ds = tf.data.Dataset.from_generator(lambda: iter(x), output_signature=tf.TensorSpec([None, None, 3]))
+        return [b.numpy() for b in ds.batch(4).map(transform)]
+    first, again = batches(), batches()
+    assert [len(b) for b in first] == [4, 4, 2]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))  # seeded
+    assert not np.allclose(first[0], x[:4])

@@ -12,6 +12,7 @@ a time, never holding the dataset in memory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -49,17 +50,24 @@ class ShardWriter:
         self.directory, self.name, self.shard_size = Path(directory), name, shard_size
         self.count, self._writer = 0, None
 
-    def write(self, image: np.ndarray, label) -> None:
-        """``label``: a class index, or (task: multi_label) one 0/1 per label."""
+    def write(self, image: np.ndarray, label, key: str = "") -> None:
+        """``label``: a class index, or (task: multi_label) one 0/1 per label. ``key``: what the
+        image is (augment's ``<content hash>/<view>``), for a later run to find it (``Previous``)."""
+        self.write_encoded(encode(image), label, key)
+
+    def write_encoded(self, jpeg: bytes, label, key: str = "") -> None:
+        """``write`` of an image already encoded (``encode``)."""
         if self.count % self.shard_size == 0:
             self.close()
             path = self.directory / f"{self.name}-{self.count // self.shard_size:05d}.tfrecord"
             self._writer = tf.io.TFRecordWriter(str(path))
-        jpeg = tf.io.encode_jpeg(image, quality=JPEG_QUALITY).numpy()
-        example = tf.train.Example(features=tf.train.Features(feature={
+        feature = {
             "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
             "label": tf.train.Feature(int64_list=tf.train.Int64List(value=np.atleast_1d(label).astype(int).tolist())),
-        }))
+        }
+        if key:
+            feature["key"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()]))
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
         # Protobuf map order varies between processes unless asked: byte-identical shards need this.
         self._writer.write(example.SerializeToString(deterministic=True))
         self.count += 1
@@ -68,6 +76,38 @@ class ShardWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def encode(image: np.ndarray) -> bytes:
+    """A resized uint8 RGB image as a shard stores it."""
+    return tf.io.encode_jpeg(image, quality=JPEG_QUALITY).numpy()
+
+
+class Previous:
+    """The encoded images of an earlier output's ``names`` shards (a local folder), by the key
+    each was written with: a pass over the shards (checksums checked) notes where each record
+    lies, and ``image`` reads one when asked, so memory holds the index, never the images."""
+
+    def __init__(self, directory: Path, names: list[str]):
+        self.where: dict[bytes, tuple[str, int, int]] = {}
+        for path in (f for name in names for f in files(directory, name)):
+            at = 0
+            for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+                key = tf.train.Example.FromString(record).features.feature["key"].bytes_list.value
+                if key:
+                    # a record is its length (8 bytes) and that length's CRC (4), the data, its CRC (4)
+                    self.where[key[0]] = (path, at + 12, len(record))
+                at += 16 + len(record)
+
+    def __contains__(self, key: str) -> bool:
+        return key.encode() in self.where
+
+    def image(self, key: str) -> bytes:
+        path, offset, length = self.where[key.encode()]
+        with open(path, "rb") as f:
+            f.seek(offset)
+            record = f.read(length)
+        return tf.train.Example.FromString(record).features.feature["image"].bytes_list.value[0]
 
 
 def _join(directory: Path | str, name: str) -> str:
@@ -174,11 +214,41 @@ def _parser(size: int, shape: list[int]) -> Callable:
     return parse
 
 
+def _records(paths: list[str], shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """The serialized records of the shard files ``paths``: in one fixed order unless shuffled."""
+    ds = tf.data.Dataset.from_tensor_slices(paths)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    readers = min(len(paths), PARALLEL_READS)
+    return ds.interleave(tf.data.TFRecordDataset, cycle_length=readers, num_parallel_calls=readers,
+                         deterministic=True)
+
+
+def index(directory: Path | str, names: list[str] | str) -> tuple[list[bytes], np.ndarray]:
+    """``(keys, labels)`` of the ``names`` records in ``dataset``'s unshuffled order, nothing decoded:
+    a record's key is the sha256 of its encoded image, so the same pixels have the same key."""
+    names = [names] if isinstance(names, str) else names
+    info = meta(directory)
+    spec = {"image": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature(label_shape(info), tf.int64)}
+    keys, labels = [], []
+    paths = [f for name in names for f in files(directory, name)]
+    if paths:
+        ds = _records(paths).batch(SHARD_SIZE).map(lambda r: tf.io.parse_example(r, spec))
+        for batch in ds:
+            keys += [hashlib.sha256(image).digest() for image in batch["image"].numpy()]
+            labels.append(batch["label"].numpy())
+    shape = label_shape(info)
+    return keys, (np.concatenate(labels) if labels else np.zeros([0, *shape], np.int64)).astype(np.int32)
+
+
 def dataset(directory: Path | str, names: list[str] | str, batch_size: int,
-            shuffle_seed: int | None = None, transform: Callable | None = None) -> tf.data.Dataset:
+            shuffle_seed: int | None = None, transform: Callable | None = None,
+            only: np.ndarray | None = None) -> tf.data.Dataset:
     """Batches of ``(float32 images in [0, 255], int32 labels)``, in file order unless shuffled.
 
-    ``transform``, if given, maps each batch of images (online augmentation).
+    ``transform``, if given, maps each batch of images (online augmentation). ``only``, if given,
+    is one bool per record in file order (``index``'s): the records left out are never decoded.
 
     Reads several shards at once (interleaved, in a fixed order; shuffled shard order
     too when ``shuffle_seed`` is given), decodes in parallel and prefetches, so the model
@@ -191,14 +261,17 @@ def dataset(directory: Path | str, names: list[str] | str, batch_size: int,
     size = info["image_size"]
     paths = [f for name in names for f in files(directory, name)]
     parse = _parser(size, label_shape(info))
-    ds = tf.data.Dataset.from_tensor_slices(paths)
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    readers = min(len(paths), PARALLEL_READS)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=readers, num_parallel_calls=readers,
-                       deterministic=True)
+    ds = _records(paths, shuffle_seed)
+    total = sum(info["counts"].get(name, 0) for name in names)
+    if only is not None:
+        if shuffle_seed is not None or len(only) != total:
+            raise ValueError(f"only: one bool per record ({total}), unshuffled; got {len(only)}")
+        keep = tf.constant(np.asarray(only, bool))
+        ds = ds.enumerate().filter(lambda i, _: keep[i])
+        ds = ds.map(lambda _, record: record)
+        total = int(np.count_nonzero(only))
     # A known length gives Keras real progress bars and no "ran out of data" warnings.
-    ds = ds.apply(tf.data.experimental.assert_cardinality(sum(info["counts"].get(name, 0) for name in names)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(total))
     if shuffle_seed is not None:
         ds = ds.shuffle(4 * SHARD_SIZE, seed=shuffle_seed, reshuffle_each_iteration=True)
     # map is deterministic by default (tf.data keeps order), so features line up run to run

@@ -9,7 +9,8 @@ closer one) while distinct images come no closer (docs/data.md#the-audit).
 (brightness, contrast, sharpness, entropy: images.quality). Split reads
 them to keep near duplicates together, the audit to find what is wrong with
 the data. Features are written batch by batch into a memory-mapped file, so
-memory holds a few batches, never the dataset.
+memory holds a few batches, never the dataset. An image the previous output
+holds (same content hash, same recipe) is copied from it (pipeline/lib/reuse.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, cli, images, models, params, pools, quality, runtime, schemas, sources
+from pipeline.lib import artifacts, cli, images, models, params, pools, quality, reuse, runtime, schemas, sources
 
 PARAMS = ["base", "extract.batch_size", "seed"]
 log = logging.getLogger("pipeline.stages.embed")
@@ -41,23 +42,39 @@ def main() -> None:
                           input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     dim = extractor.output_shape[-1]
 
+    # An image embedded by the previous run with the same recipe is copied, not computed (reuse.py)
+    made = reuse.recipe(stage="embed", base=vars(p.base), seed=p.seed)
+    old = reuse.previous(args.out, made)
+    old_rows = schemas.read_csv(old / "images.csv", schemas.MANIFEST_FIELDS + quality.QUALITY_FIELDS) if old else []
+    new, was = reuse.matches([r["sha256"] for r in rows], [r["sha256"] for r in old_rows])
+    todo = np.setdiff1d(np.arange(len(rows)), new)
+    log.info("%d of %d images embedded by the previous run; embedding %d", len(new), len(rows), len(todo))
+
     started = time.perf_counter()
     with artifacts.atomic_dir(args.out) as tmp:
         x = np.lib.format.open_memmap(tmp / "features.npy", "w+", np.float32, (len(rows), dim))
-        measured = []
-        decoded = pools.process_batches(functools.partial(images.decode_and_measure, source, size), rows, batch)
-        with tqdm(total=len(rows), desc="embed", unit="img") as bar:
-            for start, part in zip(range(0, len(rows), batch), decoded):
-                x[start:start + len(part)] = forward(np.stack([pixels for pixels, _ in part]).astype(np.float32))
-                measured += [{**row, **{k: f"{v:.6g}" for k, v in stats.items()}}
-                             for row, (_, stats) in zip(rows[start:start + batch], part)]
+        measured = [None] * len(rows)
+        if len(new):
+            reuse.copy_rows(x, new, np.load(old / "features.npy", mmap_mode="r"), was)
+            for i, j in zip(new, was):
+                measured[i] = {**rows[i], **{k: old_rows[j][k] for k in quality.QUALITY_FIELDS}}
+        padded = reuse.Padded(forward, batch)
+        decoded = pools.process_batches(functools.partial(images.decode_and_measure, source, size),
+                                        [rows[i] for i in todo], batch)
+        with tqdm(total=len(todo), desc="embed", unit="img") as bar:
+            for start, part in zip(range(0, len(todo), batch), decoded):
+                where = todo[start:start + len(part)]
+                x[where] = padded(np.stack([pixels for pixels, _ in part]).astype(np.float32))
+                for i, (_, stats) in zip(where, part):
+                    measured[i] = {**rows[i], **{k: f"{v:.6g}" for k, v in stats.items()}}
                 bar.update(len(part))
         x.flush()
         del x  # close the memory map before the directory is renamed
         schemas.write_csv(tmp / "images.csv", measured, schemas.MANIFEST_FIELDS + quality.QUALITY_FIELDS)
+        reuse.write_recipe(tmp, made)
     seconds = time.perf_counter() - started
-    log.info("embedded %d images (%d features each, %s) in %.1f s (%.1f images/s)", len(rows), dim,
-             p.base.backbone, seconds, len(rows) / max(seconds, 1e-9))
+    log.info("embedded %d images (%d features each, %s) in %.1f s (%.1f images/s)", len(todo), dim,
+             p.base.backbone, seconds, len(todo) / max(seconds, 1e-9))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ The frozen backbone (base.*) with its own preprocessing runs once over train
 batch into memory-mapped .npy files, so memory is bounded by the batch, not
 the dataset. The extractor is saved too: fine-tuning starts from exactly the
 weights that made these features (which matters for ``base.weights: none``).
+``<part>_keys.npy`` holds each row's key (the sha256 of its encoded image): a
+record the previous output holds, made by the same recipe, is copied from it
+instead of extracted again (pipeline/lib/reuse.py).
 Under ``distribution.strategy: multi_worker`` every machine extracts every n-th
 batch and the chief writes them all, in order: the same files one machine writes.
 """
@@ -17,10 +20,11 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, cli, distribution, errors, keras_files, models, params, runtime, shards
+from pipeline.lib import artifacts, cli, distribution, errors, keras_files, models, params, reuse, runtime, shards
 
 PARAMS = ["base", "extract.batch_size", "distribution.strategy", "seed"]
 PARTS = {"train": ["train", "train_aug"], "val": ["val"]}  # the head trains and validates on these
+KEY_BYTES = 32  # a record's key: the sha256 of its encoded image (shards.index)
 log = logging.getLogger("pipeline.stages.extract_features")
 
 
@@ -33,7 +37,7 @@ def in_order(forward, batches, n: int, batch_size: int, strategy, dim: int, labe
     index, workers = distribution.worker_share(strategy)
     if workers == 1:
         for images, labels in batches:
-            yield forward(images).numpy(), labels.numpy()
+            yield np.asarray(forward(images)), labels.numpy()
         return
     mine, n_batches = iter(batches.shard(workers, index)), math.ceil(n / batch_size)
     for first in range(0, n_batches, workers):
@@ -81,28 +85,44 @@ def main() -> None:
     forward(tf.zeros([1, size, size, 3]))
     log.info("traced the backbone in %.1f s", time.perf_counter() - started)
 
+    # A record the previous output holds (same encoded image, same recipe) is copied, not computed
+    # (reuse.py). Across machines every record is computed: the workers must agree on the work.
+    made = reuse.recipe(stage="extract_features", base=vars(p.base), seed=p.seed)
+    old = reuse.previous(args.out, made) if distribution.worker_share(strategy)[1] == 1 else None
+    padded = reuse.Padded(forward, p.extract.batch_size)
     images_total = sum(shards.count(args.augmented, name) for names in PARTS.values() for name in names)
     artifacts.check_free_space(args.out, images_total * (dim + 1) * 4, "writing the features")
     started, total = time.perf_counter(), 0
     with artifacts.atomic_dir(distribution.output_path(args.out, strategy)) as tmp:
         for part, names in PARTS.items():
             names = [name for name in names if shards.count(args.augmented, name)]  # copies: 0 has no train_aug
-            n = sum(shards.count(args.augmented, name) for name in names)
+            keys, labels = shards.index(args.augmented, names)
+            n = len(keys)
             x = np.lib.format.open_memmap(tmp / f"{part}_x.npy", "w+", np.float32, (n, dim))
             # a class index per image, or (multi_label) one 0/1 per label
-            y = np.lib.format.open_memmap(tmp / f"{part}_y.npy", "w+", np.int32, (n, *label_shape))
+            np.save(tmp / f"{part}_y.npy", labels)
+            np.save(tmp / f"{part}_keys.npy", np.frombuffer(b"".join(keys), np.uint8).reshape(n, KEY_BYTES))
+            todo = np.ones(n, bool)
+            if old is not None:
+                new, was = reuse.matches(keys, [k.tobytes() for k in np.load(old / f"{part}_keys.npy")])
+                reuse.copy_rows(x, new, np.load(old / f"{part}_x.npy", mmap_mode="r"), was)
+                todo[new] = False
+            where = np.flatnonzero(todo)
+            log.info("features %s: %d of %d images from the previous run; extracting %d",
+                     part, n - len(where), n, len(where))
             i = 0
-            with tqdm(total=n, desc=f"features {part}", unit="img") as bar, shards.reading(args.augmented):
-                batches = shards.dataset(args.augmented, names, p.extract.batch_size)
-                for features, labels in in_order(forward, batches, n, p.extract.batch_size, strategy, dim,
-                                                     label_shape):
-                    k = len(labels)
-                    x[i:i + k], y[i:i + k] = features, labels
+            with tqdm(total=len(where), desc=f"features {part}", unit="img") as bar, shards.reading(args.augmented):
+                batches = shards.dataset(args.augmented, names, p.extract.batch_size, only=todo)
+                for features, _ in in_order(padded, batches, len(where), p.extract.batch_size, strategy, dim,
+                                            label_shape):
+                    k = len(features)
+                    x[where[i:i + k]] = features
                     i += k
                     bar.update(k)
-            x.flush(), y.flush()
-            del x, y  # close the memory maps before the directory is renamed
-            total += n
+            x.flush()
+            del x  # close the memory map before the directory is renamed
+            total += len(where)
+        reuse.write_recipe(tmp, made)
     seconds = time.perf_counter() - started
     log.info("extracted %d images in %.1f s (%.1f images/s)", total, seconds, total / seconds)
     keras_files.save(extractor, distribution.output_path(args.extractor, strategy))
