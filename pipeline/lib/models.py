@@ -106,19 +106,25 @@ class Standardize(keras.layers.Layer):
         self.mean = self.add_weight(shape=dim, initializer="zeros", trainable=False, name="mean")
         self.inv_std = self.add_weight(shape=dim, initializer="ones", trainable=False, name="inv_std")
 
-    def fit(self, features: np.ndarray) -> None:
-        std = features.std(axis=0, dtype=np.float64)
-        self.mean.assign(features.mean(axis=0, dtype=np.float64).astype("float32"))
+    def fit(self, features) -> None:
+        """Fit on ``features``: an array, or a ``rows.Reader`` read twice a chunk at a time (memory
+        holds a chunk, whatever the number of images)."""
+        def chunks():
+            return (part for _, part in features.chunks()) if hasattr(features, "chunks") else [features]
+        n = len(features)
+        mean = sum(part.sum(axis=0, dtype=np.float64) for part in chunks()) / max(n, 1)
+        std = np.sqrt(sum(np.square(part - mean).sum(axis=0) for part in chunks()) / max(n, 1))
+        self.mean.assign(mean.astype("float32"))
         self.inv_std.assign(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1).astype("float32"))
 
     def call(self, x):
         return (x - self.mean) * self.inv_std
 
 
-def build_head(train_features: np.ndarray, n_classes: int, hidden_units: int, dropout: float,
+def build_head(train_features, n_classes: int, hidden_units: int, dropout: float,
                multi_label: bool = False) -> keras.Model:
     """Standardize, dropout, optional hidden layer, softmax (``multi_label``: a sigmoid per label):
-    the classifier on cached features."""
+    the classifier on cached features (an array or a ``rows.Reader``)."""
     inputs = keras.Input(train_features.shape[1:], name="features")
     standardize = Standardize(name="standardize")
     x = standardize(inputs)

@@ -61,10 +61,11 @@ def matches(keys: list, old_keys: list) -> tuple[np.ndarray, np.ndarray]:
     return found[:, 0], found[:, 1]
 
 
-def copy_rows(dest: np.ndarray, rows: np.ndarray, source: np.ndarray, from_rows: np.ndarray) -> None:
-    """``dest[rows] = source[from_rows]``, a chunk at a time (``source`` is memory-mapped)."""
+def copy_rows(dest, rows: np.ndarray, source, from_rows: np.ndarray) -> None:
+    """``dest[rows] = source[from_rows]`` (a ``rows.Writer`` and a ``rows.Reader``), a chunk at a
+    time: memory holds a chunk, never the whole previous output."""
     for start in range(0, len(rows), CHUNK):
-        dest[rows[start:start + CHUNK]] = source[from_rows[start:start + CHUNK]]
+        dest.write(rows[start:start + CHUNK], source.take(from_rows[start:start + CHUNK]))
 
 
 class Padded:

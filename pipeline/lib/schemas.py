@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from pipeline.lib import errors
+from pipeline.lib import rows as rows_  # read_npy's argument is called rows
 from pipeline.lib.errors import damaged
 
 
@@ -59,10 +60,11 @@ def write_csv(path: Path, rows: Iterable[dict], fields: list[str]) -> None:
         writer.writerows(rows)
 
 
-def read_npy(path: Any, dtype: str, ndim: int, mmap: bool = False) -> np.ndarray:
+def read_npy(path: Any, dtype: str, ndim: int, mmap: bool = False, rows: bool = False) -> np.ndarray:
     """A ``.npy`` file a stage wrote, checked before anything is read: NumPy's header must give
     ``dtype`` (or any integer type, for ``"integer"``) and ``ndim`` dimensions, and the file must hold exactly the bytes the header
-    promises, so neither pickled data nor a header claiming a huge array is ever loaded."""
+    promises, so neither pickled data nor a header claiming a huge array is ever loaded.
+    ``rows``: a ``rows.Reader`` instead of the array, which memory never holds whole."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -84,11 +86,14 @@ def read_npy(path: Any, dtype: str, ndim: int, mmap: bool = False) -> np.ndarray
     expected = offset + int(np.prod(shape, dtype=np.int64)) * found.itemsize
     if (size := path.stat().st_size) != expected:
         raise damaged(path, f"{size:,} bytes, but its header promises {expected:,}")
-    array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    if np.issubdtype(array.dtype, np.floating) and len(array):  # a NaN row poisons every distance to it
-        step = max(1, (1 << 24) // max(1, array[0].nbytes))  # 16 MB at a time: a memory map stays on disk
-        for start in range(0, len(array), step):
-            finite = np.isfinite(array[start:start + step])
+    array = rows_.Reader(path, found, shape, offset) if rows else \
+        np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    if np.issubdtype(found, np.floating) and len(array):  # a NaN row poisons every distance to it
+        chunks = array.chunks() if rows else (
+            (start, array[start:start + step]) for step in [max(1, (1 << 24) // max(1, array[0].nbytes))]
+            for start in range(0, len(array), step))  # 16 MB at a time: a memory map stays on disk
+        for start, part in chunks:
+            finite = np.isfinite(part)
             if not finite.all():
                 raise damaged(path, f"row {start + int(np.argwhere(~finite)[0][0]):,} holds NaN or infinity")
     return array
@@ -119,12 +124,13 @@ def read_labels(path: Any) -> list[str]:
     return labels
 
 
-def read_features(folder: Any, part: str, classes: int, multi: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def read_features(folder: Any, part: str, classes: int, multi: bool = False,
+                  rows: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` of extract_features' ``<part>_x.npy`` (float32 vectors) and ``<part>_y.npy``
     (class indices, or with ``multi`` one 0/1 per label: ``features_are_multi_label``), checked to
-    agree with each other and with the ``classes`` labels."""
+    agree with each other and with the ``classes`` labels. ``rows``: ``x`` is a ``rows.Reader``."""
     folder = Path(folder)
-    x = read_npy(folder / f"{part}_x.npy", "float32", 2)
+    x = read_npy(folder / f"{part}_x.npy", "float32", 2, rows=rows)
     y = read_npy(folder / f"{part}_y.npy", "integer", 2 if multi else 1)
     if len(x) != len(y):
         raise damaged(folder / f"{part}_y.npy", f"{len(y):,} labels for {len(x):,} feature vectors")

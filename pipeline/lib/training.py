@@ -354,9 +354,20 @@ def fit(trainer: Trainer, batches: Callable[[int], tf.data.Dataset], val: tf.dat
     trainer.model.set_weights(best_weights)
 
 
-def feature_batches(x: np.ndarray, y: np.ndarray, seed: int, epoch: int, batch: int) -> tf.data.Dataset:
-    """Epoch ``epoch``'s shuffled batches of cached features (train_head, ``lr_find head``)."""
-    return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=epoch_seed(seed, epoch)).batch(batch)
+def feature_batches(x, y: np.ndarray, seed: int | None, epoch: int, batch: int) -> tf.data.Dataset:
+    """Epoch ``epoch``'s shuffled batches of cached features (train_head, ``lr_find head``), or with
+    ``seed`` None all of them in order (validation). ``x`` is an array or a ``rows.Reader``: each
+    batch is read when it is due, so memory holds a few batches, never the features."""
+    order = np.arange(len(x)) if seed is None else np.random.default_rng(epoch_seed(seed, epoch)).permutation(len(x))
+    take = x.take if hasattr(x, "take") else x.__getitem__
+
+    def read():
+        for start in range(0, len(order), batch):
+            rows = order[start:start + batch]
+            yield take(rows), y[rows]
+    ds = tf.data.Dataset.from_generator(read, output_signature=(
+        tf.TensorSpec([None, *x.shape[1:]], tf.float32), tf.TensorSpec([None, *y.shape[1:]], tf.as_dtype(y.dtype))))
+    return ds.apply(tf.data.experimental.assert_cardinality(-(-len(x) // batch))).prefetch(2)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

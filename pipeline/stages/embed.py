@@ -8,7 +8,7 @@ closer one) while distinct images come no closer (docs/data.md#the-audit).
 ``images.csv`` is the manifest with each image's measured quality
 (brightness, contrast, sharpness, entropy: images.quality). Split reads
 them to keep near duplicates together, the audit to find what is wrong with
-the data. Features are written batch by batch into a memory-mapped file, so
+the data. Features are written batch by batch into the file (rows.Writer), so
 memory holds a few batches, never the dataset. An image the previous output
 holds (same content hash, same recipe) is copied from it (pipeline/lib/reuse.py).
 """
@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.lib import artifacts, cli, images, models, params, pools, quality, reuse, runtime, schemas, sources
+from pipeline.lib import rows as rows_  # rows: the manifest's
 
 PARAMS = ["base", "extract.batch_size", "seed"]
 log = logging.getLogger("pipeline.stages.embed")
@@ -52,10 +53,10 @@ def main() -> None:
 
     started = time.perf_counter()
     with artifacts.atomic_dir(args.out) as tmp:
-        x = np.lib.format.open_memmap(tmp / "features.npy", "w+", np.float32, (len(rows), dim))
+        x = rows_.Writer(tmp / "features.npy", np.float32, (len(rows), dim))
         measured = [None] * len(rows)
         if len(new):
-            reuse.copy_rows(x, new, np.load(old / "features.npy", mmap_mode="r"), was)
+            reuse.copy_rows(x, new, schemas.read_npy(old / "features.npy", "float32", 2, rows=True), was)
             for i, j in zip(new, was):
                 measured[i] = {**rows[i], **{k: old_rows[j][k] for k in quality.QUALITY_FIELDS}}
         padded = reuse.Padded(forward, batch)
@@ -64,12 +65,11 @@ def main() -> None:
         with tqdm(total=len(todo), desc="embed", unit="img") as bar:
             for start, part in zip(range(0, len(todo), batch), decoded):
                 where = todo[start:start + len(part)]
-                x[where] = padded(np.stack([pixels for pixels, _ in part]).astype(np.float32))
+                x.write(where, padded(np.stack([pixels for pixels, _ in part]).astype(np.float32)))
                 for i, (_, stats) in zip(where, part):
                     measured[i] = {**rows[i], **{k: f"{v:.6g}" for k, v in stats.items()}}
                 bar.update(len(part))
-        x.flush()
-        del x  # close the memory map before the directory is renamed
+        x.close()
         schemas.write_csv(tmp / "images.csv", measured, schemas.MANIFEST_FIELDS + quality.QUALITY_FIELDS)
         reuse.write_recipe(tmp, made)
     seconds = time.perf_counter() - started

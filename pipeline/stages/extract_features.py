@@ -2,7 +2,7 @@
 
 The frozen backbone (base.*) with its own preprocessing runs once over train
 (originals and augmented copies) and val. Features are written batch by
-batch into memory-mapped .npy files, so memory is bounded by the batch, not
+batch into .npy files through the file (rows.Writer), so memory is bounded by the batch, not
 the dataset. The extractor is saved too: fine-tuning starts from exactly the
 weights that made these features (which matters for ``base.weights: none``).
 ``<part>_keys.npy`` holds each row's key (the sha256 of its encoded image): a
@@ -20,7 +20,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.lib import artifacts, cli, distribution, errors, keras_files, models, params, reuse, runtime, shards
+from pipeline.lib import artifacts, cli, distribution, errors, keras_files, models, params, reuse, rows, runtime, schemas, shards
 
 PARAMS = ["base", "extract.batch_size", "distribution.strategy", "seed"]
 PARTS = {"train": ["train", "train_aug"], "val": ["val"]}  # the head trains and validates on these
@@ -98,14 +98,14 @@ def main() -> None:
             names = [name for name in names if shards.count(args.augmented, name)]  # copies: 0 has no train_aug
             keys, labels = shards.index(args.augmented, names)
             n = len(keys)
-            x = np.lib.format.open_memmap(tmp / f"{part}_x.npy", "w+", np.float32, (n, dim))
+            x = rows.Writer(tmp / f"{part}_x.npy", np.float32, (n, dim))
             # a class index per image, or (multi_label) one 0/1 per label
             np.save(tmp / f"{part}_y.npy", labels)
             np.save(tmp / f"{part}_keys.npy", np.frombuffer(b"".join(keys), np.uint8).reshape(n, KEY_BYTES))
             todo = np.ones(n, bool)
             if old is not None:
                 new, was = reuse.matches(keys, [k.tobytes() for k in np.load(old / f"{part}_keys.npy")])
-                reuse.copy_rows(x, new, np.load(old / f"{part}_x.npy", mmap_mode="r"), was)
+                reuse.copy_rows(x, new, schemas.read_npy(old / f"{part}_x.npy", "float32", 2, rows=True), was)
                 todo[new] = False
             where = np.flatnonzero(todo)
             log.info("features %s: %d of %d images from the previous run; extracting %d",
@@ -116,11 +116,10 @@ def main() -> None:
                 for features, _ in in_order(padded, batches, len(where), p.extract.batch_size, strategy, dim,
                                             label_shape):
                     k = len(features)
-                    x[where[i:i + k]] = features
+                    x.write(where[i:i + k], features)
                     i += k
                     bar.update(k)
-            x.flush()
-            del x  # close the memory map before the directory is renamed
+            x.close()
             total += len(where)
         reuse.write_recipe(tmp, made)
     seconds = time.perf_counter() - started

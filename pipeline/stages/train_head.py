@@ -27,9 +27,9 @@ def main() -> None:
     hp = p.train_head
     labels = schemas.read_labels(args.labels)
     multi = schemas.features_are_multi_label(args.features)  # task: multi_label, one 0/1 per label
-    x, y = schemas.read_features(args.features, "train", len(labels), multi)
-    val = schemas.read_features(args.features, "val", len(labels), multi)
-    import tensorflow as tf  # once the inputs and params are known good (pipeline/lib/__init__.py)
+    # Read a batch at a time when it is due: memory does not grow with the images
+    x, y = schemas.read_features(args.features, "train", len(labels), multi, rows=True)
+    val = schemas.read_features(args.features, "val", len(labels), multi, rows=True)
 
     runtime.log_devices()
     strategy = distribution.strategy(p.distribution.strategy)  # before any model exists
@@ -48,7 +48,7 @@ def main() -> None:
         trainer = training.Trainer(head, strategy, hp.learning_rate, hp.label_smoothing, weights,
                                    p.distribution.precision)
     batch = distribution.global_batch(hp.batch_size, strategy)
-    val = tf.data.Dataset.from_tensor_slices(val).batch(batch)
+    val = training.feature_batches(*val, None, 0, batch)
     backup = training.Backup(distribution.scratch_path(args.backup, strategy),
                              training.fingerprint(p, args.features, args.labels))
     with training.training_log(distribution.output_path(args.live, strategy), "Head on cached features") as epoch_log:
