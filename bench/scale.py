@@ -5,7 +5,9 @@ background and one class-coloured shape, flat class folders) is generated in a
 scratch project, tracked with `dvc add`, and run stage by stage with
 `dvc repro -s`, each under GNU time for its peak RSS. Then, for the whole run:
 disk of the pipeline's outputs and of DVC's cache against the source's, the
-files DVC tracks, no-op `dvc status` / `dvc repro` (median of 3) and `dvc push` to
+files DVC tracks, no-op `dvc status` / `dvc repro` (median of 3); then the team's loop:
+1% more images added and every stage run again (embed, augment and extract_features
+compute only the new images; timed against their runs from scratch), and `dvc push` to
 a local remote. With --cores, ingest and augment are also run by hand on the
 first size under `taskset -c 0` (one core) and on every core, for images/s.
 
@@ -35,8 +37,10 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, make_project, median, rates, run, save, table  # noqa: E402
 
-STAGES = ["ingest", "split", "augment", "extract_features", "train_head", "finetune", "evaluate", "calibrate",
-          "export", "summary"]
+STAGES = ["ingest", "embed", "split", "audit", "augment", "extract_features", "train_head", "finetune", "evaluate",
+          "calibrate", "export", "summary"]
+PER_IMAGE = ["embed", "augment", "extract_features"]  # the stages that reuse per-image work (pipeline/lib/reuse.py)
+ADDED = 0.01  # the share of images added for the incremental run
 # Small enough for a 2-core machine at 100k images, the recipe unchanged: real ImageNet weights,
 # features cached once, head, then one epoch of fine-tuning.
 # The synthetic images all look alike to the backbone: near-duplicate grouping would chain them into
@@ -72,10 +76,11 @@ def draw(args: tuple[Path, int, int, int]) -> int:
     return path.stat().st_size
 
 
-def generate(folder: Path, images: int, classes: int, seed: int) -> int:
-    """``images`` JPEGs in ``classes`` class folders under ``folder``; returns total bytes."""
+def generate(folder: Path, images: int, classes: int, seed: int, first: int = 0) -> int:
+    """``images`` JPEGs in ``classes`` class folders under ``folder``, numbered from ``first``;
+    returns total bytes."""
     jobs = []
-    for i in range(images):
+    for i in range(first, first + images):
         label = i % classes
         (folder / f"c{label:03d}").mkdir(parents=True, exist_ok=True)
         jobs.append((folder / f"c{label:03d}" / f"{i:07d}.jpg", label, i, seed))
@@ -132,10 +137,33 @@ def measure(size: int, classes: int, seed: int, tmp: Path, env: dict) -> tuple[d
                            "output_files": sum(files(p) if p.is_dir() else 1 for p in outputs if p.exists())}
     for name, cmd in (("status", ["dvc", "status"]), ("repro", ["dvc", "repro"])):
         result[f"noop_{name}_s"] = median([run(cmd, path, env)[0] for _ in range(3)])
+    result["incremental"] = incremental(path, env, size, classes, seed, result["stages"])
     run(["dvc", "remote", "add", "-d", "local", str(tmp / f"remote-{size}")], path, env)
     result["dvc_push_s"], _ = run(["dvc", "push", "-q"], path, env)
     print(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=1), flush=True)
     return result, path
+
+
+def incremental(path: Path, env: dict, size: int, classes: int, seed: int, scratch: dict) -> dict:
+    """The team's loop: ``ADDED`` more images (new ones, spread over the classes), `dvc add`, then
+    every stage again with `dvc repro -s` (each stage reruns as its changed deps make it), timed
+    against the same stage's run from scratch above."""
+    run(["git", "add", "-A"], path, env)
+    run(["git", "commit", "-qm", "first run"], path, env)
+    added = max(1, int(size * ADDED))
+    generate(path / "data" / "images", added, classes, seed, first=size)
+    out = {"added": added, "dvc_add_s": run(["dvc", "add", "-q", "data/images"], path, env)[0], "stages": {}}
+    print(f"  + {added} images: dvc add {out['dvc_add_s']:.1f} s", flush=True)
+    for stage in STAGES:
+        seconds, peak, _ = timed(["dvc", "repro", "-s", stage], path, env)
+        out["stages"][stage] = {"seconds": seconds, "peak_rss_mb": peak,
+                                "share_of_scratch": seconds / scratch[stage]["seconds"]}
+        print(f"  {stage:16s} {seconds:8.1f} s  ({100 * seconds / scratch[stage]['seconds']:5.1f}% of scratch)",
+              flush=True)
+    out["per_image_share"] = (sum(out["stages"][s]["seconds"] for s in PER_IMAGE)
+                              / sum(scratch[s]["seconds"] for s in PER_IMAGE))
+    print(f"  {' + '.join(PER_IMAGE)}: {100 * out['per_image_share']:.1f}% of scratch", flush=True)
+    return out
 
 
 def source_only(size: int, classes: int, seed: int, tmp: Path, env: dict) -> dict:
@@ -225,6 +253,12 @@ def main() -> None:
           ["stage", *(f"{s} {h}" for s in sizes for h in ("s", "ms/img", "MB"))],
           [[stage, *(v for r in results for v in (r["stages"][stage]["seconds"], r["stages"][stage]["ms_per_image"],
                                                     r["stages"][stage]["peak_rss_mb"]))] for stage in STAGES])
+    table(f"After adding {100 * ADDED:g}% more images: wall s (dvc repro -s) / share of the run from scratch",
+          ["stage", *(f"{s} {h}" for s in sizes for h in ("s", "share"))],
+          [[stage, *(v for r in results for v in (r["incremental"]["stages"][stage]["seconds"],
+                                                    r["incremental"]["stages"][stage]["share_of_scratch"]))]
+           for stage in STAGES] + [[" + ".join(PER_IMAGE), *(v for r in results for v in (
+               sum(r["incremental"]["stages"][s]["seconds"] for s in PER_IMAGE), r["incremental"]["per_image_share"]))]])
     table("Whole run", ["", *sizes], [
         ["source MB", *(r["disk_mb"]["source"] for r in results)],
         ["outputs + cache / source", *(r["disk_mb"]["outputs_and_cache"] / r["disk_mb"]["source"] for r in results)],

@@ -1,7 +1,7 @@
 """The entry point of every stage and command: ``python -m pipeline NAME [ARGS...]``.
 
 NAME is a stage of pipeline/stages/ (dvc.yaml runs ``python -m pipeline ingest ...``) or a
-command: predict, rank, check, lr_find, relabel, worker. Before the module (and TensorFlow) is imported,
+command: predict, rank, check, lr_find, relabel, review, worker. Before the module (and TensorFlow) is imported,
 TensorFlow's C++ log level is set and its known start-up noise is filtered out of stderr
 (pipeline.lib.quiet); nothing of the kind happens when pipeline is merely imported.
 ``PIPELINE_DEBUG=1`` prints the whole chained traceback of an error (errors.describe).
@@ -13,7 +13,7 @@ import runpy
 import sys
 from pathlib import Path
 
-COMMANDS = ("predict", "rank", "check", "lr_find", "relabel", "worker")
+COMMANDS = ("predict", "rank", "check", "lr_find", "relabel", "review", "worker")
 STAGES = sorted(p.stem for p in (Path(__file__).parent / "stages").glob("*.py") if p.stem != "__init__")
 
 

@@ -2,6 +2,8 @@
 
 CSV is one of the audit's reports (reports/audit/label_issues.csv, near_duplicates.csv,
 outliers.csv, quality.csv); FILE is a value of its ``file`` column, as reviewed.
+``--decisions FILE`` applies what ``python -m pipeline review`` saved instead (accept,
+relabel to a chosen class, quarantine, keep), with the same checks.
 ``--accept`` moves an image into the class folder of its ``suggested`` label (the folder
 beside its own, e.g. ``train/shirt/x.jpg`` -> ``train/t-shirt/x.jpg``); ``--accept-all``
 does so for every row that suggests a label. ``--reject`` moves an image out of the data
@@ -36,18 +38,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.lib import cli, dvcyaml, multilabel, params, sources
+from pipeline.lib import cli, decisions, dvcyaml, multilabel, params, sources
 from pipeline.lib.schemas import read_csv
 from pipeline.lib.errors import StageError
 
 
 def plan(rows: dict[str, dict], images: Path, quarantine: Path, accept: list[str], reject: list[str],
-         new_classes: list[str] = ()) -> list[tuple[Path, Path]]:
+         new_classes: list[str] = (), chosen: dict[str, str] | None = None) -> list[tuple[Path, Path]]:
     """``(from, to)`` of every move, each checked; a StageError naming the first problem.
 
     Every path is resolved, symbolic links included, before it is trusted: an accepted image
     lands in a class folder beside its own, inside the images folder, under one of the data's
-    classes (or a ``new_classes`` name); a rejected one lands inside the quarantine. The CSV is
+    classes (or a ``new_classes`` name), under its row's ``suggested`` label or the label
+    ``chosen`` gives it; a rejected one lands inside the quarantine. The CSV is
     a file in the repository that a pull request can change, so nothing in it is taken on trust."""
     root, moves = images.resolve(), []
     held = quarantine.resolve()
@@ -68,9 +71,11 @@ def plan(rows: dict[str, dict], images: Path, quarantine: Path, accept: list[str
                              "the audit)")
         if action == "accept":
             row = rows[name]
-            label = row.get("suggested") or ""
+            label = (chosen or {}).get(name) or row.get("suggested") or ""
             if not label:
                 raise StageError(f"{name}: its row suggests no label; --reject it instead, or leave it")
+            if label == row.get("label"):
+                raise StageError(f"{name}: it is labelled {label!r} already")
             if path.parent.name != row.get("label"):
                 raise StageError(f"{name}: its folder {path.parent.name!r} is not its label {row.get('label')!r}; "
                                  "labels from a CSV (ingest.labels_csv) are corrected in that CSV")
@@ -205,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a label that is not yet a class folder, which --accept may create")
     parser.add_argument("--images", type=Path, help="the images folder (default: ingest's --source in dvc.yaml)")
     parser.add_argument("--quarantine", type=Path, help="where rejected images go (default: quarantine/ beside it)")
+    parser.add_argument("--decisions", type=Path, metavar="FILE",
+                        help="apply the decisions `python -m pipeline review` saved (instead of CSV and FILEs)")
+    parser.add_argument("--audit", type=Path, default=Path("reports/audit"),
+                        help="with --decisions: the audit's reports folder (default reports/audit)")
     parser.add_argument("--dry-run", action="store_true", help="print the moves, move nothing")
     args = parser.parse_args(argv)
     images = args.images or Path(dvcyaml.source())
@@ -213,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         p = params.load(["task", "ingest"])
         if p.task == "multi_label":
             return multi_label(args, images, quarantine, p.ingest)
+    if args.decisions:
+        if args.csv or args.accept or args.accept_all or args.reject or args.add or args.remove:
+            raise StageError("--decisions FILE applies the decisions alone: give no CSV, --accept, --reject, "
+                             "--add or --remove with it")
+        return apply_decisions(args, images, quarantine)
     if args.csv is None or args.add or args.remove:
         raise StageError("give the audit report's CSV; --add and --remove are for task: multi_label")
     if not images.is_dir():
@@ -228,15 +242,43 @@ def main(argv: list[str] | None = None) -> int:
     for label in args.new_class:
         if problem := params.label_problem(label):
             raise StageError(f"--new-class {label!r} {problem}; not a class name")
-    moves = plan(rows, images, quarantine, accept, args.reject, args.new_class)
+    return move(plan(rows, images, quarantine, accept, args.reject, args.new_class), images, args.dry_run)
+
+
+def apply_decisions(args, images: Path, quarantine: Path) -> int:
+    """``--decisions FILE``: each row's ``accept`` (its report's suggested label), ``relabel`` (its
+    ``label``) or ``quarantine``, checked as the same --accept or --reject would be; ``keep`` moves
+    nothing."""
+    if not images.is_dir():
+        raise StageError(f"{images} is not a folder: relabel edits a folder of class folders")
+    decided = decisions.read(args.decisions)
+    rows, accept, reject, chosen = {}, [], [], {}
+    for name, d in decided.items():
+        report = {r["file"]: r for r in read_csv(args.audit / f"{d['report']}.csv")}
+        if name in report:
+            rows[name] = report[name]
+        if d["decision"] in ("accept", "relabel"):
+            accept.append(name)
+            if d["decision"] == "relabel":
+                chosen[name] = d["label"]
+        elif d["decision"] == "quarantine":
+            reject.append(name)
+    kept = len(decided) - len(accept) - len(reject)
+    if kept:
+        print(f"{kept} image(s) kept as they are")
+    return move(plan(rows, images, quarantine, accept, reject, args.new_class, chosen), images, args.dry_run)
+
+
+def move(moves: list[tuple[Path, Path]], images: Path, dry_run: bool) -> int:
+    """Carry out (or with ``dry_run`` print) the checked ``moves``."""
     cwd = Path.cwd().resolve()
     for source, target in moves:
         shown = [p.relative_to(cwd) if p.is_relative_to(cwd) else p for p in (source, target)]
-        print(f"{'would move' if args.dry_run else 'moved'} {shown[0]} -> {shown[1]}")
-        if not args.dry_run:
+        print(f"{'would move' if dry_run else 'moved'} {shown[0]} -> {shown[1]}")
+        if not dry_run:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(source, target)
-    if not args.dry_run:
+    if not dry_run:
         print(f"{len(moves)} image(s) moved. Next: `dvc add {images}`, `dvc diff` to review, `dvc repro`.")
     return 0
 
@@ -244,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
 def multi_label(args, images: Path, quarantine: Path, p) -> int:
     """task: multi_label: ``--add``/``--remove FILE LABEL`` edit the labels CSV; ``--reject FILE``
     moves the image into the quarantine and drops its row."""
+    if args.decisions:
+        raise StageError("--decisions is for single-label class folders (review refuses task: multi_label)")
     if args.accept or args.accept_all:
         raise StageError("with task: multi_label the audit flags no label issues to accept "
                          "(docs/multilabel.md#the-audit-and-relabel): give --add FILE LABEL or --remove FILE LABEL")
