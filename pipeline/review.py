@@ -20,17 +20,21 @@ import html
 import http.server
 import json
 import mimetypes
+import os
 import secrets
 import sys
 import threading
 import urllib.parse
 from pathlib import Path
 
+from PIL import Image
+
 from pipeline.lib import cli, decisions, dvcyaml, params, sources
 from pipeline.lib.errors import StageError
 from pipeline.lib.schemas import read_csv
 
 HOST = "127.0.0.1"
+EXAMPLES = 4  # images of each class shown beside a finding
 PAGE = Path(__file__).with_name("review.html")
 
 
@@ -51,7 +55,9 @@ class Review:
         if not self.findings:
             raise StageError(f"{audit}: no audit reports ({', '.join(f'{n}.csv' for n in decisions.REPORTS)}); "
                              "run `dvc repro audit` first")
-        self.shown = {f[k] for rows in self.findings.values() for f in rows for k in ("file", "twin") if f[k]}
+        flagged = {f[k] for rows in self.findings.values() for f in rows for k in ("file", "twin") if f[k]}
+        self.examples = examples(self.root, flagged)
+        self.shown = flagged | {name for names in self.examples.values() for name in names}
         self.decisions = decisions.read(decisions_file) if decisions_file.exists() else {}
         for line, row in enumerate(self.decisions.values(), start=2):
             if problem := self.problem(row["file"], row["report"], row["decision"], row["label"]):
@@ -94,8 +100,24 @@ class Review:
         return out
 
     def data(self) -> dict:
-        return {"reports": self.findings, "classes": self.classes, "decisions": self.decisions,
+        return {"reports": self.findings, "classes": self.classes, "examples": self.examples, "decisions": self.decisions,
                 "decisions_file": str(self.decisions_file), "images": str(self.images)}
+
+
+def examples(root: Path, flagged: set[str], per_class: int = EXAMPLES) -> dict[str, list[str]]:
+    """A few images of each class that no report flags (training folders first, then the first by
+    name), to compare a finding with: what the given and the suggested class look like."""
+    extensions = set(Image.registered_extensions())
+    out: dict[str, list[str]] = {}
+    for split, folder in sorted(sources.class_folders(root), key=lambda sf: sf[0] not in ("train", "")):
+        names = out.setdefault(folder.name, [])
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if len(names) >= per_class:
+                break
+            name = Path(entry.path).relative_to(root).as_posix()
+            if entry.is_file() and Path(entry.name).suffix.lower() in extensions and name not in flagged:
+                names.append(name)
+    return out
 
 
 def handler(review: Review, token: str, port_of) -> type:

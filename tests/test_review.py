@@ -127,15 +127,18 @@ def test_three_decisions_on_the_page_are_applied_and_dvc_diff_shows_exactly_them
         session = tools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         for _ in range(300):
             try:
-                if tools.evaluate(session, "document.querySelectorAll('.card img').length == 3 && "
-                                           "[...document.images].every(i => i.complete)"):
+                if tools.evaluate(session, "document.querySelectorAll('.card > img').length == 3 && "
+                                           "[...document.querySelectorAll('.card > img')].every(i => i.complete)"):
                     break
             except AssertionError:  # no page to evaluate in yet
                 pass
             time.sleep(0.1)
         # Every image the page shows came from the server, whole
-        assert tools.evaluate(session, "[...document.images].every(i => i.naturalWidth >= 40)")
+        assert tools.evaluate(session, "[...document.querySelectorAll('.card > img')].every(i => i.naturalWidth >= 40)")
         assert "91% sure" in tools.evaluate(session, "document.querySelector('#card-0').textContent")
+        # Beside it, images of the given and the suggested class that no report flags
+        shown = tools.evaluate(session, "[...document.querySelectorAll('#card-0 .examples img')].map(i => i.alt)")
+        assert shown == ["train/cat/cat1.png", "train/cat/cat2.png", "train/dog/dog0.png", "train/dog/dog2.png"]
         key = "document.dispatchEvent(new KeyboardEvent('keydown', {key: '%s'}))"
         tools.evaluate(session, key % "a")  # card 0: accept dog; the page moves on to card 1
         tools.evaluate(session, key % "3")  # card 1: relabel to the third class, fox
@@ -190,7 +193,10 @@ def test_the_server_shows_only_the_findings_images_to_its_own_page(repo):
     try:
         assert server.server_address[0] == "127.0.0.1"
         assert get(f"image?token={token}&file=train/fox/fox1.png") == 200  # a twin
-        assert get(f"image?token={token}&file=train/cat/cat1.png") == 404  # in the data, not a finding
+        assert get(f"image?token={token}&file=train/cat/cat1.png") == 200  # an example of its class
+        assert found.examples["fox"] == []  # every fox image is a finding or a twin
+        (repo / "data/images/train/fox/fox9.png").write_bytes(b"not shown")
+        assert get(f"image?token={token}&file=train/fox/fox9.png") == 404  # in the data, not shown
         assert get(f"image?token={token}&file=../../decisions.csv") == 404
         assert get("image?token=wrong&file=train/cat/cat0.png") == 404
         assert get("", {"Host": "evil.example:80"}) == 403  # a rebound name
