@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quarantine", type=Path, help="where rejected images go (default: quarantine/ beside it)")
     parser.add_argument("--decisions", type=Path, metavar="FILE",
                         help="apply the decisions `python -m pipeline review` saved (instead of CSV and FILEs)")
-    parser.add_argument("--audit", type=Path, default=Path("reports/audit"),
-                        help="with --decisions: the audit's reports folder (default reports/audit)")
+    parser.add_argument("--audit", type=Path,
+                        help="with --decisions: the audit's reports folder (default: the audit stage's --out in dvc.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="print the moves, move nothing")
     args = parser.parse_args(argv)
     images = args.images or Path(dvcyaml.source())
@@ -252,9 +252,10 @@ def apply_decisions(args, images: Path, quarantine: Path) -> int:
     if not images.is_dir():
         raise StageError(f"{images} is not a folder: relabel edits a folder of class folders")
     decided = decisions.read(args.decisions)
+    audit = args.audit or Path(dvcyaml.argument("audit", "--out"))
     rows, accept, reject, chosen = {}, [], [], {}
     for name, d in decided.items():
-        report = {r["file"]: r for r in read_csv(args.audit / f"{d['report']}.csv")}
+        report = {r["file"]: r for r in read_csv(audit / f"{d['report']}.csv")}
         if name in report:
             rows[name] = report[name]
         if d["decision"] in ("accept", "relabel"):

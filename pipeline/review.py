@@ -189,13 +189,14 @@ def serve(review: Review, port: int = 0) -> tuple[http.server.ThreadingHTTPServe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline review", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--audit", type=Path, default=Path("reports/audit"), help="the audit's reports folder")
+    parser.add_argument("--audit", type=Path, help="the audit's reports folder (default: the audit stage's --out in dvc.yaml)")
     parser.add_argument("--images", type=Path, help="the images folder (default: ingest's --source in dvc.yaml)")
     parser.add_argument("--decisions", type=Path, default=Path("decisions.csv"),
                         help="where decisions go (default decisions.csv); kept and extended if it exists")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     args = parser.parse_args(argv)
     images = args.images or Path(dvcyaml.source())
+    audit = args.audit or Path(dvcyaml.argument("audit", "--out"))
     if Path(params.PARAMS_FILE).is_file() and params.load(["task"]).task == "multi_label":
         raise StageError("review is for single-label class folders; with task: multi_label edit labels with "
                          "`python -m pipeline relabel --add/--remove FILE LABEL` (docs/multilabel.md)")
@@ -203,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         raise StageError(f"{images} is not a folder of class folders (an archive source cannot be relabelled)")
     if args.decisions.exists() and not args.decisions.is_file():
         raise StageError(f"--decisions {args.decisions}: not a file")
-    review = Review(args.audit, images, args.decisions)
+    review = Review(audit, images, args.decisions)
     server, url = serve(review, args.port)
     total = sum(len(rows) for rows in review.findings.values())
-    print(f"reviewing {total} findings of {args.audit} at {url} (Ctrl-C to stop); decisions go to {args.decisions}",
+    print(f"reviewing {total} findings of {audit} at {url} (Ctrl-C to stop); decisions go to {args.decisions}",
           flush=True)
     try:
         server.serve_forever()

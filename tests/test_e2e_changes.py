@@ -44,17 +44,19 @@ def test_a_changed_source_image_reruns_from_ingest_and_is_never_read_stale(proje
     assert project.changed_stages() == {"ingest", "data/images.dvc"}  # the rest hear of it through the manifest
     dry = RUNNING_STAGE.findall(project.run("dvc", "repro", "--dry").stdout)
     assert dry[0] == "ingest"
-    # A stage run by hand, before ingest has recorded the change, refuses the image
+    # A stage run by hand, before ingest has recorded the change, refuses the image it reads (into a
+    # new folder: over its own output it would copy the recorded content's views, never reading it)
     before = digests(project.path, ["data/augmented"])
     out = project.run("python", "-m", "pipeline", "augment", "--source", "data/images", "--split", "data/split",
-                      "--out", "data/augmented", check=False)
+                      "--out", "augmented-by-hand", check=False)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"data/images/{row['path']} changed since ingest recorded it" in out.stderr
     assert digests(project.path, ["data/augmented"]) == before  # nothing lost
     assert project.repro("ingest") == ["ingest"]
     recorded = {r["path"]: r["sha256"] for r in schemas.read_csv(project.path / "data/manifest.csv")}
     assert recorded[row["path"]] == hashlib.sha256(image.read_bytes()).hexdigest() != row["sha256"]
-    assert project.changed_stages() == {"embed"}  # the new hash in the manifest: the chain goes on from it
+    # the new hash in the manifest (and ingest's report): the chain goes on from them
+    assert project.changed_stages() == {"embed", "split", "summary"}
 
 
 def test_export_refuses_a_test_image_changed_behind_its_back(project):

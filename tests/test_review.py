@@ -158,7 +158,7 @@ def test_three_decisions_on_the_page_are_applied_and_dvc_diff_shows_exactly_them
     cwd = os.getcwd()
     try:
         os.chdir(repo)
-        assert relabel.main(["--decisions", "decisions.csv", "--images", "data/images"]) == 0
+        assert relabel.main(["--decisions", "decisions.csv", "--images", "data/images", "--audit", "reports/audit"]) == 0
     finally:
         os.chdir(cwd)
     sh(repo, str(BIN / "dvc"), "add", "-q", "data/images")
@@ -230,7 +230,7 @@ def test_relabel_checks_a_decisions_file_before_moving_anything(repo):
         for text, message in cases:
             Path("decisions.csv").write_text(text)
             with pytest.raises(StageError, match=message):
-                relabel.main(["--decisions", "decisions.csv", "--images", "data/images"])
+                relabel.main(["--decisions", "decisions.csv", "--images", "data/images", "--audit", "reports/audit"])
     finally:
         os.chdir(cwd)
     assert sorted(p.relative_to(repo) for p in (repo / "data/images").rglob("*.png")) == before

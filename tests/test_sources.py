@@ -82,4 +82,4 @@ def test_each_source_goes_through_ingest_split_and_augment_without_a_copy(kind, 
     recorded = {r["sha256"] for r in manifest}
     assert not [f for f in written if hashlib.sha256(f.read_bytes()).hexdigest() in recorded]
     assert sorted(f.name for f in (project / "data" / "augmented").iterdir()) == [
-        "meta.json", "train-00000.tfrecord", "train_aug-00000.tfrecord", "val-00000.tfrecord"]
+        "meta.json", "recipe.json", "train-00000.tfrecord", "train_aug-00000.tfrecord", "val-00000.tfrecord"]

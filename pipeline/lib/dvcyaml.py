@@ -82,6 +82,11 @@ def paths(stage: dict) -> dict[str, Path]:
     return {flag[2:].replace("-", "_"): Path(value) for flag, value in arguments(stage).items()}
 
 
+def argument(stage: str, flag: str, root: Path | str = ".") -> str:
+    """A stage's ``--flag`` path, e.g. the audit's ``--out`` (the folder of its reports)."""
+    return arguments(stages(root)[stage])[flag]
+
+
 def source(root: Path | str = ".") -> str:
     """The ingest stage's ``--source``: the images folder (or archive), e.g. ``data/images``."""
     return arguments(stages(root)["ingest"])["--source"]

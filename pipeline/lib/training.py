@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from dvclive import Live
 
-from pipeline.lib import artifacts, errors, models, plots_training
+from pipeline.lib import artifacts, errors, models, plots_training, rows
 
 log = logging.getLogger("pipeline.lib.training")
 # DVCLive's names for the loop's metrics: what its Keras callback wrote, so plots and
@@ -359,12 +359,12 @@ def feature_batches(x, y: np.ndarray, seed: int | None, epoch: int, batch: int) 
     ``seed`` None all of them in order (validation). ``x`` is an array or a ``rows.Reader``: each
     batch is read when it is due, so memory holds a few batches, never the features."""
     order = np.arange(len(x)) if seed is None else np.random.default_rng(epoch_seed(seed, epoch)).permutation(len(x))
-    take = x.take if hasattr(x, "take") else x.__getitem__
+    take = x.take if isinstance(x, rows.Reader) else x.__getitem__  # (an array's own take flattens)
 
     def read():
         for start in range(0, len(order), batch):
-            rows = order[start:start + batch]
-            yield take(rows), y[rows]
+            picked = order[start:start + batch]
+            yield take(picked), y[picked]
     ds = tf.data.Dataset.from_generator(read, output_signature=(
         tf.TensorSpec([None, *x.shape[1:]], tf.float32), tf.TensorSpec([None, *y.shape[1:]], tf.as_dtype(y.dtype))))
     return ds.apply(tf.data.experimental.assert_cardinality(-(-len(x) // batch))).prefetch(2)
