@@ -94,15 +94,16 @@ def test_a_few_more_images_are_computed_alone_and_the_outputs_equal_a_run_from_s
 
 
 def test_another_recipe_or_a_damaged_record_of_it_is_never_reused(tmp_path, caplog):
-    made = reuse.recipe(stage="embed", base={"backbone": "MobileNetV2"}, seed=0)
+    made = reuse.recipe([reuse], stage="embed", base={"backbone": "MobileNetV2"}, seed=0)
     assert reuse.previous(tmp_path, made) is None  # nothing there: a run from scratch
     reuse.write_recipe(tmp_path, made)
     assert reuse.previous(tmp_path, made) == tmp_path
     with caplog.at_level(logging.INFO, "pipeline.lib.reuse"):
         assert reuse.previous(tmp_path, {**made, "seed": 1}) is None
+        assert reuse.previous(tmp_path, {**made, "code": {"reuse.py": "0" * 16}}) is None  # edited code
         (tmp_path / reuse.RECIPE).write_text("{")
         assert reuse.previous(tmp_path, made) is None
-    assert "made with other seed" in caplog.text and "unreadable" in caplog.text
+    assert "made with other seed" in caplog.text and "other code" in caplog.text and "unreadable" in caplog.text
 
 
 @pytest.mark.parametrize("keys, old, found", [

@@ -2,8 +2,8 @@
 
 embed and extract_features compute one result per image (a backbone forward pass). Their outputs
 are ``persist: true`` in dvc.yaml, so when such a stage reruns it finds its previous output in
-place. If that output was made by the same recipe (the params a per-image result depends on, and
-the TensorFlow and Keras versions: ``RECIPE``), each image whose key (a content hash) it holds is
+place. If that output was made by the same recipe (the params a per-image result depends on, the
+source of the modules that compute it, and the TensorFlow and Keras versions: ``RECIPE``), each image whose key (a content hash) it holds is
 copied from it and only the rest go through the backbone: adding 1% more images costs about 1% of
 the work. The result is the one a run from scratch writes, byte for byte (tests/test_reuse.py),
 because an image's result never depends on the other images of its batch: every batch runs at
@@ -13,6 +13,7 @@ image is computed, as before.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -25,12 +26,16 @@ CHUNK = 4096  # rows copied at a time: memory holds a chunk, never the whole pre
 log = logging.getLogger("pipeline.lib.reuse")
 
 
-def recipe(**parts) -> dict:
-    """What a per-image result depends on: ``parts`` (the stage's params) and the library versions
-    (another TensorFlow may compute other float bits)."""
+def recipe(code: list, **parts) -> dict:
+    """What a per-image result depends on: ``parts`` (the stage's params), the source of the
+    ``code`` modules that compute it (a changed function must not be reused), and the library
+    versions (another TensorFlow may compute other float bits). A change anywhere else in the
+    stage's code reruns the stage, which then copies every image: the per-image work is the same."""
     import keras
     import tensorflow as tf
-    return {**parts, "tensorflow": tf.__version__, "keras": keras.__version__}
+    files = [Path(getattr(c, "__file__", c)) for c in code]  # modules, or a stage's own __file__
+    sources = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in files}
+    return {**parts, "code": sources, "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
 def previous(folder: Path, wanted: dict) -> Path | None:

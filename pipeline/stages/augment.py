@@ -45,8 +45,8 @@ def main() -> None:
     images_total = len(parts["train"]) * (1 + copies) + len(parts["val"])
     artifacts.check_free_space(args.out, images_total * size * size // 2, "writing the shards")
     # An image whose views the previous output holds (same recipe) is copied from it (reuse.py)
-    made = reuse.recipe(stage="augment", augment=vars(p.augment), image_size=size, seed=p.seed,
-                        jpeg_quality=shards.JPEG_QUALITY)
+    made = reuse.recipe([__file__, augmentation, images, shards], stage="augment",
+                        augment=vars(p.augment), image_size=size, seed=p.seed)
     old = reuse.previous(args.out, made)
     old = shards.Previous(old, ["train", "train_aug", "val"]) if old else None
 

@@ -44,7 +44,8 @@ def main() -> None:
     dim = extractor.output_shape[-1]
 
     # An image embedded by the previous run with the same recipe is copied, not computed (reuse.py)
-    made = reuse.recipe(stage="embed", base=vars(p.base), seed=p.seed)
+    made = reuse.recipe([__file__, images, models, quality], stage="embed", base=vars(p.base),
+                        seed=p.seed)
     old = reuse.previous(args.out, made)
     old_rows = schemas.read_csv(old / "images.csv", schemas.MANIFEST_FIELDS + quality.QUALITY_FIELDS) if old else []
     new, was = reuse.matches([r["sha256"] for r in rows], [r["sha256"] for r in old_rows])

@@ -87,7 +87,8 @@ def main() -> None:
 
     # A record the previous output holds (same encoded image, same recipe) is copied, not computed
     # (reuse.py). Across machines every record is computed: the workers must agree on the work.
-    made = reuse.recipe(stage="extract_features", base=vars(p.base), seed=p.seed)
+    made = reuse.recipe([__file__, models, shards], stage="extract_features", base=vars(p.base),
+                        seed=p.seed)
     old = reuse.previous(args.out, made) if distribution.worker_share(strategy)[1] == 1 else None
     padded = reuse.Padded(forward, p.extract.batch_size)
     images_total = sum(shards.count(args.augmented, name) for names in PARTS.values() for name in names)
