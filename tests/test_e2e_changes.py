@@ -142,9 +142,12 @@ def test_invalid_param_stops_the_stage_naming_the_key(project):
 
 
 def test_same_seed_same_bytes_in_another_directory(finished, tmp_path):
+    """Up to the head: fine-tuning the same head is deterministic too (the interrupted run below ends
+    exactly as the uninterrupted one), and a saved model's bytes do not depend on where it was saved
+    (tests/test_models.py), so the suite does not pay for a second fine-tuning here."""
     again = tiny_project(tmp_path / "again", finished.path.parent / "shapes")
-    assert again.repro("finetune")[-1] == "finetune"  # every trained artifact compared
-    trained = [name for name in ARTIFACTS if name != "reports/metrics.json"]  # evaluate's
+    assert again.repro("train_head")[-1] == "train_head"
+    trained = [name for name in ARTIFACTS if name not in ("reports/metrics.json", "models/model.keras")]
     got = digests(again.path, trained)
     assert len(got) > 10 and got == digests(finished.path, trained)
 

@@ -73,3 +73,18 @@ def test_a_filesystem_url_reads_like_a_local_folder(packed):
 def test_missing_shards_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no val-\\*.tfrecord shards in {tmp_path}"):
         shards.files(tmp_path, "val")
+
+
+def test_an_earlier_outputs_records_are_found_by_key_and_read_back(tmp_path):
+    """shards.Previous, what augment copies from: by key, any names of the output, and none missing
+    (an output written with augment.copies 0 has no train_aug shards)."""
+    writer = shards.ShardWriter(tmp_path, "train", shard_size=2)
+    for i in range(5):
+        writer.write(np.full((SIZE, SIZE, 3), i * 40, np.uint8), i % 3, key=f"{i:064x}/0")
+    writer.close()
+    (tmp_path / "meta.json").write_text(json.dumps({"image_size": SIZE, "counts": {"train": 5, "train_aug": 0},
+                                                    "labels": ["a", "b", "c"]}))
+    found = shards.Previous(tmp_path, ["train", "train_aug", "val"])
+    assert f"{3:064x}/0" in found and f"{3:064x}/1" not in found
+    jpeg = found.image(f"{3:064x}/0")
+    assert jpeg == shards.encode(np.full((SIZE, SIZE, 3), 3 * 40, np.uint8))  # the very bytes written

@@ -90,7 +90,8 @@ class Previous:
 
     def __init__(self, directory: Path, names: list[str]):
         self.where: dict[bytes, tuple[str, int, int]] = {}
-        for path in (f for name in names for f in files(directory, name)):
+        held = [name for name in names if count(directory, name)]  # augment.copies 0 wrote no train_aug
+        for path in (f for name in held for f in files(directory, name)):
             at = 0
             for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
                 key = tf.train.Example.FromString(record).features.feature["key"].bytes_list.value
