@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.lib import schemas
-from project import Project, default_params
+from project import RUNNING_STAGE, Project, default_params
 from shapes import make_dataset
 from tiny_run import TINY
 
@@ -70,7 +70,9 @@ def b_changed(team):
     (b.path / MOVED[0]).rename(b.path / MOVED[1])
     changed = status(b)
     b.run("dvc", "add", "data/images")
-    ran = b.repro()
+    out = b.run("dvc", "repro")
+    ran = RUNNING_STAGE.findall(out.stdout)
+    b.logged = out.stdout + out.stderr
     b.run("git", "add", "-A")
     b.run("git", "commit", "-qm", "three more circles; a square that was a triangle")
     b.run("git", "push", "-q", "origin", "HEAD")
@@ -85,6 +87,17 @@ def test_b_sees_the_data_change_before_rerunning(b_changed):
     assert changed["data/images.dvc"] == [{"changed outs": {"data/images": "modified"}}]
     assert ran == ["ingest", "embed", "split", "audit", "augment", "extract_features", "train_head", "finetune",
                    "evaluate", "calibrate", "export", "summary"]  # the new images go through the whole pipeline
+
+
+def test_b_computes_only_the_new_images_from_the_outputs_b_pulled(b_changed):
+    """The team's loop: the per-image stages start from the outputs `dvc pull` fetched (persist: true)
+    and compute the three new circles alone; the moved square keeps its content, so its work is reused."""
+    b = b_changed[0]
+    manifest = schemas.read_csv(b.path / "data/manifest.csv")
+    assert f"{len(manifest) - 3} of {len(manifest)} images embedded by the previous run; embedding 3" in b.logged
+    packed = {r["path"] for name in ("train", "val") for r in schemas.read_csv(b.path / f"data/split/{name}.csv")}
+    new = packed & {path.removeprefix("data/images/") for path in ADDED}  # test images are not packed
+    assert f"{len(new)} of {len(packed)} images decoded and augmented" in b.logged
 
 
 def test_no_image_changed_split_when_b_added_and_moved_images(b_changed, finished):
