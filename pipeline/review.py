@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.lib import cli, decisions, dvcyaml, params, sources
+from pipeline.lib import artifacts, cli, decisions, dvcyaml, params, sources
 from pipeline.lib.errors import StageError
 from pipeline.lib.schemas import read_csv
 
@@ -202,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                          "`python -m pipeline relabel --add/--remove FILE LABEL` (docs/multilabel.md)")
     if not images.is_dir():
         raise StageError(f"{images} is not a folder of class folders (an archive source cannot be relabelled)")
-    if args.decisions.exists() and not args.decisions.is_file():
-        raise StageError(f"--decisions {args.decisions}: not a file")
+    # Never over what review did not write (the model, a folder), nor inside the tracked images
+    artifacts.check_output(args.decisions, folder=False, kind=decisions.KIND, reads=[images, audit],
+                           flag="--decisions")
     review = Review(audit, images, args.decisions)
     server, url = serve(review, args.port)
     total = sum(len(rows) for rows in review.findings.values())

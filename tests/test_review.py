@@ -234,3 +234,24 @@ def test_relabel_checks_a_decisions_file_before_moving_anything(repo):
     finally:
         os.chdir(cwd)
     assert sorted(p.relative_to(repo) for p in (repo / "data/images").rglob("*.png")) == before
+
+
+def test_review_never_writes_its_decisions_over_what_it_did_not_write(repo):
+    """--decisions is checked before the server starts: not the model, not a folder, not inside the
+    images; a decisions file it wrote before is carried on."""
+    (repo / "models").mkdir()
+    (repo / "models/model.keras").write_bytes(b"PK\x03\x04 a model")
+    (repo / "notes.csv").write_text("file,comment\n")
+    cwd = os.getcwd()
+    try:
+        os.chdir(repo)
+        for target, message in (("models/model.keras", "not a decisions file"), ("reports", "holds reports/audit"), ("models", "folder"),
+                                ("notes.csv", "not a decisions file"), ("data/images/train/decisions.csv", "inside")):
+            with pytest.raises(StageError, match=message):
+                review.main(["--audit", "reports/audit", "--images", "data/images", "--decisions", target])
+        assert (repo / "models/model.keras").read_bytes() == b"PK\x03\x04 a model"
+        decisions.write(Path("decisions.csv"), [])
+        decisions.write(Path("decisions.csv"), [{"file": "a", "report": "outliers", "decision": "keep", "label": ""}])
+        assert decisions.read(Path("decisions.csv"))["a"]["decision"] == "keep"
+    finally:
+        os.chdir(cwd)

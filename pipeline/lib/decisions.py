@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from pipeline.lib import artifacts
 from pipeline.lib.errors import StageError
 from pipeline.lib.schemas import read_csv
 
 REPORTS = ["label_issues", "near_duplicates", "outliers", "quality"]  # the audit's issue types, in page order
 DECISIONS = ["accept", "relabel", "quarantine", "keep"]
 FIELDS = ["file", "report", "decision", "label"]
+KIND = artifacts.starts_with("a decisions file", ",".join(FIELDS).encode())  # what review may replace
 
 
 def read(path: Path) -> dict[str, dict]:
@@ -39,16 +39,11 @@ def read(path: Path) -> dict[str, dict]:
 
 
 def write(path: Path, rows: Iterable[dict]) -> None:
-    """Written whole through a temporary file beside it: a crash leaves the old file or the new."""
+    """Written whole, atomically, and never over a file that is not a decisions file
+    (``artifacts.atomic_file``)."""
     text = io.StringIO()
     writer = csv.DictWriter(text, FIELDS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: r["file"]))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with artifacts.atomic_file(path, KIND) as tmp:
+        tmp.write_text(text.getvalue(), encoding="utf-8")
