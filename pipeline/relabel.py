@@ -253,9 +253,11 @@ def apply_decisions(args, images: Path, quarantine: Path) -> int:
         raise StageError(f"{images} is not a folder: relabel edits a folder of class folders")
     decided = decisions.read(args.decisions)
     audit = args.audit or Path(dvcyaml.argument("audit", "--out"))
+    reports = {r: {row["file"]: row for row in read_csv(audit / f"{r}.csv")}
+               for r in sorted({d["report"] for d in decided.values()})}  # each report read once
     rows, accept, reject, chosen = {}, [], [], {}
     for name, d in decided.items():
-        report = {r["file"]: r for r in read_csv(audit / f"{d['report']}.csv")}
+        report = reports[d["report"]]
         if name in report:
             rows[name] = report[name]
         if d["decision"] in ("accept", "relabel"):
