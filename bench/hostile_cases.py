@@ -270,7 +270,7 @@ def calibrate_cmd() -> list[str]:
 
 
 def extract_cmd() -> list[str]:
-    return ["-m", "pipeline", "extract_features", "--augmented", "data/augmented", "--out", "data/features",
+    return ["-m", "pipeline", "extract_features", "--augmented", "data/augmented", "--embeddings", "data/embeddings", "--out", "data/features",
             "--extractor", "models/extractor.keras"]
 
 

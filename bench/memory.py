@@ -39,7 +39,7 @@ def main() -> None:
             print(f"{label}: augment.copies={copies} ...", flush=True)
             run([dvc, "exp", "run", "augment", "-S", f"augment.copies={copies}"], project, env)
             mb, log = peak_rss_mb([sys.executable, "-m", "pipeline", "extract_features", "--augmented",
-                                   "data/augmented", "--out", str(tmp / f"features-{label}"),
+                                   "data/augmented", "--embeddings", "data/embeddings", "--out", str(tmp / f"features-{label}"),
                                    "--extractor", str(tmp / f"extractor-{label}.keras")], project, env)
             images = int(log.split("extracted ")[1].split(" images")[0])
             results.append({"label": label, "augment_copies": copies, "images": images, "peak_rss_mb": mb,

@@ -14,6 +14,10 @@ first size under `taskset -c 0` (one core) and on every core, for images/s.
     python bench/scale.py --cores               # 10,000 and 100,000 images, 100 classes
     python bench/scale.py --images 2000 --classes 10 --cores
     python bench/scale.py --images 100000 --source-only --name scale-source
+    python bench/scale.py --stages ingest embed split augment extract_features train_head  # the per-image path
+
+--stages runs those stages alone (the others are never run; no-op status and repro name them as
+targets): at 100,000 images the audit, training and export stages take most of an hour here.
 
 --source-only runs no pipeline: it measures what the source alone costs DVC, as a folder
 of files and as one tar archive (dvc add, no-op dvc status, dvc push).
@@ -118,12 +122,12 @@ def files(path: Path) -> int:
     return sum(1 for f in path.rglob("*") if f.is_file())
 
 
-def measure(size: int, classes: int, seed: int, tmp: Path, env: dict) -> tuple[dict, Path]:
+def measure(size: int, classes: int, seed: int, tmp: Path, env: dict, stages: list[str]) -> tuple[dict, Path]:
     path = tmp / f"scale-{size}"
     print(f"\n== {size:,} images, {classes} classes: generating in {path}", flush=True)
     result = project(path, env, size, classes, seed)
     result.update(images=size, classes=classes, stages={})
-    for stage in STAGES:
+    for stage in stages:
         seconds, peak, _ = timed(["dvc", "repro", "-s", stage], path, env)
         result["stages"][stage] = {"seconds": seconds, "peak_rss_mb": peak, "ms_per_image": 1000 * seconds / size}
         print(f"  {stage:16s} {seconds:8.1f} s  {1000 * seconds / size:7.2f} ms/image  peak {peak:6.0f} MB",
@@ -135,16 +139,17 @@ def measure(size: int, classes: int, seed: int, tmp: Path, env: dict) -> tuple[d
                          "cache": du_mb(cache), "outputs_and_cache": du_mb(*outputs, cache)}
     result["dvc_files"] = {"cache_objects": files(cache / "files"), "source_files": files(path / "data" / "images"),
                            "output_files": sum(files(p) if p.is_dir() else 1 for p in outputs if p.exists())}
-    for name, cmd in (("status", ["dvc", "status"]), ("repro", ["dvc", "repro"])):
+    targets = [] if stages == STAGES else stages
+    for name, cmd in (("status", ["dvc", "status", *targets]), ("repro", ["dvc", "repro", *targets])):
         result[f"noop_{name}_s"] = median([run(cmd, path, env)[0] for _ in range(3)])
-    result["incremental"] = incremental(path, env, size, classes, seed, result["stages"])
+    result["incremental"] = incremental(path, env, size, classes, seed, result["stages"], stages)
     run(["dvc", "remote", "add", "-d", "local", str(tmp / f"remote-{size}")], path, env)
     result["dvc_push_s"], _ = run(["dvc", "push", "-q"], path, env)
     print(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=1), flush=True)
     return result, path
 
 
-def incremental(path: Path, env: dict, size: int, classes: int, seed: int, scratch: dict) -> dict:
+def incremental(path: Path, env: dict, size: int, classes: int, seed: int, scratch: dict, stages: list[str]) -> dict:
     """The team's loop: ``ADDED`` more images (new ones, spread over the classes), `dvc add`, then
     every stage again with `dvc repro -s` (each stage reruns as its changed deps make it), timed
     against the same stage's run from scratch above."""
@@ -154,14 +159,15 @@ def incremental(path: Path, env: dict, size: int, classes: int, seed: int, scrat
     generate(path / "data" / "images", added, classes, seed, first=size)
     out = {"added": added, "dvc_add_s": run(["dvc", "add", "-q", "data/images"], path, env)[0], "stages": {}}
     print(f"  + {added} images: dvc add {out['dvc_add_s']:.1f} s", flush=True)
-    for stage in STAGES:
+    for stage in stages:
         seconds, peak, _ = timed(["dvc", "repro", "-s", stage], path, env)
         out["stages"][stage] = {"seconds": seconds, "peak_rss_mb": peak,
                                 "share_of_scratch": seconds / scratch[stage]["seconds"]}
         print(f"  {stage:16s} {seconds:8.1f} s  ({100 * seconds / scratch[stage]['seconds']:5.1f}% of scratch)",
               flush=True)
-    out["per_image_share"] = (sum(out["stages"][s]["seconds"] for s in PER_IMAGE)
-                              / sum(scratch[s]["seconds"] for s in PER_IMAGE))
+    per_image = [s for s in PER_IMAGE if s in stages]
+    out["per_image_share"] = (sum(out["stages"][s]["seconds"] for s in per_image)
+                              / sum(scratch[s]["seconds"] for s in per_image))
     print(f"  {' + '.join(PER_IMAGE)}: {100 * out['per_image_share']:.1f}% of scratch", flush=True)
     return out
 
@@ -225,7 +231,10 @@ def main() -> None:
     parser.add_argument("--source-only", action="store_true",
                         help="only what the source costs DVC, as a folder and as a tar archive (largest size)")
     parser.add_argument("--name", default="scale", help="results file: bench/results/NAME.json")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=STAGES,
+                        help="run these stages only, in pipeline order (default: all)")
     args = parser.parse_args()
+    stages = [s for s in STAGES if s in args.stages]
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     env = environment(tmp)
     results, core_results = [], {}
@@ -238,7 +247,7 @@ def main() -> None:
         return
     try:
         for size in args.images:
-            result, path = measure(size, args.classes, args.seed, tmp, env)
+            result, path = measure(size, args.classes, args.seed, tmp, env, stages)
             results.append(result)
             if args.cores and not core_results:
                 core_results = cores(path, env)
@@ -252,13 +261,14 @@ def main() -> None:
     table("Per stage: wall s (dvc repro -s) / ms per image / peak RSS MB",
           ["stage", *(f"{s} {h}" for s in sizes for h in ("s", "ms/img", "MB"))],
           [[stage, *(v for r in results for v in (r["stages"][stage]["seconds"], r["stages"][stage]["ms_per_image"],
-                                                    r["stages"][stage]["peak_rss_mb"]))] for stage in STAGES])
+                                                    r["stages"][stage]["peak_rss_mb"]))] for stage in stages])
     table(f"After adding {100 * ADDED:g}% more images: wall s (dvc repro -s) / share of the run from scratch",
           ["stage", *(f"{s} {h}" for s in sizes for h in ("s", "share"))],
           [[stage, *(v for r in results for v in (r["incremental"]["stages"][stage]["seconds"],
                                                     r["incremental"]["stages"][stage]["share_of_scratch"]))]
-           for stage in STAGES] + [[" + ".join(PER_IMAGE), *(v for r in results for v in (
-               sum(r["incremental"]["stages"][s]["seconds"] for s in PER_IMAGE), r["incremental"]["per_image_share"]))]])
+           for stage in stages] + [[" + ".join(s for s in PER_IMAGE if s in stages), *(v for r in results for v in (
+               sum(r["incremental"]["stages"][s]["seconds"] for s in PER_IMAGE if s in stages),
+               r["incremental"]["per_image_share"]))]])
     table("Whole run", ["", *sizes], [
         ["source MB", *(r["disk_mb"]["source"] for r in results)],
         ["outputs + cache / source", *(r["disk_mb"]["outputs_and_cache"] / r["disk_mb"]["source"] for r in results)],
@@ -271,7 +281,7 @@ def main() -> None:
     if core_results:
         table("One core (taskset -c 0) vs all cores, same images", ["run", "wall s", "images/s (logged)"],
               [[k, v["seconds"], v["images_per_s"]] for k, v in core_results.items()])
-    save(args.name, {"params": PARAMS, "source_side_px": SIDE, "runs": results, "cores": core_results})
+    save(args.name, {"params": PARAMS, "source_side_px": SIDE, "stages": stages, "runs": results, "cores": core_results})
 
 
 if __name__ == "__main__":

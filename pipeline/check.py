@@ -42,7 +42,7 @@ EXPECTED_DAG: dict[str, set[str]] = {
     "split": {"ingest", "embed"},
     "audit": {"embed", "split"},
     "augment": {"split"},  # and the source (data/images), through split's record of it
-    "extract_features": {"augment"},
+    "extract_features": {"augment", "embed"},  # embed's original views
     "train_head": {"extract_features", "split"},
     "finetune": {"augment", "extract_features", "train_head"},
     "evaluate": {"split", "extract_features", "train_head", "finetune"},

@@ -279,3 +279,12 @@ def test_tta_averages_each_image_with_its_mirror(exported):
     np.testing.assert_allclose(classifier.predict(asymmetric, tta=True),
                                (classifier.predict(asymmetric) + mirrored) / 2, atol=1e-6)
     assert not np.allclose(classifier.predict(asymmetric), mirrored, atol=1e-3)  # the mirror does change it
+
+
+def test_the_stopwatch_passes_calls_through_and_rates_the_full_batches_after_the_first():
+    stopwatch = inference.Stopwatch(lambda batch, scale=1: batch * scale, lambda batch, scale=1: len(batch))
+    assert (stopwatch(np.ones(5), scale=2) == 2).all() and stopwatch.calls[0][0] == 5
+    stopwatch.calls = [(4, 1.0), (4, 0.5), (2, 0.01), (4, 0.25)]  # the first, a warm-up, is slow
+    assert stopwatch.images_per_s() == 12.0  # the median of 8 and 16 images/s; the partial batch left out
+    stopwatch.calls = [(3, 0.5)]  # one call: nothing to leave out
+    assert stopwatch.images_per_s() == 6.0

@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -76,7 +77,7 @@ def test_a_few_more_images_are_computed_alone_and_the_outputs_equal_a_run_from_s
     for name in ("val.csv", "test.csv", "labels.json"):
         (root / "before" / name).write_bytes((root / "data/split" / name).read_bytes())
     schemas.write_csv(root / "before/train.csv", train[:-2], schemas.SPLIT_FIELDS)
-    extract = ("--out", "data/features", "--extractor", "extractor.keras")
+    extract = ("--embeddings", "data/embeddings", "--out", "data/features", "--extractor", "extractor.keras")
     stage(root, "augment", "--source", "data/images", "--split", "before", "--out", "data/augmented")
     shutil.copytree(root / "data/augmented", root / "aug-before")
     logged = stage(root, "augment", "--source", "data/images", "--split", "data/split", "--out", "data/augmented")
@@ -85,12 +86,32 @@ def test_a_few_more_images_are_computed_alone_and_the_outputs_equal_a_run_from_s
     assert same(root / "data/augmented", root / "scratch/augmented")
     stage(root, "extract_features", "--augmented", "aug-before", *extract)
     logged = stage(root, "extract_features", "--augmented", "data/augmented", *extract)
-    # Every record but the two new images' (each as it is and one augmented copy: augment draws a
-    # copy's transforms from the image's own hash, so the other images' copies did not change)
-    assert f"features train: {2 * (len(train) - 2)} of {2 * len(train)} images from the previous run" in logged
-    assert f"features val: {len(schemas.read_csv(root / 'data/split/val.csv'))} of" in logged
-    stage(root, "extract_features", "--augmented", "data/augmented", "--out", "scratch/features", "--extractor", "x.keras")
+    # Every image as it is comes from embed; every augmented copy but the two new images' from the
+    # previous run (augment draws a copy's transforms from the image's own hash, so the other
+    # images' copies did not change)
+    val = len(schemas.read_csv(root / "data/split/val.csv"))
+    assert (f"features train: {len(train)} of {2 * len(train)} images embedded by embed, {len(train) - 2} from "
+            "the previous run; extracting 2") in logged
+    assert f"features val: {val} of {val} images embedded by embed, 0 from the previous run; extracting 0" in logged
+    stage(root, "extract_features", "--augmented", "data/augmented", "--embeddings", "data/embeddings",
+          "--out", "scratch/features", "--extractor", "x.keras")
     assert same(root / "data/features", root / "scratch/features")
+
+    # embed's original views are the images' own: computed again from the shards (which hold them
+    # as JPEG) by an extract_features that cannot use embed's (another extractor's recipe), each
+    # original's features are closest to its own row's (a random 32 px backbone finds every image
+    # alike: 0.87-0.98 between distinct ones)
+    made = reuse.made_by(root / "data/embeddings")
+    shutil.copytree(root / "data/embeddings", root / "other/embeddings")
+    reuse.write_recipe(root / "other/embeddings", {**made, "weights": "0" * 16})
+    logged = stage(root, "extract_features", "--augmented", "data/augmented", "--embeddings", "other/embeddings",
+                   "--out", "other/features", "--extractor", "x.keras")
+    assert "computing the original views too: other/embeddings was made with other weights" in logged
+    assert f"features val: 0 of {val} images embedded by embed, 0 from the previous run; extracting {val}" in logged
+    ours, theirs = (np.load(root / f / "features/val_x.npy") for f in ("data", "other"))
+    ours, theirs = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (ours, theirs))
+    cosine = ours @ theirs.T
+    assert (np.diag(cosine) > 0.98).all() and (cosine.argmax(axis=1) == np.arange(val)).all(), cosine
 
 
 def test_another_recipe_or_a_damaged_record_of_it_is_never_reused(tmp_path, caplog):

@@ -6,6 +6,7 @@ a Lambda, so saved files load in Keras' safe mode).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -29,6 +30,23 @@ def embedding(extractor, x):
     """What the audit, split and rank compare images by: the sum of the extractor's features of the
     images ``x`` and of their mirror images, so a mirrored copy has the very same embedding."""
     return extractor(x, training=False) + extractor(tf.reverse(x, [2]), training=False)
+
+
+def views(extractor, x):
+    """``(features, embedding)`` of the images ``x`` from one pass per view: the extractor's features
+    of the images as they are (what the head trains on), and ``embedding``'s sum with their mirror
+    images' features. embed computes both, so extract_features never runs an original again."""
+    features = extractor(x, training=False)
+    return features, features + extractor(tf.reverse(x, [2]), training=False)
+
+
+def fingerprint(model: keras.Model) -> str:
+    """A hash of ``model``'s weights: two stages whose extractors have the same fingerprint (and the
+    same base.* params) compute the same features, whatever weights file or seed made them."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(keras.ops.convert_to_numpy(weight).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def backbones() -> dict[str, Callable]:

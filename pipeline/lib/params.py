@@ -225,8 +225,8 @@ class Evaluate:
 class Export:
     representative_images: int = param("training images (seeded sample) that calibrate the int8 TFLite model",
                                        low=1, high=10_000)
-    timing_runs: int = param("batch-1 calls timed per exported format (after 3 untimed); a quarter as many "
-                             "batches of `evaluate.batch_size` time the throughput", low=8, high=10_000)
+    timing_runs: int = param("batch-1 calls timed per exported format (after 3 untimed); the throughput is "
+                             "timed on the scoring pass's own batches", low=8, high=10_000)
 
 
 @dataclasses.dataclass(frozen=True)

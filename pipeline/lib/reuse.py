@@ -38,14 +38,22 @@ def recipe(code: list, **parts) -> dict:
     return {**parts, "code": sources, "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
-def previous(folder: Path, wanted: dict) -> Path | None:
-    """``folder`` if it holds an earlier output made by the ``wanted`` recipe, else None (logged)."""
+def made_by(folder: Path) -> dict | None:
+    """The recipe ``folder``'s output was made by, or None where it has none or it is unreadable (logged)."""
     try:
         made = json.loads((Path(folder) / RECIPE).read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
         log.info("not reusing %s: its %s is unreadable (%s)", folder, RECIPE, err)
+        return None
+    return made if isinstance(made, dict) else None
+
+
+def previous(folder: Path, wanted: dict) -> Path | None:
+    """``folder`` if it holds an earlier output made by the ``wanted`` recipe, else None (logged)."""
+    made = made_by(folder)
+    if made is None:
         return None
     if made != wanted:
         changed = sorted(k for k in set(made) | set(wanted) if made.get(k) != wanted.get(k))
@@ -80,9 +88,11 @@ class Padded:
     def __init__(self, forward: Callable, size: int):
         self.forward, self.size = forward, size
 
-    def __call__(self, images) -> np.ndarray:
+    def __call__(self, images):
+        """``forward``'s output for ``images``, or a tuple of them where it returns several."""
         images = np.asarray(images)  # a batch of tf.data's or of NumPy's
         n = len(images)
         if n < self.size:
             images = np.concatenate([images, np.zeros((self.size - n, *images.shape[1:]), images.dtype)])
-        return np.asarray(self.forward(images))[:n]
+        out = self.forward(images)
+        return tuple(np.asarray(o)[:n] for o in out) if isinstance(out, (tuple, list)) else np.asarray(out)[:n]

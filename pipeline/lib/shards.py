@@ -225,22 +225,26 @@ def _records(paths: list[str], shuffle_seed: int | None = None) -> tf.data.Datas
                          deterministic=True)
 
 
-def index(directory: Path | str, names: list[str] | str) -> tuple[list[bytes], np.ndarray]:
-    """``(keys, labels)`` of the ``names`` records in ``dataset``'s unshuffled order, nothing decoded:
-    a record's key is the sha256 of its encoded image, so the same pixels have the same key."""
+def index(directory: Path | str, names: list[str] | str) -> tuple[list[bytes], np.ndarray, list[str]]:
+    """``(keys, labels, views)`` of the ``names`` records in ``dataset``'s unshuffled order, nothing
+    decoded: a record's key is the sha256 of its encoded image, so the same pixels have the same key;
+    its view is what augment wrote it as, ``<source image's sha256>/<view>`` (0: the image as it
+    is), or "" for a record written without one."""
     names = [names] if isinstance(names, str) else names
     info = meta(directory)
     spec = {"image": tf.io.FixedLenFeature([], tf.string),
-            "label": tf.io.FixedLenFeature(label_shape(info), tf.int64)}
-    keys, labels = [], []
+            "label": tf.io.FixedLenFeature(label_shape(info), tf.int64),
+            "key": tf.io.FixedLenFeature([], tf.string, default_value="")}
+    keys, labels, views = [], [], []
     paths = [f for name in names for f in files(directory, name)]
     if paths:
         ds = _records(paths).batch(SHARD_SIZE).map(lambda r: tf.io.parse_example(r, spec))
         for batch in ds:
             keys += [hashlib.sha256(image).digest() for image in batch["image"].numpy()]
             labels.append(batch["label"].numpy())
+            views += [view.decode() for view in batch["key"].numpy()]
     shape = label_shape(info)
-    return keys, (np.concatenate(labels) if labels else np.zeros([0, *shape], np.int64)).astype(np.int32)
+    return keys, (np.concatenate(labels) if labels else np.zeros([0, *shape], np.int64)).astype(np.int32), views
 
 
 def dataset(directory: Path | str, names: list[str] | str, batch_size: int,

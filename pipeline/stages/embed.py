@@ -8,7 +8,9 @@ closer one) while distinct images come no closer (docs/data.md#the-audit).
 ``images.csv`` is the manifest with each image's measured quality
 (brightness, contrast, sharpness, entropy: images.quality). Split reads
 them to keep near duplicates together, the audit to find what is wrong with
-the data. Features are written batch by batch into the file (rows.Writer), so
+the data. ``original.npy`` holds each image's own features, un-mirrored: the
+original views extract_features would otherwise compute again (models.views).
+Features are written batch by batch into the file (rows.Writer), so
 memory holds a few batches, never the dataset. An image the previous output
 holds (same content hash, same recipe) is copied from it (pipeline/lib/reuse.py).
 """
@@ -39,13 +41,14 @@ def main() -> None:
     rows = schemas.read_csv(args.manifest, schemas.MANIFEST_FIELDS)
     size, batch = p.base.image_size, p.extract.batch_size
     extractor = models.build_extractor(p.base)
-    forward = tf.function(lambda x: models.embedding(extractor, x),
+    forward = tf.function(lambda x: models.views(extractor, x),
                           input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     dim = extractor.output_shape[-1]
 
-    # An image embedded by the previous run with the same recipe is copied, not computed (reuse.py)
+    # An image embedded by the previous run with the same recipe is copied, not computed (reuse.py).
+    # The weights' fingerprint tells extract_features whether its extractor is this one.
     made = reuse.recipe([__file__, images, models, quality], stage="embed", base=vars(p.base),
-                        seed=p.seed)
+                        seed=p.seed, weights=models.fingerprint(extractor))
     old = reuse.previous(args.out, made)
     old_rows = schemas.read_csv(old / "images.csv", schemas.MANIFEST_FIELDS + quality.QUALITY_FIELDS) if old else []
     new, was = reuse.matches([r["sha256"] for r in rows], [r["sha256"] for r in old_rows])
@@ -55,9 +58,11 @@ def main() -> None:
     started = time.perf_counter()
     with artifacts.atomic_dir(args.out) as tmp:
         x = rows_.Writer(tmp / "features.npy", np.float32, (len(rows), dim))
+        own = rows_.Writer(tmp / "original.npy", np.float32, (len(rows), dim))
         measured = [None] * len(rows)
         if len(new):
-            reuse.copy_rows(x, new, schemas.read_npy(old / "features.npy", "float32", 2, rows=True), was)
+            for name, out in (("features.npy", x), ("original.npy", own)):
+                reuse.copy_rows(out, new, schemas.read_npy(old / name, "float32", 2, rows=True), was)
             for i, j in zip(new, was):
                 measured[i] = {**rows[i], **{k: old_rows[j][k] for k in quality.QUALITY_FIELDS}}
         padded = reuse.Padded(forward, batch)
@@ -66,11 +71,14 @@ def main() -> None:
         with tqdm(total=len(todo), desc="embed", unit="img") as bar:
             for start, part in zip(range(0, len(todo), batch), decoded):
                 where = todo[start:start + len(part)]
-                x.write(where, padded(np.stack([pixels for pixels, _ in part]).astype(np.float32)))
+                features, embedded = padded(np.stack([pixels for pixels, _ in part]).astype(np.float32))
+                x.write(where, embedded)
+                own.write(where, features)
                 for i, (_, stats) in zip(where, part):
                     measured[i] = {**rows[i], **{k: f"{v:.6g}" for k, v in stats.items()}}
                 bar.update(len(part))
         x.close()
+        own.close()
         schemas.write_csv(tmp / "images.csv", measured, schemas.MANIFEST_FIELDS + quality.QUALITY_FIELDS)
         reuse.write_recipe(tmp, made)
     seconds = time.perf_counter() - started

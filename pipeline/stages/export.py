@@ -81,7 +81,7 @@ class Images(NamedTuple):
 
 
 class EncodedImages:
-    """The SavedModel's image-bytes signature as a classifier for ``inference.timing``, of
+    """The SavedModel's image-bytes signature as a classifier for ``inference.latency``, of
     ``len(batch)`` of ``encoded`` (the pixels themselves unused), so that it is timed as an
     application calls it: the images decoded by the model."""
 
@@ -105,6 +105,15 @@ def outputs(name: str, classifier: inference.Classifier, test, ood, batch_size: 
     return Outputs(probabilities, np.concatenate([known, ood_known]))
 
 
+def scored(name: str, classifier: inference.Classifier, test, ood, batch_size: int) -> tuple[Outputs, float]:
+    """``outputs`` and the images per second it ran at (``inference.Stopwatch``)."""
+    classifier.outputs = stopwatch = inference.Stopwatch(classifier.outputs, len)
+    try:
+        return outputs(name, classifier, test, ood, batch_size), stopwatch.images_per_s()
+    finally:
+        del classifier.outputs  # the class's own again
+
+
 def answers(probabilities: np.ndarray, cut: np.ndarray | None) -> np.ndarray:
     """Each image's answer: its top class, or (a threshold per label in ``cut``) its label set as 0/1 per label."""
     return probabilities.argmax(axis=1) if cut is None else probabilities >= cut
@@ -114,16 +123,19 @@ def score(files: dict[str, Path], test: Images, ood: Images, labels: list[str], 
           runs: int, cut: np.ndarray | None = None) -> tuple[dict[str, Outputs], dict[str, dict], dict[str, str]]:
     """Each file's outputs on the test and out-of-distribution images through the runtime an app
     would use (metrics row -> Outputs), its speed on the test images (metrics row ->
-    inference.timing), and the rows left out with the reason."""
+    inference.latency and the scoring pass's throughput), and the rows left out with the reason."""
     found, speed, refused, not_checked = {}, {}, {}, {}
     for name, path in files.items():
         classifier = inference.load(path)
-        found[name] = outputs(name, classifier, test.pixels, ood.pixels, batch_size)
+        found[name], images_per_s = scored(name, classifier, test.pixels, ood.pixels, batch_size)
         refused[name] = getattr(classifier, "xnnpack_refused", False)
-        speed[name] = inference.timing(classifier, test.pixels, batch_size, runs)
+        speed[name] = {**inference.latency(classifier, test.pixels, runs), "images_per_s": images_per_s}
     saved_model = inference.SavedModelClassifier(files["saved_model"])
+    saved_model.serve_bytes = stopwatch = inference.Stopwatch(saved_model.serve_bytes,
+                                                              lambda image_bytes: len(image_bytes))
     (names, probabilities, known, unknown), (_, _, ood_known, ood_unknown) = (
         saved_model.classify_bytes(part.encoded, batch_size) for part in (test, ood))
+    saved_model.serve_bytes = stopwatch.call
     found["saved_model_bytes"] = Outputs(probabilities, np.concatenate([known, ood_known]))
     expected = ([labels[i] for i in probabilities.argmax(axis=1)] if cut is None else
                 [multilabel.encode(np.asarray(labels)[row]) for row in answers(probabilities, cut)])
@@ -131,7 +143,8 @@ def score(files: dict[str, Path], test: Images, ood: Images, labels: list[str], 
         raise errors.StageError("the SavedModel's classes output does not match its probabilities")
     if not np.array_equal(np.concatenate([unknown, ood_unknown]), found["saved_model_bytes"].known < threshold):
         raise errors.StageError("the SavedModel's unknown output does not match its known output and threshold")
-    speed["saved_model_bytes"] = inference.timing(EncodedImages(saved_model, test.encoded), test.pixels, batch_size, runs)
+    speed["saved_model_bytes"] = {**inference.latency(EncodedImages(saved_model, test.encoded), test.pixels, runs),
+                                  "images_per_s": stopwatch.images_per_s()}
     for kind in TFLITE_KINDS:
         row, path = f"mediapipe_{kind}", files[f"tflite_{kind}"]
         if refused[f"tflite_{kind}"]:  # MediaPipe would abort the whole process on it
@@ -140,8 +153,8 @@ def score(files: dict[str, Path], test: Images, ood: Images, labels: list[str], 
             log.warning("%s not checked: %s", row, not_checked[row])
             continue
         mediapipe = inference.MediaPipeClassifier(path, labels)
-        found[row] = outputs(row, mediapipe, test.pixels, ood.pixels, batch_size)
-        speed[row] = inference.timing(mediapipe, test.pixels, batch_size, runs)
+        found[row], images_per_s = scored(row, mediapipe, test.pixels, ood.pixels, batch_size)
+        speed[row] = {**inference.latency(mediapipe, test.pixels, runs), "images_per_s": images_per_s}
         mediapipe.close()
     return found, speed, not_checked
 

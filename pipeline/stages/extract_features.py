@@ -1,7 +1,11 @@
-"""extract-features: data/augmented shards -> data/features/*.npy + models/extractor.keras.
+"""extract-features: data/augmented shards + data/embeddings -> data/features/*.npy + models/extractor.keras.
 
 The frozen backbone (base.*) with its own preprocessing runs once over train
-(originals and augmented copies) and val. Features are written batch by
+(originals and augmented copies) and val. embed has already run it over every
+original image: an original view's features are copied from its
+``original.npy`` when embed's extractor is this one (the same base.* params and
+weights fingerprint), so the backbone runs here on the augmented copies only.
+Features are written batch by
 batch into .npy files through the file (rows.Writer), so memory is bounded by the batch, not
 the dataset. The extractor is saved too: fine-tuning starts from exactly the
 weights that made these features (which matters for ``base.weights: none``).
@@ -54,8 +58,32 @@ def in_order(forward, batches, n: int, batch_size: int, strategy, dim: int, labe
             yield features[start:start + k], labels[start:start + k]
 
 
+class Originals:
+    """embed's features of each original image (``original.npy``), by the image's sha256, where
+    embed's extractor is ``made``'s (same base.* params, weights and libraries); else empty (logged)."""
+
+    def __init__(self, embeddings, made: dict):
+        embed = reuse.made_by(embeddings) or {}
+        differs = sorted(k for k in ("base", "weights", "tensorflow", "keras") if embed.get(k) != made[k])
+        self.rows, self.features = {}, None
+        if differs:
+            log.info("computing the original views too: %s was made with other %s", embeddings, ", ".join(differs))
+            return
+        images = schemas.read_csv(embeddings / "images.csv", schemas.MANIFEST_FIELDS)
+        self.features = schemas.read_npy(embeddings / "original.npy", "float32", 2, rows=True)
+        if len(self.features) != len(images):
+            raise errors.damaged(embeddings / "original.npy", f"{len(self.features)} rows for {len(images)} images")
+        self.rows = {r["sha256"]: i for i, r in reversed(list(enumerate(images)))}
+
+    def find(self, views: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(records, rows)``: record ``records[i]`` (view 0 of an image embed holds) is row ``rows[i]``."""
+        pairs = [(i, self.rows[v[:-2]]) for i, v in enumerate(views) if v.endswith("/0") and v[:-2] in self.rows]
+        found = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+        return found[:, 0], found[:, 1]
+
+
 def main() -> None:
-    args = cli.start(__doc__, "augmented", "out", "extractor", writes=("out", "extractor"))
+    args = cli.start(__doc__, "augmented", "embeddings", "out", "extractor", writes=("out", "extractor"))
     p = params.load(PARAMS)
     import tensorflow as tf  # once the inputs and params are known good (pipeline/lib/__init__.py)
 
@@ -88,8 +116,9 @@ def main() -> None:
     # A record the previous output holds (same encoded image, same recipe) is copied, not computed
     # (reuse.py). Across machines every record is computed: the workers must agree on the work.
     made = reuse.recipe([__file__, models, shards], stage="extract_features", base=vars(p.base),
-                        seed=p.seed)
+                        seed=p.seed, weights=models.fingerprint(extractor))
     old = reuse.previous(args.out, made) if distribution.worker_share(strategy)[1] == 1 else None
+    originals = Originals(args.embeddings, made)  # every worker reads the same files: they agree
     padded = reuse.Padded(forward, p.extract.batch_size)
     images_total = sum(shards.count(args.augmented, name) for names in PARTS.values() for name in names)
     artifacts.check_free_space(args.out, images_total * (dim + 1) * 4, "writing the features")
@@ -97,20 +126,25 @@ def main() -> None:
     with artifacts.atomic_dir(distribution.output_path(args.out, strategy)) as tmp:
         for part, names in PARTS.items():
             names = [name for name in names if shards.count(args.augmented, name)]  # copies: 0 has no train_aug
-            keys, labels = shards.index(args.augmented, names)
+            keys, labels, views = shards.index(args.augmented, names)
             n = len(keys)
             x = rows.Writer(tmp / f"{part}_x.npy", np.float32, (n, dim))
             # a class index per image, or (multi_label) one 0/1 per label
             np.save(tmp / f"{part}_y.npy", labels)
             np.save(tmp / f"{part}_keys.npy", np.frombuffer(b"".join(keys), np.uint8).reshape(n, KEY_BYTES))
             todo = np.ones(n, bool)
-            if old is not None:
+            embedded, at = originals.find(views)
+            reuse.copy_rows(x, embedded, originals.features, at)
+            todo[embedded] = False
+            reused = 0
+            if old is not None:  # the augmented copies the previous output holds
                 new, was = reuse.matches(keys, [k.tobytes() for k in np.load(old / f"{part}_keys.npy")])
+                new, was = new[todo[new]], was[todo[new]]
                 reuse.copy_rows(x, new, schemas.read_npy(old / f"{part}_x.npy", "float32", 2, rows=True), was)
-                todo[new] = False
+                todo[new], reused = False, len(new)
             where = np.flatnonzero(todo)
-            log.info("features %s: %d of %d images from the previous run; extracting %d",
-                     part, n - len(where), n, len(where))
+            log.info("features %s: %d of %d images embedded by embed, %d from the previous run; extracting %d",
+                     part, len(embedded), n, reused, len(where))
             i = 0
             with tqdm(total=len(where), desc=f"features {part}", unit="img") as bar, shards.reading(args.augmented):
                 batches = shards.dataset(args.augmented, names, p.extract.batch_size, only=todo)
