@@ -132,7 +132,7 @@ def measure(size: int, classes: int, seed: int, tmp: Path, env: dict, stages: li
         result["stages"][stage] = {"seconds": seconds, "peak_rss_mb": peak, "ms_per_image": 1000 * seconds / size}
         print(f"  {stage:16s} {seconds:8.1f} s  {1000 * seconds / size:7.2f} ms/image  peak {peak:6.0f} MB",
               flush=True)
-    outputs = [path / "data" / n for n in ("manifest.csv", "split", "augmented", "features")]
+    outputs = [path / "data" / n for n in ("manifest.csv", "embeddings", "split", "augmented", "features")]
     outputs += [path / "models", path / "reports"]
     cache = path / ".dvc" / "cache"
     result["disk_mb"] = {"source": du_mb(path / "data" / "images"), "outputs": du_mb(*outputs),
